@@ -252,8 +252,10 @@ def load_model(source: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
                trust_remote_code: bool = False) -> LoadedModel:
     """Load a named zoo model, a local Hugging Face directory, or (where reachable) a hub id."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     target, spec = resolve(source)
+    hf_logging.disable_progress_bar()  # a cached load takes a second; no bars needed
     try:
         config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
     except Exception as exc:  # hub ids fail here when no hub is reachable

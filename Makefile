@@ -1,0 +1,34 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch is pinned to the CPU build that lies on this machine kind's disk (see README).
+TORCH := torch==2.13.0
+WHEELS := $(wildcard /opt/wheels)
+PIP_FLAGS := $(if $(WHEELS),--find-links /opt/wheels,)
+
+.PHONY: setup test test-fast demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_FLAGS) $(TORCH)
+	$(PY) -m pip install --quiet $(PIP_FLAGS) -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not integration"
+
+demo: setup
+	$(VENV)/bin/prunelab demo
+
+bench: setup
+	$(PY) bench/bench_prune.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

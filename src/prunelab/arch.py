@@ -1,0 +1,128 @@
+"""Architecture discovery: the one place that knows how Hugging Face models are laid out.
+
+Instead of a copy of the pruning loop per model family (as the reference repos keep), we find
+the structure generically:
+- the decoder blocks are the largest `nn.ModuleList` of identical modules that hold linears;
+- the prunable layers are the `nn.Linear` and GPT-2 `Conv1D` modules inside a block;
+- the arguments a block needs (attention mask, position ids, rotary embeddings, ...) are
+  captured from a real forward pass, per block, because some families (Gemma 3) give
+  different blocks different masks and rotary tables.
+Embeddings and the LM head sit outside the blocks, so they are never pruned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from prunelab.errors import PrunelabError
+
+PRUNABLE_TYPES = (nn.Linear, Conv1D)
+
+
+@dataclass
+class BlockList:
+    path: str  # e.g. "model.layers"
+    blocks: nn.ModuleList
+
+
+def find_blocks(model: nn.Module) -> BlockList:
+    best: BlockList | None = None
+    best_params = 0
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        if not prunable_layers(module[0]):
+            continue
+        params = sum(p.numel() for p in module.parameters())
+        if params > best_params:
+            best, best_params = BlockList(path, module), params
+    if best is None:
+        raise PrunelabError(
+            f"no repeated blocks with linear layers were found in {type(model).__name__}",
+            "prunelab prunes transformer-style models whose blocks sit in an nn.ModuleList",
+        )
+    return best
+
+
+def prunable_layers(block: nn.Module) -> dict[str, nn.Module]:
+    """The prunable linear layers of a block, in module order, by their name inside the block."""
+    return {name: m for name, m in block.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+
+
+def weight_matrix(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as [out_features, in_features] (Conv1D stores it transposed)."""
+    return layer.weight.data.t() if isinstance(layer, Conv1D) else layer.weight.data
+
+
+def set_weight_matrix(layer: nn.Module, matrix: torch.Tensor) -> None:
+    target = weight_matrix(layer)
+    target.copy_(matrix.to(target.dtype))
+
+
+def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The input tensor of a linear layer's forward call."""
+    return args[0] if args else kwargs["input"]
+
+
+def block_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def block_output(output) -> torch.Tensor:
+    """Blocks return a tensor in transformers 5 and a tuple in older versions."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class _StopForward(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor,
+                        stop_after_first: bool) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
+    """Run `model` on `input_ids`; return block 0's input and each block's call arguments.
+
+    The returned arguments have the hidden-state input replaced by None, so they can be
+    reused for any batch of the same shape. With `stop_after_first` the forward pass stops at
+    block 0 and only block 0's arguments are returned.
+    """
+    calls: list[tuple[tuple, dict]] = []
+    first_input: list[torch.Tensor] = []
+
+    def pre_hook(module, args, kwargs):
+        if not calls:
+            first_input.append(block_hidden(args, kwargs))
+        rest_args = (None,) + tuple(args[1:]) if args else ()
+        rest_kwargs = {k: v for k, v in kwargs.items() if not (not args and k == "hidden_states")}
+        rest_kwargs.pop("past_key_values", None)
+        rest_kwargs.pop("past_key_value", None)
+        rest_kwargs.pop("layer_past", None)
+        calls.append((rest_args, rest_kwargs))
+        if stop_after_first or len(calls) == len(blocks):
+            raise _StopForward
+
+    handles = [b.register_forward_pre_hook(pre_hook, with_kwargs=True) for b in blocks]
+    try:
+        model(input_ids=input_ids, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if not first_input:
+        raise PrunelabError(f"the blocks of {type(model).__name__} were never called",
+                            "this model's forward does not run its decoder blocks in order")
+    return first_input[0], calls
+
+
+def call_block(block: nn.Module, hidden: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
+    args, kwargs = call
+    if args:
+        return block_output(block(hidden, *args[1:], **kwargs))
+    return block_output(block(hidden_states=hidden, **kwargs))

@@ -1,0 +1,174 @@
+"""The `prunelab` command line: parse, call the Python API, print. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from prunelab.errors import PrunelabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Prune pre-trained language models and measure what they lose.")
+
+
+def _options(pairs: list[str] | None) -> dict:
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PrunelabError(f"--option {pair!r} is not KEY=VALUE", "write e.g. --option percdamp=0.02")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
+    if not rows:
+        return
+    columns = columns or list(rows[0])
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    typer.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    typer.echo("  ".join("-" * w for w in widths))
+    for r in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+@app.command()
+def prune(
+    model: str = typer.Argument(..., help="zoo name (see `prunelab models`) or local model dir"),
+    out: Path = typer.Option(..., "--out", help="directory to write the pruned model to"),
+    method: str = typer.Option("wanda", help="pruning method (see `prunelab methods`)"),
+    sparsity: Optional[float] = typer.Option(None, help="fraction to remove, in [0, 1)"),
+    pattern: Optional[str] = typer.Option(None, help="N:M pattern, e.g. 2:4 (keep 2 of 4)"),
+    calib_source: str = typer.Option("squadshifts-new_wiki", help="calibration text: name or file"),
+    calib_samples: int = typer.Option(128, help="number of calibration windows"),
+    seqlen: int = typer.Option(512, help="tokens per calibration window"),
+    seed: int = typer.Option(0, help="seed for drawing calibration windows"),
+    option: Optional[list[str]] = typer.Option(None, help="method option KEY=VALUE (repeatable)"),
+    ppl: bool = typer.Option(True, help="measure perplexity (32 windows of 512) before and after"),
+    trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code"),
+) -> None:
+    """Prune MODEL and save it (safetensors + prunelab.json)."""
+    from prunelab import api
+    from prunelab.data.corpora import CalibrationConfig
+    from prunelab.zoo.models import load_model
+
+    options = _options(option)
+    if out.exists():
+        raise PrunelabError(f"output directory {out} already exists", "choose a new --out")
+    if sparsity is None and pattern is None:
+        raise PrunelabError("no sparsity given", "pass --sparsity 0.5 or --pattern 2:4")
+    api.make_method(method, options)  # fail on a bad method before loading anything
+    loaded = load_model(model, trust_remote_code=trust_remote_code)
+    calibration = CalibrationConfig(calib_source, calib_samples, seqlen, seed)
+    before = api.perplexity(loaded, progress=True) if ppl else None
+    result = api.prune(loaded, method, sparsity, pattern=pattern, calibration=calibration,
+                       **options)
+    after = api.perplexity(loaded, progress=True) if ppl else None
+    extra = {"perplexity": {"source": "squad-dev", "seqlen": 512, "windows": 32,
+                            "dense": before, "pruned": after}} if ppl else None
+    api.save(loaded, out, result, extra=extra)
+    typer.echo(f"{method} {result.pattern or f'{result.sparsity:.0%}'}: achieved sparsity "
+               f"{result.overall_sparsity:.4f} over {len(result.layers)} layers "
+               f"in {result.seconds:.1f} s")
+    if ppl:
+        typer.echo(f"perplexity (squad-dev, 32 x 512): dense {before:.2f} -> pruned {after:.2f}")
+    typer.echo(f"saved to {out}")
+
+
+@app.command()
+def ppl(
+    model: str = typer.Argument(..., help="zoo name or local model directory"),
+    source: str = typer.Option("squad-dev", help="text: name or local file"),
+    seqlen: int = typer.Option(512, help="tokens per window"),
+    windows: int = typer.Option(32, help="number of non-overlapping windows"),
+    trust_remote_code: bool = typer.Option(False, help="allow the model's own Python code"),
+) -> None:
+    """Perplexity of MODEL on non-overlapping windows of a text."""
+    from prunelab import api
+    from prunelab.zoo.models import load_model
+
+    loaded = load_model(model, trust_remote_code=trust_remote_code)
+    value = api.perplexity(loaded, source, seqlen, windows, progress=True)
+    typer.echo(f"perplexity {value:.3f}  ({source}, {windows} windows x {seqlen} tokens)")
+
+
+@app.command()
+def models() -> None:
+    """List the named models: size, architecture, whether cached."""
+    from prunelab.zoo.models import DEQUANTIZED_CAVEAT, ZOO, is_cached, model_dir
+
+    rows = [{"name": s.name, "architecture": s.architecture, "params": s.params,
+             "download": f"{s.download_mb} MB", "cached": "yes" if is_cached(s.name) else "no",
+             "weights": "dequantized GGUF*" if s.dequantized else "fp32",
+             "licence": s.license, "what": s.description} for s in ZOO.values()]
+    print_table(rows)
+    typer.echo(f"\n* {DEQUANTIZED_CAVEAT}.")
+    typer.echo(f"cache: {model_dir('x').parent}  (set PRUNELAB_HOME to move it)")
+    typer.echo("Any local Hugging Face model directory works too.")
+
+
+@app.command()
+def methods() -> None:
+    """List the pruning methods and their options."""
+    from prunelab.methods.base import list_methods, option_help
+
+    for cls in list_methods():
+        typer.echo(f"{cls.name:18} {cls.summary}")
+        for name, kind, default, text in option_help(cls):
+            typer.echo(f"{'':20}--option {name}=<{kind}> (default {default}): {text}")
+
+
+@app.command()
+def info(directory: Path = typer.Argument(..., help="a directory written by `prunelab prune`")) -> None:
+    """Print how a pruned model was made (its prunelab.json)."""
+    from prunelab.api import read_provenance
+
+    data = read_provenance(directory)
+    pruning = data.get("pruning") or {}
+    layers = pruning.pop("layers", [])
+    typer.echo(json.dumps(data, indent=2))
+    if layers:
+        print_table([{"layer": r["name"], "shape": f"{r['rows']}x{r['cols']}",
+                      "target": r["target_sparsity"], "achieved": r["achieved_sparsity"],
+                      "zeros before": r["zeros_before"]} for r in layers])
+
+
+def _register_optional() -> None:
+    # Commands that live beside their subsystem register themselves here.
+    for module in ("prunelab.evaluate.cli", "prunelab.study.cli"):
+        try:
+            register = __import__(module, fromlist=["register"]).register
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        register(app)
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False, prog_name="prunelab")
+    except PrunelabError as exc:
+        typer.echo(f"prunelab: error: {exc}", err=True)
+        sys.exit(PrunelabError.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        typer.echo("prunelab: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

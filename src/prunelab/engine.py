@@ -1,0 +1,230 @@
+"""The block-by-block runner that every pruning method shares.
+
+Sequential calibration, as in the Wanda and SparseGPT papers:
+1. run the model on the calibration windows up to the first block and keep its inputs;
+2. for each block: collect each linear layer's input statistic with forward hooks while the
+   block runs on those inputs, let the method decide and apply each layer's mask (and weight
+   update), then run the *pruned* block to produce the next block's inputs.
+Only one block's statistics are held at a time. Methods that need no data (magnitude) skip
+the forward passes entirely.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunelab import arch
+from prunelab.methods.base import LayerStats, LayerTarget, PruningMethod, Statistic
+from prunelab.methods.masks import NMPattern, check_pattern_fits
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    rows: int
+    cols: int
+    target_sparsity: float
+    zeros_before: int
+    zeros_after: int
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def achieved_sparsity(self) -> float:
+        return self.zeros_after / self.numel
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "achieved_sparsity": round(self.achieved_sparsity, 6)}
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to_device(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to_device(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+class _Collector:
+    """Accumulates one layer's input statistic from forward hooks."""
+
+    def __init__(self, statistic: Statistic, in_features: int, device):
+        self.statistic = statistic
+        self.n_tokens = 0
+        if statistic is Statistic.INPUT_SQ_SUM:
+            self.total = torch.zeros(in_features, dtype=torch.float32, device=device)
+        else:
+            self.total = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+
+    def __call__(self, module, args, kwargs, output):
+        x = arch.layer_input(args, kwargs).detach()
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        self.n_tokens += x.shape[0]
+        if self.statistic is Statistic.INPUT_SQ_SUM:
+            self.total += (x * x).sum(dim=0)
+        else:
+            self.total.addmm_(x.t(), x)
+
+    def stats(self) -> LayerStats:
+        if self.statistic is Statistic.INPUT_SQ_SUM:
+            return LayerStats(self.n_tokens, input_sq_sum=self.total)
+        # The SparseGPT paper's scaling, H = (2/N) Σ x xᵀ (the mask does not depend on it).
+        return LayerStats(self.n_tokens, hessian=self.total * (2.0 / max(self.n_tokens, 1)))
+
+
+class BlockRunner:
+    """Holds the current inputs of a block for every calibration batch, and runs blocks."""
+
+    def __init__(self, model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor,
+                 batch_size: int, device):
+        self.blocks = blocks
+        self.device = device
+        self.inputs: list[torch.Tensor] = []
+        self.calls: list[list[tuple[tuple, dict]]] = []  # per batch: per block (args, kwargs)
+        calls_by_size: dict[int, list] = {}
+        for batch in windows.split(batch_size):
+            size = batch.shape[0]
+            # The first batch of each size runs the whole model once, to capture the
+            # arguments every block receives (masks and rotary tables can differ by block);
+            # later batches stop at block 0.
+            first, calls = arch.capture_block_calls(model, blocks, batch,
+                                                    stop_after_first=size in calls_by_size)
+            calls_by_size.setdefault(size, calls)
+            self.inputs.append(first.to(device))
+            self.calls.append(_to_device(calls_by_size[size], device))
+
+    def run(self, index: int, keep_outputs: bool) -> list[torch.Tensor] | None:
+        block = self.blocks[index]
+        outputs = []
+        with torch.no_grad():
+            for hidden, calls in zip(self.inputs, self.calls):
+                out = arch.call_block(block, hidden, calls[index])
+                if keep_outputs:
+                    outputs.append(out)
+        return outputs if keep_outputs else None
+
+
+def _input_groups(runner: BlockRunner, index: int, layers: dict[str, nn.Module]) -> list[list[str]]:
+    """Group a block's layers by the tensor they read (q/k/v; o; gate/up; down), in call order.
+
+    Found from one forward of the first batch, so no per-family table is needed.
+    """
+    seen: dict[str, tuple] = {}
+
+    def make_hook(name):
+        def hook(module, args, kwargs, output):
+            x = arch.layer_input(args, kwargs)
+            seen.setdefault(name, (x.data_ptr(), tuple(x.shape)))
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n), with_kwargs=True) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            arch.call_block(runner.blocks[index], runner.inputs[0], runner.calls[0][index])
+    finally:
+        for h in handles:
+            h.remove()
+    groups: dict[tuple, list[str]] = {}
+    for name in seen:  # dict order is call order
+        groups.setdefault(seen[name], []).append(name)
+    missing = [n for n in layers if n not in seen]
+    return list(groups.values()) + ([missing] if missing else [])
+
+
+def check_pattern(model: nn.Module, method: PruningMethod, pattern: NMPattern | None) -> None:
+    """Refuse an N:M pattern that some layer's input width cannot hold, before any work."""
+    if pattern is None or not method.supports_nm:
+        return
+    found = arch.find_blocks(model)
+    for i, block in enumerate(found.blocks):
+        for name, layer in arch.prunable_layers(block).items():
+            check_pattern_fits(pattern, arch.weight_matrix(layer).shape[1], f"{found.path}.{i}.{name}")
+
+
+def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
+                 pattern: NMPattern | None, windows: torch.Tensor | None, *,
+                 batch_size: int = 8, device: str | torch.device | None = None,
+                 progress: bool = True,
+                 layer_sparsity: Callable[[str], float] | None = None) -> list[LayerRecord]:
+    """Prune every prunable layer of every block of `model` in place; return per-layer records."""
+    found = arch.find_blocks(model)
+    blocks, prefix = found.blocks, found.path
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    all_layers = {f"{prefix}.{i}.{name}": layer for i, block in enumerate(blocks)
+                  for name, layer in arch.prunable_layers(block).items()}
+    check_pattern(model, method, pattern)
+    method.prepare({n: arch.weight_matrix(m) for n, m in all_layers.items()}, sparsity, pattern)
+
+    needs_data = method.statistic is not Statistic.NONE
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = False
+    runner = BlockRunner(model, blocks, windows, batch_size, device) if needs_data else None
+    records: list[LayerRecord] = []
+    bar = tqdm(range(len(blocks)), desc=f"pruning ({method.name})", unit="block",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        for index in bar:
+            block = blocks[index]
+            home = next(block.parameters()).device
+            block.to(device)  # on an accelerator, only this block is on-loaded
+            layers = arch.prunable_layers(block)
+            if needs_data and method.sequential_groups():
+                groups = _input_groups(runner, index, layers)
+            else:
+                groups = [list(layers)]
+            for group in groups:
+                stats = _collect(runner, index, {n: layers[n] for n in group}, method.statistic,
+                                 device) if needs_data else {}
+                for name in group:
+                    full = f"{prefix}.{index}.{name}"
+                    target = LayerTarget(full, layer_sparsity(full) if layer_sparsity else sparsity,
+                                         pattern)
+                    records.append(_apply(method, layers[name], stats.pop(name, LayerStats()),
+                                          target))
+            if needs_data and index + 1 < len(blocks):
+                runner.inputs = runner.run(index, keep_outputs=True)
+            block.to(home)
+    finally:
+        bar.close()
+        model.config.use_cache = use_cache
+    return records
+
+
+def _collect(runner: BlockRunner, index: int, layers: dict[str, nn.Module],
+             statistic: Statistic, device) -> dict[str, LayerStats]:
+    collectors = {name: _Collector(statistic, arch.weight_matrix(m).shape[1], device)
+                  for name, m in layers.items()}
+    handles = [m.register_forward_hook(collectors[n], with_kwargs=True) for n, m in layers.items()]
+    try:
+        runner.run(index, keep_outputs=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: c.stats() for name, c in collectors.items()}
+
+
+def _apply(method: PruningMethod, layer: nn.Module, stats: LayerStats,
+           target: LayerTarget) -> LayerRecord:
+    weight = arch.weight_matrix(layer)
+    zeros_before = int((weight == 0).sum())
+    # A contiguous fp32 copy: methods are free to compute on it without touching the model.
+    decision = method.prune_layer(weight.to(torch.float32, copy=True).contiguous(), stats, target)
+    new_weight = decision.weight.to(torch.float32).clone()
+    new_weight[decision.pruned] = 0
+    arch.set_weight_matrix(layer, new_weight)
+    rows, cols = weight.shape
+    return LayerRecord(target.name, rows, cols, target.sparsity, zeros_before,
+                       int((arch.weight_matrix(layer) == 0).sum()), decision.notes)

@@ -1,0 +1,135 @@
+"""Bad input gives one line, exit status 2, no traceback and no partial output."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from prunelab.cli import main
+from prunelab.testing import tiny_model, tiny_tokenizer
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(*args):
+    """Run the CLI in this process (a subprocess per case would re-import torch each time)."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "prunelab.cli", "ppl", "no-such-model"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "unknown model" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "calib.txt"
+    path.write_text("Pruning removes weights from a network. " * 400)
+    return path
+
+
+def _assert_user_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--method", "nope", "--sparsity", "0.5"], "unknown method"),
+    (["--sparsity", "1.2"], "outside [0, 1)"),
+    (["--sparsity", "-0.1"], "outside [0, 1)"),
+    (["--pattern", "4:4"], "N must be at least 1 and below M"),
+    (["--pattern", "2:7"], "does not divide the input width"),
+    (["--sparsity", "0.5", "--seqlen", "100000"], "longer than the model's context"),
+    (["--sparsity", "0.5", "--calib-samples", "0"], "at least one sample"),
+    (["--sparsity", "0.5", "--option", "alpha=1"], "no option alpha"),
+    ([], "no sparsity given"),
+])
+def test_prune_bad_input(tmp_path, tiny_dir, text_file, args, fragment):
+    out = tmp_path / "out"
+    result = run("prune", str(tiny_dir), "--out", str(out), "--calib-source", str(text_file),
+                 "--seqlen", "64", "--no-ppl", *args)
+    _assert_user_error(result, fragment)
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_too_little_calibration_text(tmp_path, tiny_dir):
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    out = tmp_path / "out"
+    result = run("prune", str(tiny_dir), "--out", str(out), "--sparsity", "0.5",
+                 "--calib-source", str(short), "--seqlen", "64", "--no-ppl")
+    _assert_user_error(result, "fewer than one window")
+    assert not out.exists()
+
+
+def test_missing_model_and_unknown_name(tmp_path):
+    _assert_user_error(run("ppl", str(tmp_path / "nothing/here")), "does not exist")
+    _assert_user_error(run("ppl", "no-such-model"), "unknown model")
+    _assert_user_error(run("info", str(tmp_path)), "has no prunelab.json")
+
+
+def test_prune_then_info_then_plain_transformers_load(tmp_path, tiny_dir, text_file):
+    out = tmp_path / "pruned"
+    result = run("prune", str(tiny_dir), "--out", str(out), "--method", "sparsegpt",
+                 "--pattern", "2:4", "--calib-source", str(text_file), "--calib-samples", "4",
+                 "--seqlen", "64", "--no-ppl")
+    assert result.returncode == 0, result.stderr
+    assert "achieved sparsity 0.5000" in result.stdout
+    meta = json.loads((out / "prunelab.json").read_text())
+    assert meta["pruning"]["method"] == "sparsegpt" and meta["pruning"]["pattern"] == "2:4"
+    assert meta["pruning"]["calibration"]["n_samples"] == 4
+    assert len(meta["pruning"]["calibration"]["tokens_sha256"]) == 16
+    assert {"torch", "transformers", "prunelab"} <= set(meta["versions"])
+    assert all(layer["achieved_sparsity"] == 0.5 for layer in meta["pruning"]["layers"])
+    assert list(out.glob("*.safetensors"))
+
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    weight = plain.model.layers[0].mlp.down_proj.weight
+    assert ((weight != 0).view(weight.shape[0], -1, 4).sum(-1) <= 2).all()
+
+    info = run("info", str(out))
+    assert info.returncode == 0 and "sparsegpt" in info.stdout and "down_proj" in info.stdout
+    again = run("prune", str(tiny_dir), "--out", str(out), "--sparsity", "0.5", "--no-ppl")
+    _assert_user_error(again, "already exists")
+
+
+def test_methods_and_models_list():
+    methods = run("methods")
+    assert methods.returncode == 0
+    for name in ("magnitude", "magnitude-global", "wanda", "sparsegpt", "percdamp"):
+        assert name in methods.stdout
+    listing = run("models")
+    assert listing.returncode == 0 and "smollm2-135m" in listing.stdout
+    assert "dequantized" in listing.stdout

@@ -1,0 +1,96 @@
+"""The engine prunes every supported architecture, with every method, to the requested sparsity."""
+
+import pytest
+import torch
+
+from prunelab import arch
+from prunelab.engine import _input_groups, BlockRunner, prune_blocks
+from prunelab.errors import PrunelabError
+from prunelab.methods.base import make_method
+from prunelab.methods.masks import NMPattern
+from prunelab.testing import TINY_CONFIGS, tiny_model
+
+FAMILIES = sorted(TINY_CONFIGS)
+METHODS = ["magnitude", "wanda", "sparsegpt"]
+
+
+def _windows(n=5, length=20):
+    return torch.randint(4, 260, (n, length), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_unstructured_sparsity_within_one_weight_per_row(family, method):
+    model = tiny_model(family)
+    n_layers = sum(len(arch.prunable_layers(b)) for b in arch.find_blocks(model).blocks)
+    embeddings = model.get_input_embeddings().weight.clone()
+    records = prune_blocks(model, make_method(method), 0.6, None, _windows(), batch_size=2,
+                           progress=False)
+    assert len(records) == n_layers
+    for r in records:
+        assert abs(r.zeros_after - 0.6 * r.numel) <= r.rows, r
+    # Embeddings and the head are left alone.
+    assert torch.equal(model.get_input_embeddings().weight, embeddings)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_nm_pattern_holds_in_every_group(family, method):
+    model = tiny_model(family)
+    prune_blocks(model, make_method(method), 0.5, NMPattern(2, 4), _windows(), batch_size=3,
+                 progress=False)
+    for block in arch.find_blocks(model).blocks:
+        for name, layer in arch.prunable_layers(block).items():
+            W = arch.weight_matrix(layer)
+            nonzero = (W != 0).view(W.shape[0], -1, 4).sum(-1)
+            assert (nonzero <= 2).all(), name
+
+
+def test_pruned_model_still_runs_and_changes_output():
+    model = tiny_model("gemma3")
+    x = _windows(1)
+    before = model(input_ids=x).logits
+    prune_blocks(model, make_method("wanda"), 0.5, None, _windows(), progress=False)
+    after = model(input_ids=x).logits
+    assert torch.isfinite(after).all() and not torch.allclose(before, after)
+
+
+def test_batching_does_not_change_the_result():
+    a, b = tiny_model("llama"), tiny_model("llama")
+    prune_blocks(a, make_method("sparsegpt"), 0.5, None, _windows(6), batch_size=1, progress=False)
+    prune_blocks(b, make_method("sparsegpt"), 0.5, None, _windows(6), batch_size=4, progress=False)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-4), n
+
+
+def test_true_sequential_groups_are_found_from_shared_inputs():
+    model = tiny_model("llama")
+    found = arch.find_blocks(model)
+    runner = BlockRunner(model, found.blocks, _windows(2), 2, torch.device("cpu"))
+    groups = _input_groups(runner, 0, arch.prunable_layers(found.blocks[0]))
+    assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                      ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+def test_true_sequential_sparsegpt_differs_from_all_at_once():
+    a, b = tiny_model("llama"), tiny_model("llama")
+    prune_blocks(a, make_method("sparsegpt"), 0.5, None, _windows(), progress=False)
+    prune_blocks(b, make_method("sparsegpt", {"true_sequential": True}), 0.5, None, _windows(),
+                 progress=False)
+    down_a = a.model.layers[0].mlp.down_proj.weight
+    down_b = b.model.layers[0].mlp.down_proj.weight
+    assert not torch.equal(down_a, down_b)
+
+
+def test_model_without_blocks_is_a_user_error():
+    with pytest.raises(PrunelabError, match="no repeated blocks"):
+        arch.find_blocks(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_pattern_width_checked_before_any_pruning():
+    model = tiny_model("llama")
+    before = model.model.layers[0].self_attn.q_proj.weight.clone()
+    with pytest.raises(PrunelabError, match="does not divide"):
+        prune_blocks(model, make_method("wanda"), 1 - 2 / 3, NMPattern(2, 3), _windows(),
+                     progress=False)
+    assert torch.equal(before, model.model.layers[0].self_attn.q_proj.weight)
