@@ -106,3 +106,37 @@ def test_bad_text_inputs(tmp_path):
         corpora.eval_windows(loaded, str(medium), seqlen=100_000)
     with pytest.raises(PrunelabError, match="unknown text source"):
         corpora.load_text("no-such-corpus")
+
+
+def _slow_convert(spec, out):
+    import time
+
+    (out / "config.json").write_text("{}")
+    time.sleep(0.5)
+    (out / "weights.bin").write_text("complete")
+    with open(out.parent.parent / "conversions.log", "a") as log:
+        log.write("converted\n")
+
+
+def _convert_in_child(home):
+    import os
+
+    os.environ["PRUNELAB_HOME"] = home
+    models._convert = _slow_convert
+    models.ensure_converted(models.ZOO["minilm-l6"])
+
+
+def test_concurrent_conversion_happens_once_and_whole(isolated_home):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_convert_in_child, args=(str(isolated_home),)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    final = isolated_home / "models" / "minilm-l6"
+    assert (final / "weights.bin").read_text() == "complete"
+    assert (isolated_home / "conversions.log").read_text() == "converted\n"
+    assert not [p for p in (isolated_home / "models").iterdir() if p.name.startswith(".")]

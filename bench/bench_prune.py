@@ -1,0 +1,91 @@
+"""Pruning cost, measured in one run: time relative to a dense forward pass, and peak memory.
+
+For each method, a fresh process loads the model, times one dense forward pass over the
+calibration windows (the same batches the engine uses), prunes, and reports its peak RSS.
+Sequential pruning needs two passes per block (statistics, then the pruned block's outputs),
+so the floor of the time ratio is about 2. Memory is compared with the model's fp32 size.
+
+    python bench/bench_prune.py [--model smollm2-135m] [--samples 128] [--seqlen 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def child(model_name: str, method: str, pattern: str | None, samples: int, seqlen: int,
+          batch_size: int, with_ppl: bool) -> dict:
+    import torch
+
+    import prunelab
+    from prunelab.data.corpora import CalibrationConfig, calibration_windows
+
+    loaded = prunelab.load_model(model_name)
+    config = CalibrationConfig(n_samples=samples, seqlen=seqlen, seed=0)
+    windows = calibration_windows(loaded, config)
+    model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in windows.split(batch_size):
+            loaded.model.model(input_ids=batch, use_cache=False)  # the body: what pruning runs
+    dense_seconds = time.perf_counter() - start
+    result = prunelab.prune(loaded, method, None if pattern else 0.5, pattern=pattern,
+                            calibration=config, batch_size=batch_size, progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ppl = prunelab.perplexity(loaded, "squad-dev", 512, 32) if with_ppl else None
+    activations = windows.numel() * loaded.model.config.hidden_size * 4
+    return {"method": method, "pattern": pattern, "ppl": ppl, "prune_s": result.seconds,
+            "dense_forward_s": dense_seconds, "ratio": result.seconds / dense_seconds,
+            "peak_rss_gb": peak / 1e9, "rss_after_load_gb": rss_loaded / 1e9,
+            "model_fp32_gb": model_bytes / 1e9, "block_io_gb": 2 * activations / 1e9,
+            "rss_ratio": peak / model_bytes,
+            "rss_ratio_net_of_activations": (peak - 2 * activations) / model_bytes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt,wanda:2:4,sparsegpt:2:4")
+    parser.add_argument("--no-ppl", action="store_true", help="skip perplexity (32 x 512)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        method, _, pattern = args.child.partition(":")
+        print(json.dumps(child(args.model, method, pattern or None, args.samples, args.seqlen,
+                               args.batch_size, not args.no_ppl)))
+        return
+
+    if not args.no_ppl:
+        import prunelab
+
+        dense = prunelab.perplexity(prunelab.load_model(args.model), "squad-dev", 512, 32)
+        print(f"{'dense':14} ppl {dense:8.2f}  (squad-dev, 32 windows x 512)", flush=True)
+    rows = []
+    for spec in args.methods.split(","):
+        cmd = [sys.executable, __file__, "--child", spec, "--model", args.model,
+               "--samples", str(args.samples), "--seqlen", str(args.seqlen),
+               "--batch-size", str(args.batch_size)] + (["--no-ppl"] if args.no_ppl else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        r = rows[-1]
+        ppl = f"ppl {r['ppl']:8.2f}  " if r["ppl"] is not None else ""
+        print(f"{spec:14} {ppl}prune {r['prune_s']:7.1f} s  dense forward {r['dense_forward_s']:6.1f} s"
+              f"  ratio {r['ratio']:5.2f}  peak RSS {r['peak_rss_gb']:.2f} GB = "
+              f"{r['rss_ratio']:.2f} x fp32 model ({r['model_fp32_gb']:.2f} GB); "
+              f"net of block I/O ({r['block_io_gb']:.2f} GB): {r['rss_ratio_net_of_activations']:.2f} x",
+              flush=True)
+    print(f"# {args.model}, {args.samples} x {args.seqlen} calibration tokens, batch {args.batch_size}; "
+          "aims: wanda ratio <= 2.5, sparsegpt <= 6, RSS <= 1.5 x model + activations")
+
+
+if __name__ == "__main__":
+    main()
