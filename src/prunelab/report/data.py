@@ -1,0 +1,63 @@
+"""Everything a report or an export needs from a run directory, loaded in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prunelab.study.recipe import Recipe
+from prunelab.study.stats import Analysis, analyse
+from prunelab.study.store import Store
+
+
+@dataclass
+class Run:
+    run_dir: Path
+    recipe: Recipe
+    record: dict  # run.json: fingerprint, versions, grid ids
+    store: Store
+    points: list[dict]  # this recipe's finished points (newest copy of each grid cell)
+    compressions: list[dict]
+    analysis: Analysis | None
+
+    @property
+    def models(self) -> dict[str, dict]:
+        """Model info by name (parameters, dequantized, caveat), from the compression rows."""
+        out: dict[str, dict] = {}
+        for c in self.compressions:
+            if c["model_info"]:
+                out.setdefault(c["model"], c["model_info"])
+        return out
+
+    @property
+    def total_points(self) -> int:
+        return len(self.record.get("grid_ids", []))
+
+
+def load_run(run_dir: str | Path, analyse_results: bool = True) -> Run:
+    from prunelab.study.runner import read_run
+
+    run_dir = Path(run_dir)
+    recipe, record = read_run(run_dir)
+    store = Store.in_dir(run_dir)
+    grid_ids = set(record.get("grid_ids", [])) or None
+    points = store.points(grid_ids)
+    keys = {_compression_key(p) for p in points}
+    compressions = [c for c in store.compressions()
+                    if (c["model"], _canon(c["config"])) in keys]
+    analysis = None
+    if analyse_results:
+        a = recipe.analysis
+        analysis = analyse(points, store.examples, n_boot=a.n_boot, measure=a.measure,
+                            thresholds=tuple(a.thresholds))
+    return Run(run_dir, recipe, record, store, points, compressions, analysis)
+
+
+def _canon(config: dict) -> str:
+    import json
+
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _compression_key(point: dict) -> tuple[str, str]:
+    return point["model"], _canon(point["config"]["compression"])

@@ -1,0 +1,247 @@
+"""The report of a study as self-contained HTML and as Markdown, rebuilt from the store.
+
+HTML: images inline as base64 PNG, no scripts, no external links, every string that comes from
+a model, a task or a recipe escaped. Markdown: the same tables, images as files beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+from prunelab.report.data import Run
+from prunelab.report.plots import band_plots, relative_plots
+
+MEASURES = {
+    "relative": "relative performance = pruned score / dense score (the paper's “% of dense”)",
+    "above_chance": "relative performance = (pruned − chance) / (dense − chance): the share of "
+                    "the dense model's above-chance skill that survives",
+}
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    text: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, png)
+    pre: str | None = None
+
+
+def _num(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _ci(pair, digits: int = 2) -> str:
+    low, high = pair
+    return f"[{_num(low, digits)}, {_num(high, digits)}]"
+
+
+def _pct(x) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.0%}"
+
+
+def sections(run: Run) -> list[Section]:
+    a, recipe = run.analysis, run.recipe
+    thresholds = recipe.analysis.thresholds
+    out = []
+
+    intro = Section("Run")
+    done, total = len(run.points), run.total_points
+    intro.text.append(f"Recipe “{recipe.name}”: {done} of {total} points finished"
+                      + ("" if done >= total else " (a partial report: the study is not done)")
+                      + f". Run directory: {run.run_dir}.")
+    if recipe.description:
+        intro.text.append(recipe.description)
+    intro.text.append("Measure: " + MEASURES[a.measure] + "; drop = 1 − relative performance. "
+                      "Intervals are 95% percentile bootstraps over the items of each level "
+                      "(dense and pruned paired) and over calibration seeds. Levels where the "
+                      "dense model is at chance (its 95% interval reaches chance) are flagged "
+                      "and left out of every rank statistic.")
+    for model, info in run.models.items():
+        if info.get("dequantized"):
+            intro.text.append(f"Caveat for {model}: {info.get('caveat') or 'dequantized weights'}."
+                              " Results describe these weights, not the original checkpoint.")
+    out.append(intro)
+
+    verdict = Section("Does pruning hurt harder tasks first?")
+    verdict.text.append("Per family and method: Spearman's ρ between difficulty level and drop, "
+                        "averaged over the sparsities tested, with its 95% interval; "
+                        "“harder drops more” when the interval lies above 0, “opposite” when "
+                        "below. Effect: how much more of dense performance the hardest level "
+                        "loses than the easiest, averaged over sparsities.")
+    verdict.tables.append(Table("Verdicts", ["model", "method", "family", "verdict", "mean ρ",
+                                             "95% CI", "effect", "95% CI", "levels used",
+                                             "excluded (at chance)"],
+                                [[v["model"], v["arm"], v["family"], v["verdict"],
+                                  _num(v["spearman"], 2), _ci(v["spearman_ci"]),
+                                  _num(v["effect"], 3), _ci(v["effect_ci"], 3),
+                                  str(v["levels_used"]), ", ".join(v["excluded_at_chance"]) or "–"]
+                                 for v in a.verdicts]))
+    out.append(verdict)
+
+    plots = Section("Relative performance vs sparsity")
+    plots.text.append("One line per difficulty level (darker = easier), shaded: 95% interval; "
+                      "dashed grey: level at chance when dense; dotted: "
+                      + ", ".join(f"{t:.0%}" for t in thresholds) + " of dense.")
+    for model, png in relative_plots(a, tuple(thresholds)).items():
+        plots.images.append((f"{model}: relative performance vs sparsity", png))
+    out.append(plots)
+
+    dense = Section("Dense model")
+    dense.tables.append(Table("Dense scores", ["model", "family", "level", "n", "score",
+                                               "chance", "at chance"],
+                              [[d["model"], d["family"], str(d["level"]), str(d["n"]),
+                                _num(d["score"]), _num(d["chance"]),
+                                "yes" if d["at_chance"] else ""] for d in a.dense]))
+    out.append(dense)
+
+    mono = Section("Monotonicity per sparsity")
+    mono.tables.append(Table("Rank correlation of level and drop", [
+        "model", "method", "family", "sparsity", "Spearman ρ", "95% CI", "Kendall τ", "95% CI",
+        "drop per level (easy → hard)"],
+        [[m["model"], m["arm"], m["family"], _pct(m["x"]), _num(m["spearman"], 2),
+          _ci(m["spearman_ci"]), _num(m["kendall"], 2), _ci(m["kendall_ci"]),
+          " / ".join(_num(d, 2) for d in m["drops"])] for m in a.monotonicity]))
+    out.append(mono)
+
+    cross = Section("Where each level breaks")
+    keys = [f"below_{int(round(t * 100))}" for t in thresholds]
+    cross.text.append("Sparsity at which each level first falls below the given share of dense "
+                      "(linear interpolation between tested sparsities; “>” = never within the "
+                      "grid).")
+    cross.tables.append(Table("Breaking points", ["model", "method", "family", "level"]
+                              + [f"< {t:.0%} of dense" for t in thresholds],
+                              [[t["model"], t["arm"], t["family"],
+                                str(t["level"]) + (" (at chance)" if t["dense_at_chance"] else "")]
+                               + [(_pct(t[k]) if t[k] is not None else f"> {_pct(t['max_x'])}")
+                                  for k in keys] for t in a.thresholds]))
+    out.append(cross)
+
+    if a.band:
+        band = Section("Nested junk: pruning one magnitude band at a time")
+        width = recipe.band_probe.width if recipe.band_probe else None
+        band.text.append(f"Only the weights whose |W| rank quantile lies in [s, s + {width}) of "
+                         "each matrix are pruned. If small weights were pure junk, the low bands "
+                         "would cost nothing and only high bands would hurt.")
+        for model, png in band_plots(a).items():
+            band.images.append((f"{model}: relative performance by pruned band", png))
+        band.tables.append(Table("Band probe", ["model", "family", "level", "band start",
+                                                "relative", "95% CI"],
+                                 [[r["model"], r["family"], str(r["level"]), _num(r["x"], 2),
+                                   _num(r["relative"]), _ci((r["ci_low"], r["ci_high"]))]
+                                  for r in a.band]))
+        out.append(band)
+
+    comp = Section("Compressed models")
+    rows = []
+    for c in run.compressions:
+        cfg, res = c["config"], c["result"] or {}
+        what = "dense" if cfg["method"] == "dense" else (cfg["pattern"] or _pct(cfg["sparsity"]))
+        if cfg.get("band"):
+            what = f"band from {cfg['options'].get('band_low')}"
+        rows.append([c["model"], cfg["method"], what, str(cfg.get("seed") or "–"),
+                     _num(res.get("overall_sparsity"), 4), _num(c["perplexity"], 2),
+                     _num(c["seconds"], 1)])
+    comp.tables.append(Table("Compressions", ["model", "method", "sparsity / pattern", "seed",
+                                              "achieved sparsity", "perplexity", "prune s"], rows))
+    out.append(comp)
+
+    prov = Section("Recipe and versions")
+    prov.text.append("Versions: " + ", ".join(f"{k} {v}" for k, v in
+                                              run.record.get("versions", {}).items()))
+    prov.pre = recipe.to_yaml()
+    out.append(prov)
+    return out
+
+
+# -- HTML -------------------------------------------------------------------------------------------
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}th{background:#f3f3f3}
+img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto}figcaption{color:#555}"""
+
+
+def to_html(title: str, secs: list[Section]) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    for s in secs:
+        parts.append(f"<h2>{e(s.title)}</h2>")
+        parts += [f"<p>{e(t)}</p>" for t in s.text]
+        for caption, png in s.images:
+            data = base64.b64encode(png).decode("ascii")
+            parts.append(f'<figure><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{e(caption)}</figcaption></figure>")
+        for t in s.tables:
+            parts.append(f"<h3>{e(t.title)}</h3><table><tr>"
+                         + "".join(f"<th>{e(h)}</th>" for h in t.headers) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>"
+                      for row in t.rows]
+            parts.append("</table>")
+        if s.pre:
+            parts.append(f"<pre>{e(s.pre)}</pre>")
+    parts.append(f"<p><small>Written by prunelab on "
+                 f"{e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</small></p></body></html>")
+    return "\n".join(parts)
+
+
+# -- Markdown ---------------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    # Keep table structure intact whatever a task or model name contains.
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(title: str, secs: list[Section], image_dir: str) -> tuple[str, dict[str, bytes]]:
+    lines, files = [f"# {title}", ""], {}
+    for s in secs:
+        lines += [f"## {s.title}", ""]
+        for t in s.text:
+            lines += [t, ""]
+        for caption, png in s.images:
+            name = f"fig{len(files) + 1}.png"
+            files[name] = png
+            lines += [f"![{_md_cell(caption)}]({image_dir}/{name})", ""]
+        for t in s.tables:
+            lines += [f"### {t.title}", "", "| " + " | ".join(map(_md_cell, t.headers)) + " |",
+                      "|" + "---|" * len(t.headers)]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+            lines.append("")
+        if s.pre:
+            lines += ["```yaml", s.pre.rstrip(), "```", ""]
+    return "\n".join(lines), files
+
+
+def summary_json(run: Run) -> dict:
+    """The verdicts in machine-readable form (written beside the report)."""
+    clean = _finite(json.loads(json.dumps(run.analysis.verdicts, default=str)))
+    return {"recipe": run.recipe.name, "points": len(run.points),
+            "total_points": run.total_points, "verdicts": clean}
+
+
+def _finite(value):
+    """NaN is not JSON: write null instead."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,215 @@
+"""A study recipe: YAML mapped one to one onto a typed config.
+
+Every key of the YAML is a field below (unknown keys are refused), so the recipe file is the
+whole description of a study. The CLI only overrides fields (`--set path=value`).
+Validation collects *every* problem, each with its path in the YAML (`compressions[1].sparsity[2]`),
+and raises one `PrunelabError` before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from prunelab.errors import PrunelabError
+
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Compression(_Strict):
+    """One method swept over a list of sparsities and/or N:M patterns ("2:4" keeps 2 of 4)."""
+
+    method: str
+    sparsity: list[Fraction] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Compression:
+        if not self.sparsity and not self.patterns:
+            raise ValueError("gives neither a sparsity list nor patterns (empty grid)")
+        return self
+
+
+class Calibration(_Strict):
+    """Calibration text for methods that need it; the window seed is each study seed."""
+
+    source: str = "squadshifts-new_wiki"
+    n_samples: int = Field(128, ge=1)
+    seqlen: int = Field(512, ge=8)
+
+
+class Evaluation(_Strict):
+    limit: int | None = Field(None, ge=1, description="items per task level (None = all)")
+    seed: int = Field(0, description="selects the items and few-shot demonstrations")
+    batch_size: int = Field(16, ge=1)
+
+
+class Perplexity(_Strict):
+    source: str = "squad-dev"
+    seqlen: int = Field(512, ge=8)
+    n_windows: int = Field(8, ge=1)
+
+
+class BandProbe(_Strict):
+    """The "nested junk" probe: prune only the |W| rank band [s, s + width) of each matrix."""
+
+    starts: list[Fraction] = Field(min_length=1)
+    width: float = Field(0.1, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _inside(self) -> BandProbe:
+        bad = [s for s in self.starts if s + self.width > 1 + 1e-9]
+        if bad:
+            raise ValueError(f"band start(s) {bad} + width {self.width} go past 1")
+        return self
+
+
+class Analysis(_Strict):
+    # "relative": pruned / dense score, the paper's "% of dense". "above_chance": the share of
+    # the dense model's above-chance skill that is kept, (pruned - chance) / (dense - chance),
+    # which does not reward a collapsed level for having a high chance floor.
+    measure: Literal["relative", "above_chance"] = "relative"
+    n_boot: int = Field(1000, ge=50, description="bootstrap replicates for every interval")
+    thresholds: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        default_factory=lambda: [0.9, 0.5])
+
+
+class Recipe(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    description: str = ""
+    models: list[str] = Field(min_length=1)
+    compressions: list[Compression] = Field(default_factory=list)
+    band_probe: BandProbe | None = None
+    tasks: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    calibration: Calibration = Field(default_factory=Calibration)
+    eval: Evaluation = Field(default_factory=Evaluation)
+    perplexity: Perplexity | None = None
+    analysis: Analysis = Field(default_factory=Analysis)
+
+    @model_validator(mode="after")
+    def _some_compression(self) -> Recipe:
+        if not self.compressions and self.band_probe is None:
+            raise ValueError("no compressions and no band_probe: nothing to compare with dense")
+        return self
+
+    def fingerprint(self) -> str:
+        """A hash of what the recipe computes; a run directory belongs to one fingerprint.
+
+        `analysis` and `description` are left out: they change no stored result, so a run
+        can be re-analysed (e.g. more bootstrap replicates) in its own directory."""
+        data = self.model_dump(mode="json", exclude={"analysis", "description"})
+        text = json.dumps(data, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overriding, validating
+
+
+def yaml_path(loc: tuple) -> str:
+    """('compressions', 1, 'sparsity', 2) -> 'compressions[1].sparsity[2]'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    found = []
+    for err in exc.errors():
+        # Drop pydantic's tagged-union / function-validator markers from the path.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(
+                err["input"], (dict, list)):
+            msg += f" (got {err['input']!r})"
+        found.append((yaml_path(loc), msg))
+    return found
+
+
+def recipe_error(source: str, problems: list[tuple[str, str]]) -> PrunelabError:
+    listed = "; ".join(f"{path}: {msg}" for path, msg in problems)
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    return PrunelabError(f"invalid recipe {source}: {count}: {listed}",
+                         "fix each listed field and run again")
+
+
+_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply `a.b[0].c=VALUE` to raw recipe data; VALUE is parsed as YAML ("[0.5, 0.6]", "null")."""
+    path, sep, raw = assignment.partition("=")
+    if not sep or not path.strip():
+        raise PrunelabError(f"override {assignment!r} is not PATH=VALUE",
+                            "write e.g. --set eval.limit=20 or --set compressions[0].sparsity=[0.5]")
+    parts = [m.group(1) if m.group(1) is not None else int(m.group(2))
+             for m in _SEGMENT.finditer(path.strip())]
+    value = yaml.safe_load(raw)
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        try:
+            if isinstance(part, int):
+                node = node[part]
+            else:
+                if node.get(part) is None:
+                    node[part] = [] if isinstance(nxt, int) else {}
+                node = node[part]
+        except (IndexError, KeyError, TypeError, AttributeError):
+            raise PrunelabError(f"override {assignment!r}: {yaml_path(tuple(parts[:i + 1]))} "
+                                "does not exist in the recipe", "check the path") from None
+    try:
+        node[parts[-1]] = value
+    except (IndexError, TypeError):
+        raise PrunelabError(f"override {assignment!r}: cannot set {yaml_path(tuple(parts))}",
+                            "check the path") from None
+
+
+def parse_recipe(data: Any, source: str = "recipe", overrides: list[str] | None = None) -> Recipe:
+    """Validate raw data (a mapping from YAML) into a Recipe; every problem in one error."""
+    if not isinstance(data, dict):
+        raise recipe_error(source, [("(top level)", "must be a mapping of keys to values")])
+    data = copy.deepcopy(data)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise recipe_error(source, _problems(exc)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise PrunelabError(f"recipe {path} does not exist",
+                            "pass a YAML recipe (see recipes/), or run `prunelab demo`")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise PrunelabError(f"recipe {path} is not valid YAML{where}",
+                            "check indentation and quoting") from None
+    return parse_recipe(data, str(path), overrides)

@@ -1,0 +1,317 @@
+"""The statistics the Junk DNA paper lacked: intervals and rank tests for "harder drops more".
+
+Vocabulary:
+- an *arm* is one way of compressing swept over sparsity: "wanda" (unstructured), "wanda N:8"
+  (N:M patterns with M = 8, x = their sparsity), "magnitude-band" (x = the band's start);
+- *relative* performance of a level = pruned score / dense score (lower-is-better metrics are
+  inverted), or with measure "above_chance" (pruned − chance) / (dense − chance);
+- *drop* = 1 − relative.
+
+Every interval is a percentile bootstrap that resamples the items of each level (dense and
+pruned results are paired: the same items, so the same resample is used for both) and, where a
+compression ran with several calibration seeds, the seeds. Levels where the dense model is at
+chance tell nothing about pruning: they are flagged and left out of every rank statistic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+VERDICTS = ("harder drops more", "no evidence", "opposite")
+
+
+@dataclass
+class Level:
+    """One task level of one model: dense results, and pruned results per (arm, x, seed)."""
+
+    model: str
+    task: str
+    family: str
+    axis: str
+    level: object
+    level_rank: int
+    chance: float | None
+    lower_better: bool
+    dense_at_chance: bool
+    ids: list[str]
+    dense: tuple[np.ndarray, np.ndarray]  # (values, weights) aligned with ids
+    pruned: dict[tuple[str, float], dict[object, tuple[np.ndarray, np.ndarray]]] = field(
+        default_factory=dict)
+
+
+def arm_of(point: dict) -> tuple[str, float]:
+    """(arm label, x) of a point; see the module docstring."""
+    if point["band"]:
+        return point["method"], float(point["options"]["band_low"])
+    if point["pattern"]:
+        m = point["pattern"].split(":")[1]
+        return f"{point['method']} N:{m}", float(point["sparsity"])
+    return point["method"], float(point["sparsity"])
+
+
+def collect(points: list[dict], examples) -> list[Level]:
+    """Build Levels from store points; `examples(key)` returns that point's example rows."""
+    dense = {(p["model"], p["task"]): p for p in points if p["method"] == "dense"}
+    levels: dict[tuple[str, str], Level] = {}
+    for (model, task), p in dense.items():
+        rows = {r["example_id"]: r for r in examples(p["key"]) if r["value"] is not None}
+        ids = list(rows)
+        at_chance = p["at_chance"]
+        if at_chance is None:  # no interval stored: at chance if the score is not above it
+            at_chance = p["chance"] is not None and (p["score"] or 0) <= p["chance"]
+        levels[(model, task)] = Level(
+            model, task, p["family"], p["axis"], p["level"], p["level_rank"], p["chance"],
+            p["lower_better"], bool(at_chance), ids,
+            (np.array([rows[i]["value"] for i in ids], float),
+             np.array([rows[i]["weight"] for i in ids], float)))
+    for p in points:
+        if p["method"] == "dense" or (p["model"], p["task"]) not in levels:
+            continue
+        lv = levels[(p["model"], p["task"])]
+        rows = {r["example_id"]: r for r in examples(p["key"])}
+        # Pair by example id; an item the pruned run lacks (should not happen) counts as wrong.
+        v = np.array([(rows[i]["value"] or 0.0) if i in rows else 0.0 for i in lv.ids], float)
+        w = np.array([rows[i]["weight"] if i in rows else 1.0 for i in lv.ids], float)
+        lv.pruned.setdefault(arm_of(p), {})[p["seed"]] = (v, w)
+    return sorted(levels.values(), key=lambda lv: (lv.model, lv.family, lv.level_rank))
+
+
+# -- rank correlations, vectorised over bootstrap replicates --------------------------------------
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Average ranks along the last axis (ties share their mean rank)."""
+    from scipy.stats import rankdata
+
+    return rankdata(a, axis=-1)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho between x [k] and each row of y [..., k]; 0 where y is constant."""
+    y = np.atleast_2d(y)
+    rx = _ranks(np.asarray(x, float)[None, :])[0]
+    ry = _ranks(y)
+    rx = rx - rx.mean()
+    ry = ry - ry.mean(axis=-1, keepdims=True)
+    denom = np.sqrt((rx**2).sum() * (ry**2).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (ry * rx).sum(axis=-1) / denom
+    return np.where(denom > 0, rho, 0.0)
+
+
+def kendall(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b between x [k] and each row of y [..., k]; 0 where y is constant."""
+    y = np.atleast_2d(y)
+    x = np.asarray(x, float)
+    i, j = np.triu_indices(len(x), k=1)
+    sx = np.sign(x[j] - x[i])
+    sy = np.sign(y[..., j] - y[..., i])
+    n0 = len(i)
+    tx = n0 - np.count_nonzero(sx)  # pairs tied in x
+    ty = n0 - np.count_nonzero(sy, axis=-1)
+    denom = np.sqrt((n0 - tx) * (n0 - ty))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = (sx * sy).sum(axis=-1) / denom
+    return np.where(denom > 0, tau, 0.0)
+
+
+# -- bootstrap of relative performance -------------------------------------------------------------
+
+
+def _score(v: np.ndarray, w: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
+    """sum(v)/sum(w) over the items `idx` [B, n] (or all items when idx is None)."""
+    if idx is None:
+        return np.array([v.sum() / w.sum()])
+    return v[idx].sum(axis=-1) / w[idx].sum(axis=-1)
+
+
+def _relative(lv: Level, key, idx, seed_pick, measure: str) -> np.ndarray:
+    """Relative performance of level `lv` under arm/x `key`, per bootstrap replicate [B]."""
+    dense = _score(*lv.dense, idx)
+    runs = lv.pruned[key]
+    per_seed = np.stack([_score(v, w, idx) for v, w in runs.values()])  # [R, B]
+    if seed_pick is None or per_seed.shape[0] == 1:
+        pruned = per_seed.mean(axis=0)
+    else:
+        pick = seed_pick[:, : per_seed.shape[0]] % per_seed.shape[0]  # [B, R]
+        pruned = per_seed[pick, np.arange(per_seed.shape[1])[:, None]].mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if lv.lower_better:
+            return dense / pruned
+        if measure == "above_chance" and lv.chance is not None:
+            return (pruned - lv.chance) / (dense - lv.chance)
+        return pruned / dense
+
+
+@dataclass
+class FamilyBoot:
+    """Relative performance of one family's levels over one arm's x values."""
+
+    model: str
+    family: str
+    arm: str
+    levels: list[Level]  # ordered by level_rank
+    xs: list[float]
+    point: np.ndarray  # [L, X] on all data
+    boot: np.ndarray  # [B, L, X]
+
+
+def bootstrap_family(levels: list[Level], arm: str, n_boot: int, seed: int,
+                     measure: str) -> FamilyBoot:
+    rng = np.random.default_rng(seed)
+    xs = sorted({x for lv in levels for (a, x) in lv.pruned if a == arm})
+    max_seeds = max(len(runs) for lv in levels for (a, _), runs in lv.pruned.items() if a == arm)
+    seed_pick = rng.integers(0, max_seeds, size=(n_boot, max_seeds)) if max_seeds > 1 else None
+    point = np.full((len(levels), len(xs)), np.nan)
+    boot = np.full((n_boot, len(levels), len(xs)), np.nan)
+    for li, lv in enumerate(levels):
+        n = len(lv.ids)
+        idx = rng.integers(0, n, size=(n_boot, n)) if n else None
+        for xi, x in enumerate(xs):
+            if (arm, x) in lv.pruned and n:
+                point[li, xi] = _relative(lv, (arm, x), None, None, measure)[0]
+                boot[:, li, xi] = _relative(lv, (arm, x), idx, seed_pick, measure)
+    return FamilyBoot(levels[0].model, levels[0].family, arm, levels, xs, point, boot)
+
+
+def _ci(samples: np.ndarray) -> tuple[float, float]:
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return (math.nan, math.nan)
+    low, high = np.quantile(samples, [0.025, 0.975])
+    return float(low), float(high)
+
+
+# -- the analysis ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Analysis:
+    measure: str
+    relative: list[dict]  # one row per model, arm, x, family, level
+    monotonicity: list[dict]  # one row per model, arm, family, x
+    verdicts: list[dict]  # one row per model, arm, family
+    thresholds: list[dict]  # one row per model, arm, family, level
+    dense: list[dict]  # one row per model, family, level
+    band: list[dict]  # the nested-junk probe, from `relative` rows of band arms
+
+
+def analyse(points: list[dict], examples, *, n_boot: int = 1000, seed: int = 0,
+            measure: str = "relative", thresholds=(0.9, 0.5)) -> Analysis:
+    levels = collect(points, examples)
+    families: dict[tuple[str, str], list[Level]] = defaultdict(list)
+    for lv in levels:
+        families[(lv.model, lv.family)].append(lv)
+    out = Analysis(measure, [], [], [], [], [], [])
+    for (model, family), lvs in families.items():
+        for lv in lvs:
+            dv, dw = lv.dense
+            out.dense.append({"model": model, "family": family, "task": lv.task,
+                              "level": lv.level, "level_rank": lv.level_rank, "n": len(lv.ids),
+                              "score": float(dv.sum() / dw.sum()) if len(lv.ids) else math.nan,
+                              "chance": lv.chance, "at_chance": lv.dense_at_chance})
+        arms = list(dict.fromkeys(a for lv in lvs for (a, _) in lv.pruned))
+        for arm in arms:
+            fb = bootstrap_family(lvs, arm, n_boot, seed, measure)
+            _relative_rows(out, fb)
+            if not any(p["band"] for p in points if p["method"] == arm):
+                _rank_rows(out, fb)
+                _threshold_rows(out, fb, thresholds)
+    band_arms = {p["method"] for p in points if p["band"]}
+    out.band = [r for r in out.relative if r["arm"] in band_arms]
+    return out
+
+
+def _relative_rows(out: Analysis, fb: FamilyBoot) -> None:
+    for li, lv in enumerate(fb.levels):
+        for xi, x in enumerate(fb.xs):
+            if math.isnan(fb.point[li, xi]) and (fb.arm, x) not in lv.pruned:
+                continue
+            low, high = _ci(fb.boot[:, li, xi])
+            seeds = lv.pruned.get((fb.arm, x), {})
+            out.relative.append({
+                "model": fb.model, "arm": fb.arm, "x": x, "family": fb.family, "task": lv.task,
+                "level": lv.level, "level_rank": lv.level_rank,
+                "relative": float(fb.point[li, xi]), "ci_low": low, "ci_high": high,
+                "n": len(lv.ids), "seeds": len(seeds), "dense_at_chance": lv.dense_at_chance})
+
+
+def _valid(fb: FamilyBoot) -> list[int]:
+    return [i for i, lv in enumerate(fb.levels) if not lv.dense_at_chance]
+
+
+def _rank_rows(out: Analysis, fb: FamilyBoot) -> None:
+    valid = _valid(fb)
+    excluded = [str(fb.levels[i].level) for i in range(len(fb.levels)) if i not in valid]
+    base = {"model": fb.model, "arm": fb.arm, "family": fb.family,
+            "levels_used": len(valid), "excluded_at_chance": excluded}
+    if len(valid) < 2:
+        out.verdicts.append({**base, "verdict": "too few levels above chance",
+                             "spearman": math.nan, "spearman_ci": (math.nan, math.nan),
+                             "effect": math.nan, "effect_ci": (math.nan, math.nan)})
+        return
+    ranks = np.array([fb.levels[i].level_rank for i in valid], float)
+    drop_point = 1 - fb.point[valid, :]  # [L, X]
+    drop_boot = 1 - fb.boot[:, valid, :]  # [B, L, X]
+    usable = [xi for xi in range(len(fb.xs)) if np.isfinite(drop_point[:, xi]).all()]
+    rho_boot_all = []
+    for xi in usable:
+        finite = np.isfinite(drop_boot[:, :, xi]).all(axis=1)
+        rho_b = spearman(ranks, np.nan_to_num(drop_boot[:, :, xi]))
+        tau_b = kendall(ranks, np.nan_to_num(drop_boot[:, :, xi]))
+        rho_b[~finite], tau_b[~finite] = np.nan, np.nan
+        rho_boot_all.append(rho_b)
+        out.monotonicity.append({
+            **{k: base[k] for k in ("model", "arm", "family", "levels_used")},
+            "x": fb.xs[xi],
+            "spearman": float(spearman(ranks, drop_point[:, xi])[0]),
+            "spearman_ci": _ci(rho_b),
+            "kendall": float(kendall(ranks, drop_point[:, xi])[0]),
+            "kendall_ci": _ci(tau_b),
+            "drops": [float(d) for d in drop_point[:, xi]]})
+    if not usable:
+        out.verdicts.append({**base, "verdict": "no usable sparsity", "spearman": math.nan,
+                             "spearman_ci": (math.nan, math.nan), "effect": math.nan,
+                             "effect_ci": (math.nan, math.nan)})
+        return
+    # Pooled over sparsities: the mean rank correlation, and the effect size = how many points
+    # of dense performance more the hardest usable level loses than the easiest, on average.
+    rho_mean_boot = np.nanmean(np.stack(rho_boot_all), axis=0)
+    rho_mean = float(np.mean([r["spearman"] for r in out.monotonicity[-len(usable):]]))
+    hard, easy = -1, 0  # valid levels are ordered by level_rank
+    effect_point = float(np.mean(drop_point[hard, usable] - drop_point[easy, usable]))
+    effect_boot = np.mean(drop_boot[:, hard, usable] - drop_boot[:, easy, usable], axis=1)
+    low, high = _ci(rho_mean_boot)
+    verdict = VERDICTS[0] if low > 0 else VERDICTS[2] if high < 0 else VERDICTS[1]
+    out.verdicts.append({**base, "verdict": verdict, "spearman": rho_mean,
+                         "spearman_ci": (low, high), "effect": effect_point,
+                         "effect_ci": _ci(effect_boot), "sparsities": len(usable)})
+
+
+def crossing(xs: list[float], rel: list[float], threshold: float) -> float | None:
+    """First sparsity where relative performance falls below `threshold`, interpolated linearly
+    from the last tested point above it (dense, at x = 0, counts as 1.0). None: never fell."""
+    prev_x, prev_r = 0.0, 1.0
+    for x, r in zip(xs, rel):
+        if not math.isfinite(r):
+            continue
+        if r < threshold:
+            if prev_r == r:
+                return x
+            return prev_x + (x - prev_x) * (prev_r - threshold) / (prev_r - r)
+        prev_x, prev_r = x, r
+    return None
+
+
+def _threshold_rows(out: Analysis, fb: FamilyBoot, thresholds) -> None:
+    for li, lv in enumerate(fb.levels):
+        row = {"model": fb.model, "arm": fb.arm, "family": fb.family, "level": lv.level,
+               "level_rank": lv.level_rank, "dense_at_chance": lv.dense_at_chance,
+               "max_x": max(fb.xs) if fb.xs else None}
+        for t in thresholds:
+            row[f"below_{int(round(t * 100))}"] = crossing(fb.xs, list(fb.point[li]), t)
+        out.thresholds.append(row)

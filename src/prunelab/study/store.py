@@ -1,0 +1,181 @@
+"""The result store: one SQLite file per run directory, in WAL mode.
+
+Each finished point is written in ONE transaction together with its per-example results, so
+a `kill -9` at any moment leaves either the whole point or none of it: SQLite's journal makes
+a half-written transaction invisible and rolls it back on the next open. Nothing is kept in
+memory until the end; a crash loses at most the point in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS points (
+    key TEXT PRIMARY KEY,        -- hash of the full config, versions included
+    grid_id TEXT NOT NULL,       -- the same hash without versions (which recipe cell it is)
+    model TEXT NOT NULL, method TEXT NOT NULL, sparsity REAL NOT NULL, pattern TEXT,
+    options TEXT NOT NULL, seed INTEGER, band INTEGER NOT NULL,
+    task TEXT NOT NULL, family TEXT NOT NULL, axis TEXT, level TEXT NOT NULL,
+    level_rank INTEGER NOT NULL, metric TEXT, lower_better INTEGER NOT NULL,
+    n INTEGER NOT NULL, score REAL, ci_low REAL, ci_high REAL, chance REAL, at_chance INTEGER,
+    config TEXT NOT NULL, seconds REAL, finished REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS points_grid ON points(grid_id);
+CREATE TABLE IF NOT EXISTS examples (
+    point_key TEXT NOT NULL REFERENCES points(key) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    example_id TEXT NOT NULL,
+    value REAL,                  -- correct (0/1 or F1); rolling tasks: nats of the text
+    weight REAL NOT NULL,        -- 1; rolling tasks: bytes of the text
+    margin REAL,
+    data TEXT NOT NULL,          -- the full per-example record as JSON
+    PRIMARY KEY (point_key, idx)
+);
+CREATE TABLE IF NOT EXISTS compressions (
+    key TEXT PRIMARY KEY, model TEXT NOT NULL, config TEXT NOT NULL, result TEXT,
+    perplexity REAL, model_info TEXT, seconds REAL, finished REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+STORE_FILE = "results.sqlite"
+POINT_COLUMNS = ("key", "grid_id", "model", "method", "sparsity", "pattern", "options", "seed",
+                 "band", "task", "family", "axis", "level", "level_rank", "metric",
+                 "lower_better", "n", "score", "ci_low", "ci_high", "chance", "at_chance",
+                 "config", "seconds", "finished")
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we open transactions ourselves, explicitly.
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed point survives even an OS crash, not only a killed process.
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.executescript(SCHEMA)
+
+    @classmethod
+    def in_dir(cls, run_dir: str | Path) -> Store:
+        return cls(Path(run_dir) / STORE_FILE)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def put_point(self, row: dict, examples: list[dict]) -> None:
+        """Write a finished point and its examples atomically (replacing an older copy)."""
+        row = {**row, "finished": time.time(), "level": json.dumps(row["level"])}
+        values = [_cell(row.get(c)) for c in POINT_COLUMNS]
+        ex_rows = [(row["key"], i, str(ex.get("example_id", i)), ex.get("value"),
+                    float(ex.get("weight", 1.0)), ex.get("margin"),
+                    json.dumps(ex.get("data", ex), default=str, ensure_ascii=False))
+                   for i, ex in enumerate(examples)]
+        with self._transaction():
+            self.conn.execute("DELETE FROM examples WHERE point_key = ?", (row["key"],))
+            self.conn.execute(f"INSERT OR REPLACE INTO points ({', '.join(POINT_COLUMNS)}) "
+                              f"VALUES ({', '.join('?' * len(POINT_COLUMNS))})", values)
+            self.conn.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?)", ex_rows)
+
+    def put_compression(self, key: str, model: str, config: dict, result: dict | None,
+                        perplexity: float | None, model_info: dict, seconds: float) -> None:
+        with self._transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO compressions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, model, json.dumps(config, sort_keys=True), json.dumps(result, default=str),
+                 perplexity, json.dumps(model_info, default=str), seconds, time.time()))
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._transaction():
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                              (key, json.dumps(value, default=str)))
+
+    def _transaction(self):
+        return _Transaction(self.conn)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def finished_keys(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT key FROM points")}
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def points(self, grid_ids: set[str] | None = None) -> list[dict]:
+        """Finished points as dicts (level, options and config decoded); the newest copy of
+        each grid cell when `grid_ids` is given (older copies were made by older versions)."""
+        rows = [_decode(dict(r)) for r in
+                self.conn.execute("SELECT * FROM points ORDER BY finished")]
+        if grid_ids is None:
+            return rows
+        newest: dict[str, dict] = {}
+        for row in rows:
+            if row["grid_id"] in grid_ids:
+                newest[row["grid_id"]] = row
+        return list(newest.values())
+
+    def examples(self, point_key: str) -> list[dict]:
+        return [dict(r) for r in self.conn.execute(
+            "SELECT example_id, value, weight, margin FROM examples WHERE point_key = ? "
+            "ORDER BY idx", (point_key,))]
+
+    def example_records(self, point_key: str) -> list[dict]:
+        return [json.loads(r[0]) for r in self.conn.execute(
+            "SELECT data FROM examples WHERE point_key = ? ORDER BY idx", (point_key,))]
+
+    def compressions(self) -> list[dict]:
+        out = []
+        for r in self.conn.execute("SELECT * FROM compressions ORDER BY finished"):
+            row = dict(r)
+            for col in ("config", "result", "model_info"):
+                row[col] = json.loads(row[col]) if row[col] else None
+            out.append(row)
+        return out
+
+    def integrity(self) -> str:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _decode(row: dict) -> dict:
+    row["level"] = json.loads(row["level"])
+    row["options"] = json.loads(row["options"])
+    row["config"] = json.loads(row["config"])
+    row["band"] = bool(row["band"])
+    row["lower_better"] = bool(row["lower_better"])
+    row["at_chance"] = None if row["at_chance"] is None else bool(row["at_chance"])
+    return row

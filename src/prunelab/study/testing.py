@@ -1,0 +1,146 @@
+"""A fake backend for tests: no model, no data, instant, deterministic.
+
+Each fake task family has levels with a known dense accuracy and chance; a compression at
+sparsity s lowers every level's above-chance skill by a factor that depends on s and, for the
+"digits" family, on the level (harder falls faster), so the statistics have a known answer:
+
+- digits   (levels 1-4, chance 0.25): harder drops more
+- flat     (levels a-c, chance 0.25): every level drops alike (no evidence either way)
+- reverse  (levels 1-3, chance 0.25): easier drops more (the opposite)
+- objects  (levels 3/5/7, chance 1/n): the 7-object level is at chance when dense
+
+Whether an example is answered correctly is `u < p`, with `u` a fixed hash of the example,
+so dense and pruned results pair example by example, as in a real run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from prunelab.errors import PrunelabError
+from prunelab.study.plan import CompressionPoint, TaskInfo
+from prunelab.study.recipe import Recipe
+
+FAMILIES = {
+    # family: [(level, rank, chance, dense accuracy, fragility)]
+    "digits": [(d, d - 1, 0.25, 0.95, 0.6 + 0.5 * (d - 1)) for d in (1, 2, 3, 4)],
+    "flat": [(x, r, 0.25, 0.9, 1.0) for r, x in enumerate("abc")],
+    "reverse": [(d, d - 1, 0.25, 0.9, 2.0 - 0.6 * (d - 1)) for d in (1, 2, 3)],
+    "objects": [(n, r, 1 / n, acc, 1.0) for r, (n, acc) in enumerate([(3, 0.9), (5, 0.7), (7, 0.14)])],
+}
+METHODS = {"magnitude": 1.3, "magnitude-global": 1.4, "wanda": 1.0, "sparsegpt": 0.9,
+           "magnitude-band": 1.0}
+SIZE = 60
+
+
+def _u(*parts) -> float:
+    h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64
+
+
+class FakeModel:
+    def __init__(self, name: str):
+        self.name = name
+        self.point: CompressionPoint | None = None
+
+
+class FakeBackend:
+    def __init__(self, eval_sleep: float = 0.0, compress_sleep: float = 0.0,
+                 versions: dict | None = None, size: int = SIZE):
+        self.eval_sleep, self.compress_sleep = eval_sleep, compress_sleep
+        self._versions = versions or {"prunelab": "test", "fake": "1"}
+        self.size = size
+        self.calls: list[tuple] = []  # what was done, for tests to assert on
+
+    def versions(self) -> dict:
+        return dict(self._versions)
+
+    def check(self, recipe: Recipe) -> list[tuple[str, str]]:
+        problems = []
+        for i, comp in enumerate(recipe.compressions):
+            if comp.method not in METHODS:
+                problems.append((f"compressions[{i}].method", f"unknown method {comp.method!r}"))
+            for j, p in enumerate(comp.patterns):
+                n, _, m = p.partition(":")
+                if not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
+                    problems.append((f"compressions[{i}].patterns[{j}]", f"bad pattern {p!r}"))
+        for i, sel in enumerate(recipe.tasks):
+            if sel.split(":")[0] not in FAMILIES:
+                problems.append((f"tasks[{i}]", f"unknown task {sel!r}"))
+        return problems
+
+    def describe_tasks(self, selectors: list[str]) -> list[TaskInfo]:
+        out = []
+        for sel in selectors:
+            family, _, level = sel.partition(":")
+            if family not in FAMILIES:
+                raise PrunelabError(f"unknown task {sel!r}", "use a fake family")
+            for lv, rank, chance, _, _ in FAMILIES[family]:
+                if not level or str(lv) == level:
+                    out.append(TaskInfo(f"{family}:{lv}", family, "difficulty", lv, rank, chance,
+                                        self.size, "mc"))
+        return out
+
+    def uses_calibration(self, method: str) -> bool:
+        return method in ("wanda", "sparsegpt")
+
+    def load(self, model: str) -> FakeModel:
+        self.calls.append(("load", model))
+        return FakeModel(model)
+
+    def model_info(self, handle: FakeModel) -> dict:
+        return {"name": handle.name, "dequantized": handle.name.startswith("smollm2"),
+                "parameters": 1000, "architecture": "Fake",
+                "caveat": "weights are dequantized 4-bit GGUF codes"
+                if handle.name.startswith("smollm2") else None}
+
+    def reset(self, handle: FakeModel) -> None:
+        handle.point = None
+
+    def compress(self, handle: FakeModel, point: CompressionPoint) -> dict:
+        self.calls.append(("compress", handle.name, point.label))
+        time.sleep(self.compress_sleep)
+        handle.point = point
+        return {"method": point.method, "sparsity": point.sparsity,
+                "overall_sparsity": point.sparsity, "seconds": self.compress_sleep}
+
+    def perplexity(self, handle, source, seqlen, n_windows) -> float:
+        s = handle.point.sparsity if handle.point else 0.0
+        return 10.0 * (1 + 5 * s**3)
+
+    def keep(self, point: CompressionPoint | None, fragility: float, model: str) -> float:
+        """Fraction of above-chance skill a level keeps under this compression."""
+        if point is None or point.is_dense:
+            return 1.0
+        s = point.sparsity
+        if point.band:  # bands of larger weights hurt more
+            s = 0.3 + 1.2 * dict(point.options)["band_low"]
+        jitter = 0.03 * (_u(model, point.seed, "seed") - 0.5) if point.seed is not None else 0.0
+        damage = METHODS.get(point.method, 1.0) * fragility * max(0.0, s - 0.2 + jitter) * 1.6
+        return max(0.0, 1.0 - damage)
+
+    def evaluate(self, handle: FakeModel, task: TaskInfo, limit, seed, batch_size):
+        self.calls.append(("evaluate", handle.name, task.name))
+        time.sleep(self.eval_sleep)
+        family, _, _ = task.name.partition(":")
+        _, _, chance, dense_acc, fragility = next(
+            lv for lv in FAMILIES[family] if str(lv[0]) == str(task.level))
+        p = chance + (dense_acc - chance) * self.keep(handle.point, fragility, handle.name)
+        n = min(limit or self.size, self.size)
+        examples = []
+        for i in range(n):
+            correct = float(_u(handle.name, task.name, seed, i) < p)
+            examples.append({"example_id": f"ex{i}", "value": correct, "weight": 1.0,
+                             "margin": None,
+                             "data": {"example_id": f"ex{i}", "correct": correct,
+                                      "prediction": "<b>&fake</b>", "target": "x"}})
+        score = sum(e["value"] for e in examples) / n
+        from prunelab.evaluate.metrics import wilson
+
+        low, high = wilson(score * n, n)
+        return examples, {"metric": "accuracy", "n": n, "score": score, "ci_low": low,
+                          "ci_high": high, "chance": chance, "at_chance": low <= chance}
+
+    def estimate(self, recipe, model, point, tasks) -> tuple[float, float]:
+        return (0.0 if point.is_dense else self.compress_sleep), self.eval_sleep * len(tasks)
