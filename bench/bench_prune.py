@@ -25,6 +25,7 @@ def child(model_name: str, method: str, pattern: str | None, samples: int, seqle
     import prunelab
     from prunelab.data.corpora import CalibrationConfig, calibration_windows
 
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # python + torch
     loaded = prunelab.load_model(model_name)
     config = CalibrationConfig(n_samples=samples, seqlen=seqlen, seed=0)
     windows = calibration_windows(loaded, config)
@@ -45,7 +46,8 @@ def child(model_name: str, method: str, pattern: str | None, samples: int, seqle
             "peak_rss_gb": peak / 1e9, "rss_after_load_gb": rss_loaded / 1e9,
             "model_fp32_gb": model_bytes / 1e9, "block_io_gb": 2 * activations / 1e9,
             "rss_ratio": peak / model_bytes,
-            "rss_ratio_net_of_activations": (peak - 2 * activations) / model_bytes}
+            "rss_baseline_gb": baseline / 1e9,
+            "rss_ratio_net_of_activations": (peak - baseline - 2 * activations) / model_bytes}
 
 
 def main() -> None:
@@ -81,7 +83,8 @@ def main() -> None:
         print(f"{spec:14} {ppl}prune {r['prune_s']:7.1f} s  dense forward {r['dense_forward_s']:6.1f} s"
               f"  ratio {r['ratio']:5.2f}  peak RSS {r['peak_rss_gb']:.2f} GB = "
               f"{r['rss_ratio']:.2f} x fp32 model ({r['model_fp32_gb']:.2f} GB); "
-              f"net of block I/O ({r['block_io_gb']:.2f} GB): {r['rss_ratio_net_of_activations']:.2f} x",
+              f"net of python+torch ({r['rss_baseline_gb']:.2f} GB) and block I/O "
+              f"({r['block_io_gb']:.2f} GB): {r['rss_ratio_net_of_activations']:.2f} x",
               flush=True)
     print(f"# {args.model}, {args.samples} x {args.seqlen} calibration tokens, batch {args.batch_size}; "
           "aims: wanda ratio <= 2.5, sparsegpt <= 6, RSS <= 1.5 x model + activations")
