@@ -1,0 +1,39 @@
+"""The engine on the real default model (smollm2-135m): small, marked `integration`."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from prunelab.zoo.models import is_cached, load_model
+
+    if not is_cached("smollm2-135m"):
+        pytest.skip("smollm2-135m is not converted in $PRUNELAB_HOME yet")
+    return load_model("smollm2-135m")
+
+
+def test_packed_scoring_equals_plain_on_the_real_model(smollm2):
+    from prunelab.evaluate.runner import evaluate
+
+    packed = evaluate(smollm2, ["tracking_shuffled_objects:3"], limit=6, progress=False)
+    plain = evaluate(smollm2, ["tracking_shuffled_objects:3"], limit=6, progress=False,
+                     packing=False, batch_size=3)
+    for a, b in zip(packed.examples, plain.examples):
+        assert a.example_id == b.example_id and a.prediction == b.prediction
+        assert a.choice_scores_sum == pytest.approx(b.choice_scores_sum, abs=1e-3)
+    (row,) = packed.summary()
+    assert row["n"] == 6 and row["chance"] == pytest.approx(1 / 3)
+
+
+def test_generation_answers_on_one_line(smollm2):
+    from prunelab.evaluate.runner import evaluate
+
+    results = evaluate(smollm2, ["wikidata:generate"], limit=6, progress=False)
+    for ex in results.examples:
+        assert "\n" not in ex.prediction and ex.gold_logprob < 0
+        assert set(ex.scores) == {"contains", "exact_match", "f1"}
+    assert any(ex.prediction for ex in results.examples)
