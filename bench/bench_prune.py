@@ -18,6 +18,16 @@ import sys
 import time
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. (ru_maxrss would not do: a child started by
+    fork+exec inherits its parent's high-water mark; VmHWM starts afresh at exec.)"""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(model_name: str, method: str, pattern: str | None, samples: int, seqlen: int,
           batch_size: int, with_ppl: bool) -> dict:
     import torch
@@ -25,12 +35,12 @@ def child(model_name: str, method: str, pattern: str | None, samples: int, seqle
     import prunelab
     from prunelab.data.corpora import CalibrationConfig, calibration_windows
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # python + torch
+    baseline = peak_rss_bytes()  # python + torch
     loaded = prunelab.load_model(model_name)
     config = CalibrationConfig(n_samples=samples, seqlen=seqlen, seed=0)
     windows = calibration_windows(loaded, config)
     model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_loaded = peak_rss_bytes()
     start = time.perf_counter()
     with torch.no_grad():
         for batch in windows.split(batch_size):
@@ -38,7 +48,7 @@ def child(model_name: str, method: str, pattern: str | None, samples: int, seqle
     dense_seconds = time.perf_counter() - start
     result = prunelab.prune(loaded, method, None if pattern else 0.5, pattern=pattern,
                             calibration=config, batch_size=batch_size, progress=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     ppl = prunelab.perplexity(loaded, "squad-dev", 512, 32) if with_ppl else None
     activations = windows.numel() * loaded.model.config.hidden_size * 4
     return {"method": method, "pattern": pattern, "ppl": ppl, "prune_s": result.seconds,
