@@ -1,7 +1,6 @@
 """Prune the real default model (smollm2-135m, fetched and converted once into the cache)."""
 
 import pytest
-import torch
 
 import prunelab
 from prunelab.data.corpora import CalibrationConfig
