@@ -123,10 +123,15 @@ def _input_groups(runner: BlockRunner, index: int, layers: dict[str, nn.Module])
     Found from one forward of the first batch, so no per-family table is needed.
     """
     seen: dict[str, tuple] = {}
+    # Hold every input alive until the forward ends: once freed, the allocator may hand the
+    # same address to the next input (the MLP's norm output reusing attention's), which would
+    # merge two groups.
+    alive: list[torch.Tensor] = []
 
     def make_hook(name):
         def hook(module, args, kwargs, output):
             x = arch.layer_input(args, kwargs)
+            alive.append(x)
             seen.setdefault(name, (x.data_ptr(), tuple(x.shape)))
         return hook
 
@@ -137,6 +142,7 @@ def _input_groups(runner: BlockRunner, index: int, layers: dict[str, nn.Module])
     finally:
         for h in handles:
             h.remove()
+        alive.clear()
     groups: dict[tuple, list[str]] = {}
     for name in seen:  # dict order is call order
         groups.setdefault(seen[name], []).append(name)
