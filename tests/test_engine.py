@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from prunelab import arch
-from prunelab.engine import _input_groups, BlockRunner, prune_blocks
+from prunelab.engine import _collect, _input_groups, BlockRunner, prune_blocks
 from prunelab.errors import PrunelabError
-from prunelab.methods.base import make_method
+from prunelab.methods.base import Statistic, make_method
 from prunelab.methods.masks import NMPattern
 from prunelab.testing import TINY_CONFIGS, tiny_model
 
@@ -72,6 +72,37 @@ def test_true_sequential_groups_are_found_from_shared_inputs():
                       ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+@pytest.mark.parametrize("statistic", [Statistic.HESSIAN, Statistic.INPUT_SQ_SUM])
+def test_statistics_are_exact_and_shared_by_layers_reading_one_tensor(family, statistic):
+    model = tiny_model(family)
+    found = arch.find_blocks(model)
+    layers = arch.prunable_layers(found.blocks[1])
+    runner = BlockRunner(model, found.blocks, _windows(5), 2, torch.device("cpu"))
+    runner.inputs = runner.run(0, keep_outputs=True)
+    seen: dict[str, list] = {name: [] for name in layers}
+    handles = [m.register_forward_hook(
+        lambda mod, args, out, name=name: seen[name].append(args[0].reshape(-1, args[0].shape[-1])))
+        for name, m in layers.items()]
+    runner.run(1, keep_outputs=False)
+    for h in handles:
+        h.remove()
+    stats = _collect(runner, 1, layers, statistic, torch.device("cpu"))
+    for name, chunks in seen.items():
+        x = torch.cat(chunks)
+        assert stats[name].n_tokens == x.shape[0] == 5 * 20
+        if statistic is Statistic.HESSIAN:
+            torch.testing.assert_close(stats[name].hessian, 2 * x.t() @ x / x.shape[0])
+        else:
+            torch.testing.assert_close(stats[name].input_sq_sum, (x * x).sum(0))
+    groups = _input_groups(runner, 1, layers)
+    for group in groups:  # one tensor per group of layers reading the same input
+        assert all(stats[name] is stats[group[0]] for name in group)
+    assert len({id(s) for s in stats.values()}) == len(groups)
+    if family != "gpt2":  # (GPT-2 fuses q/k/v into one matrix: nothing to share)
+        assert len(groups) < len(layers)
+
+
 def test_true_sequential_sparsegpt_differs_from_all_at_once():
     a, b = tiny_model("llama"), tiny_model("llama")
     prune_blocks(a, make_method("sparsegpt"), 0.5, None, _windows(), progress=False)
@@ -94,3 +125,38 @@ def test_pattern_width_checked_before_any_pruning():
         prune_blocks(model, make_method("wanda"), 1 - 2 / 3, NMPattern(2, 3), _windows(),
                      progress=False)
     assert torch.equal(before, model.model.layers[0].self_attn.q_proj.weight)
+
+
+def _flat_tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _flat_tensors(o)]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj) for t in _flat_tensors(obj[k])]
+    return []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_captured_block_arguments_equal_those_of_a_real_forward(family):
+    model = tiny_model(family)
+    blocks = arch.find_blocks(model).blocks
+    real, real_first = [], []
+
+    def record(module, args, kwargs):
+        real_first.append(arch.block_hidden(args, kwargs))
+        real.append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+
+    handles = [b.register_forward_pre_hook(record, with_kwargs=True) for b in blocks]
+    ids = _windows(2)
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    first, calls = arch.capture_block_calls(model, blocks, ids, stop_after_first=False)
+    assert len(calls) == len(blocks)
+    assert torch.equal(first, real_first[0])
+    for (args, kwargs), (real_args, real_kwargs) in zip(calls, real):
+        ours, theirs = _flat_tensors((args[1:], kwargs)), _flat_tensors((real_args, real_kwargs))
+        assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert all("forward" not in vars(b) for b in blocks)  # the stand-ins are gone

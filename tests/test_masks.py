@@ -14,6 +14,15 @@ def test_lowest_per_row_prunes_exact_count_even_with_ties():
     assert mask[1].tolist() == [False, True, False, False, True, True]
 
 
+@pytest.mark.parametrize("k", [0, 1, 7, 20, 39, 40])
+def test_lowest_k_equals_the_first_k_of_a_stable_sort(k):
+    # Few distinct values, as in dequantized 4-bit weights: ties everywhere.
+    scores = torch.randint(0, 5, (6, 40), generator=torch.Generator().manual_seed(k)).float()
+    expected = torch.zeros_like(scores, dtype=torch.bool)
+    expected.scatter_(1, torch.sort(scores, dim=1, stable=True).indices[:, :k], True)
+    assert torch.equal(masks.lowest_k_per_row(scores, k), expected)
+
+
 def test_lowest_in_matrix_counts_int_numel_times_s():
     scores = torch.arange(30, dtype=torch.float32).view(5, 6)
     mask = masks.lowest_in_matrix(scores, 0.37)

@@ -8,6 +8,7 @@ import torch
 from prunelab import arch
 from prunelab.engine import prune_blocks
 from prunelab.errors import PrunelabError
+from prunelab.methods import masks
 from prunelab.methods.base import LayerStats, LayerTarget, make_method
 from prunelab.methods.magnitude import _kth_smallest_abs
 from prunelab.methods.sparsegpt import sparsegpt_prune
@@ -74,6 +75,51 @@ def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda():
             errors[method] = torch.linalg.norm(X @ W.t() - X @ pruned.t()).item()
         assert errors["sparsegpt"] < errors["wanda"], (name, errors)
         assert errors["sparsegpt"] < errors["magnitude"], (name, errors)
+
+
+def _sparsegpt_transcription(W, H, sparsity, nm, blocksize=128, percdamp=0.01):
+    """Algorithm 1 of the SparseGPT paper written out plainly: one column at a time."""
+    W, H = W.clone(), H.clone()
+    cols = W.shape[1]
+    H += percdamp * torch.diag(H).mean() * torch.eye(cols)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        if nm is None:
+            score = W[:, start:end] ** 2 / torch.diag(U)[start:end] ** 2
+            k = int(score.numel() * sparsity)
+            flat = torch.zeros(score.numel(), dtype=torch.bool)
+            flat[torch.sort(score.flatten(), stable=True).indices[:k]] = True
+            mask[:, start:end] = flat.view_as(score)
+        for i in range(start, end):
+            if nm is not None and (i - start) % nm[1] == 0:
+                score = W[:, i:i + nm[1]] ** 2 / torch.diag(U)[i:i + nm[1]] ** 2
+                lowest = torch.sort(score, dim=1, stable=True).indices[:, :nm[1] - nm[0]]
+                mask[:, i:i + nm[1]].scatter_(1, lowest, True)
+            err = torch.where(mask[:, i], W[:, i], 0.0) / U[i, i]
+            W[:, i:] -= err[:, None] * U[i, i:][None, :]  # also sets W[:, i] to 0 where pruned
+            W[mask[:, i], i] = 0
+    return W, mask
+
+
+@pytest.mark.parametrize("sparsity,nm,blocksize", [
+    (0.5, None, 128), (0.7, None, 32), (0.3, None, 50), (0.5, (2, 4), 128), (0.5, (4, 8), 16),
+    (0.5, (1, 3), 128)])
+def test_sparsegpt_equals_the_column_by_column_algorithm(sparsity, nm, blocksize):
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(400, 96, generator=gen) * torch.rand(96, generator=gen) * 3
+    W = torch.randn(40, 96, generator=gen)
+    H = 2 * X.t() @ X / X.shape[0]
+    pattern = masks.NMPattern(*nm) if nm else None
+    ours, pruned, _ = sparsegpt_prune(W, H, sparsity, pattern, blocksize=blocksize)
+    if nm is not None:  # (blocks are cut to whole groups: 128 → 126 for M = 3)
+        blocksize -= blocksize % nm[1]
+    expected, expected_mask = _sparsegpt_transcription(W, H, sparsity, nm, blocksize)
+    assert torch.equal(pruned, expected_mask)
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+    if nm is not None:
+        assert ((~pruned).view(40, -1, nm[1]).sum(-1) == nm[0]).all()
 
 
 def test_sparsegpt_handles_dead_inputs():

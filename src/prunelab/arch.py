@@ -107,7 +107,21 @@ def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, input_ids: torc
         if stop_after_first or len(calls) == len(blocks):
             raise _StopForward
 
+    # Only the arguments are wanted, not the hidden states: block 0 runs for real (to learn
+    # what a block returns) and the later blocks are stand-ins that hand their input on, so
+    # the capture costs one block instead of a whole forward pass.
+    first_output: list = []
+
+    def stand_in(*args, **kwargs):
+        hidden, returned = block_hidden(args, kwargs), first_output[0]
+        if isinstance(returned, (tuple, list)):
+            return type(returned)([hidden, *returned[1:]])
+        return hidden
+
     handles = [b.register_forward_pre_hook(pre_hook, with_kwargs=True) for b in blocks]
+    handles.append(blocks[0].register_forward_hook(lambda m, a, out: first_output.append(out)))
+    for block in blocks[1:]:
+        block.forward = stand_in
     try:
         model(input_ids=input_ids, use_cache=False)
     except _StopForward:
@@ -115,6 +129,8 @@ def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, input_ids: torc
     finally:
         for h in handles:
             h.remove()
+        for block in blocks[1:]:
+            del block.forward  # the class's forward again
     if not first_input:
         raise PrunelabError(f"the blocks of {type(model).__name__} were never called",
                             "this model's forward does not run its decoder blocks in order")

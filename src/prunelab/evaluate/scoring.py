@@ -161,7 +161,8 @@ def score_groups(model, groups: Sequence[Group], *, batch_size: int = 16, pad_id
 
     `batch_size` counts continuations per forward pass (as lm-eval counts requests); packed
     rows are batched up to the same padded-token budget (batch_size x the longest single
-    context + continuation). Groups run longest first: little padding, memory peaks early.
+    context + continuation), and a row under half the batch's width starts a new batch.
+    Groups run longest first: little padding, memory peaks early.
     `progress(n)` is called with the number of groups finished after each batch.
     """
     for g in groups:
@@ -180,10 +181,15 @@ def score_groups(model, groups: Sequence[Group], *, batch_size: int = 16, pad_id
         if packed:
             # As many packed rows as fit the padded-token budget of `batch_size` unpacked
             # requests: the same activation memory as the plain path, more items per pass.
+            # A row shorter than half the batch's width would be mostly padding, and padding
+            # costs as much as text (rows run longest first, so the first row sets the width):
+            # it starts the next batch instead. Rolling documents vary tenfold in length.
             longest_request = _request_length(first)
             while i < len(order):
-                longest_request = max(longest_request, _request_length(groups[order[i]]))
-                if (len(chunk) + 1) * first.packed_length > batch_size * longest_request:
+                row = groups[order[i]]
+                longest_request = max(longest_request, _request_length(row))
+                if ((len(chunk) + 1) * first.packed_length > batch_size * longest_request
+                        or 2 * row.packed_length < first.packed_length):
                     break
                 chunk.append(order[i])
                 i += 1

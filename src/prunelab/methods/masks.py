@@ -1,8 +1,8 @@
 """Shared selection rules: which weights to remove, given a score per weight.
 
 Every function takes a score matrix [out, in] (lower = less important) and returns a boolean
-mask of the same shape, True where a weight is pruned. Ties are broken by position (stable
-sort), so that exactly the requested number of weights is removed even when many scores are
+mask of the same shape, True where a weight is pruned. Ties are broken by position (as a
+stable sort would), so that exactly the requested number of weights is removed even when many scores are
 equal, as they are in dequantized 4-bit checkpoints. (The reference code thresholds with
 `score <= kth value`, which over-prunes on ties.)
 """
@@ -58,24 +58,33 @@ def check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
+def lowest_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """True at the `k` lowest scores of every row, ties going to the earlier position.
+
+    The same mask as the first k of a stable sort, found in linear time: the k-th smallest
+    value by selection, everything below it, then as many of the equal ones as still fit.
+    """
+    cols = scores.shape[1]
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= cols:
+        return torch.ones_like(scores, dtype=torch.bool)
+    kth = scores.kthvalue(k, dim=1, keepdim=True).values
+    below = scores < kth
+    tied = scores == kth
+    room = k - below.sum(dim=1, keepdim=True)
+    return below | (tied & (tied.cumsum(dim=1) <= room))
+
+
 def lowest_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune the `int(in · s)` lowest scores of every row (Wanda's comparison group)."""
-    k = int(scores.shape[1] * sparsity)
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k > 0:
-        order = torch.sort(scores, dim=1, stable=True).indices[:, :k]
-        mask.scatter_(1, order, True)
-    return mask
+    return lowest_k_per_row(scores, int(scores.shape[1] * sparsity))
 
 
 def lowest_in_matrix(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune the `int(numel · s)` lowest scores of the whole matrix."""
     k = int(scores.numel() * sparsity)
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        order = torch.sort(scores.flatten(), stable=True).indices[:k]
-        mask[order] = True
-    return mask.view_as(scores)
+    return lowest_k_per_row(scores.reshape(1, -1), k).view_as(scores)
 
 
 def lowest_n_of_m(scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from prunelab.errors import PrunelabError
 from prunelab.methods.base import (LayerDecision, LayerStats, LayerTarget, PruningMethod,
                                    Statistic, register)
+from prunelab.methods import masks
 from prunelab.methods.masks import NMPattern
 
 
@@ -97,44 +98,43 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
 
 def _prune_columns(W: torch.Tensor, Hinv: torch.Tensor, pruned: torch.Tensor, sparsity: float,
                    pattern: NMPattern | None, blocksize: int) -> None:
-    """The OBS sweep over column blocks; updates W and pruned in place."""
+    """The OBS sweep over column blocks; updates W and pruned in place.
+
+    Column i's pruned weights leave an error e_i = w_i / [H⁻¹]_ii (w_i as updated by the
+    columns before it), spread onto columns i.. of its row through row i of the factor U;
+    other blocks get the block's errors at once. Unstructured: the block's mask is chosen up
+    front. N:M: each group of M columns is decided on the weights as updated so far, as in
+    the paper. The loop does two tensor operations per column (it is Python-bound: a layer
+    has thousands of columns).
+    """
     cols = W.shape[1]
+    if pattern is not None:  # blocks must hold whole groups, or a group would be split
+        blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
-        count = end - start
         W1 = W[:, start:end].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[start:end, start:end]
-        diag1 = torch.diag(Hinv1)
-
+        U1 = Hinv[start:end, start:end]
+        diag1 = torch.diag(U1)
+        errors = torch.zeros_like(W1)
         if pattern is None:
-            scores = W1 ** 2 / diag1.unsqueeze(0) ** 2
-            k = int(scores.numel() * sparsity)
-            mask1 = torch.zeros(scores.numel(), dtype=torch.bool)
-            mask1[torch.sort(scores.flatten(), stable=True).indices[:k]] = True
-            mask1 = mask1.view_as(W1)
+            mask1 = masks.lowest_in_matrix(W1 ** 2 / diag1.unsqueeze(0) ** 2, sparsity)
+            scale = mask1 / diag1  # e_i = w_i · m_i / U_ii
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
-
-        for i in range(count):
-            column = W1[:, i]
-            d = Hinv1[i, i]
+            scale = torch.zeros_like(W1)
+        for i in range(end - start):
             if pattern is not None and i % pattern.m == 0:
-                # N:M groups are decided on the weights as updated so far, like the paper.
-                group = W1[:, i:i + pattern.m] ** 2 / diag1[i:i + pattern.m].unsqueeze(0) ** 2
-                lowest = torch.sort(group, dim=1, stable=True).indices[:, : pattern.m - pattern.n]
-                mask1.scatter_(1, i + lowest, True)
-            kept = column.clone()
-            kept[mask1[:, i]] = 0
-            Q1[:, i] = kept
-            err = (column - kept) / d
-            W1[:, i:] -= err.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err
-
-        W[:, start:end] = Q1
+                group = slice(i, i + pattern.m)
+                mask1[:, group] = masks.lowest_n_of_m(
+                    W1[:, group] ** 2 / diag1[group].unsqueeze(0) ** 2, pattern)
+                scale[:, group] = mask1[:, group] / diag1[group]
+            torch.mul(W1[:, i], scale[:, i], out=errors[:, i])
+            # (column i itself is zeroed where pruned, up to rounding; set exactly below)
+            W1[:, i:].addr_(errors[:, i], U1[i, i:], alpha=-1)
+        W1[mask1] = 0
+        W[:, start:end] = W1
         pruned[:, start:end] = mask1
-        W[:, end:] -= Err1.matmul(Hinv[start:end, end:])
+        W[:, end:].addmm_(errors, Hinv[start:end, end:], alpha=-1)
 
 
 @register
