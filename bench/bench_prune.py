@@ -1,7 +1,7 @@
 """Pruning cost, measured in one run: time relative to a dense forward pass, and peak memory.
 
-For each method, a fresh process loads the model, times one dense forward pass over the
-calibration windows (the same batches the engine uses), prunes, and reports its peak RSS.
+For each method, a fresh process loads the model, prunes, reports its peak RSS, and times one
+dense forward pass over the calibration windows (the same batches the engine uses).
 Sequential pruning needs two passes per block (statistics, then the pruned block's outputs),
 so the floor of the time ratio is about 2. Memory is compared with the model's fp32 size.
 
@@ -31,33 +31,38 @@ def peak_rss_bytes() -> int:
 def child(model_name: str, method: str, pattern: str | None, samples: int, seqlen: int,
           batch_size: int, with_ppl: bool) -> dict:
     import torch
+    import transformers  # noqa: F401  (part of the baseline: the libraries, not the model)
 
     import prunelab
     from prunelab.data.corpora import CalibrationConfig, calibration_windows
 
-    baseline = peak_rss_bytes()  # python + torch
+    baseline = peak_rss_bytes()  # python + torch + transformers
     loaded = prunelab.load_model(model_name)
     config = CalibrationConfig(n_samples=samples, seqlen=seqlen, seed=0)
     windows = calibration_windows(loaded, config)
     model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     rss_loaded = peak_rss_bytes()
+    result = prunelab.prune(loaded, method, None if pattern else 0.5, pattern=pattern,
+                            calibration=config, batch_size=batch_size, progress=False)
+    peak = peak_rss_bytes()  # load + prune: before the timing pass below adds its own
+    # The dense forward is timed after pruning, on the same batches: a CPU matmul costs the
+    # same whether or not weights are zero, and timing it first would put its transients
+    # into the pruning peak.
     start = time.perf_counter()
     with torch.no_grad():
         for batch in windows.split(batch_size):
             loaded.model.model(input_ids=batch, use_cache=False)  # the body: what pruning runs
     dense_seconds = time.perf_counter() - start
-    result = prunelab.prune(loaded, method, None if pattern else 0.5, pattern=pattern,
-                            calibration=config, batch_size=batch_size, progress=False)
-    peak = peak_rss_bytes()
     ppl = prunelab.perplexity(loaded, "squad-dev", 512, 32) if with_ppl else None
-    activations = windows.numel() * loaded.model.config.hidden_size * 4
+    # The engine holds one set of block inputs (each batch's output replaces its input).
+    block_io = windows.numel() * loaded.model.config.hidden_size * 4
     return {"method": method, "pattern": pattern, "ppl": ppl, "prune_s": result.seconds,
             "dense_forward_s": dense_seconds, "ratio": result.seconds / dense_seconds,
             "peak_rss_gb": peak / 1e9, "rss_after_load_gb": rss_loaded / 1e9,
-            "model_fp32_gb": model_bytes / 1e9, "block_io_gb": 2 * activations / 1e9,
+            "model_fp32_gb": model_bytes / 1e9, "block_io_gb": block_io / 1e9,
             "rss_ratio": peak / model_bytes,
             "rss_baseline_gb": baseline / 1e9,
-            "rss_ratio_net_of_activations": (peak - baseline - 2 * activations) / model_bytes}
+            "rss_ratio_net_of_activations": (peak - baseline - block_io) / model_bytes}
 
 
 def main() -> None:
@@ -93,7 +98,7 @@ def main() -> None:
         print(f"{spec:14} {ppl}prune {r['prune_s']:7.1f} s  dense forward {r['dense_forward_s']:6.1f} s"
               f"  ratio {r['ratio']:5.2f}  peak RSS {r['peak_rss_gb']:.2f} GB = "
               f"{r['rss_ratio']:.2f} x fp32 model ({r['model_fp32_gb']:.2f} GB); "
-              f"net of python+torch ({r['rss_baseline_gb']:.2f} GB) and block I/O "
+              f"net of python+torch+transformers ({r['rss_baseline_gb']:.2f} GB) and block I/O "
               f"({r['block_io_gb']:.2f} GB): {r['rss_ratio_net_of_activations']:.2f} x",
               flush=True)
     print(f"# {args.model}, {args.samples} x {args.seqlen} calibration tokens, batch {args.batch_size}; "

@@ -79,12 +79,12 @@ def test_statistics_are_exact_and_shared_by_layers_reading_one_tensor(family, st
     found = arch.find_blocks(model)
     layers = arch.prunable_layers(found.blocks[1])
     runner = BlockRunner(model, found.blocks, _windows(5), 2, torch.device("cpu"))
-    runner.inputs = runner.run(0, keep_outputs=True)
+    runner.run(0, advance=True)
     seen: dict[str, list] = {name: [] for name in layers}
     handles = [m.register_forward_hook(
         lambda mod, args, out, name=name: seen[name].append(args[0].reshape(-1, args[0].shape[-1])))
         for name, m in layers.items()]
-    runner.run(1, keep_outputs=False)
+    runner.run(1, advance=False)
     for h in handles:
         h.remove()
     stats = _collect(runner, 1, layers, statistic, torch.device("cpu"))

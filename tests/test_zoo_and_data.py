@@ -30,6 +30,26 @@ def test_local_directory_round_trip(tmp_path):
     assert not loaded.model.training
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
+def test_loaded_weights_are_private_memory_not_the_file_mapping(tmp_path, family):
+    # Pruning writes every weight: a memory-mapped model would end up in memory twice.
+    model = tiny_model(family)
+    model.save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    loaded = models.load_model(tmp_path / "m")
+    import gc
+    gc.collect()
+    weights = str((tmp_path / "m" / "model.safetensors").resolve())
+    with open("/proc/self/maps") as maps:
+        assert weights not in maps.read()
+    x = torch.tensor([[5, 6, 7]])
+    assert torch.equal(loaded.model(input_ids=x).logits, model(input_ids=x).logits)
+    # Tied embeddings stay tied.
+    head = loaded.model.get_output_embeddings()
+    if getattr(loaded.model.config, "tie_word_embeddings", False):
+        assert head.weight is loaded.model.get_input_embeddings().weight
+
+
 def test_pickled_checkpoints_load_only_as_plain_tensors(tmp_path):
     """A .bin checkpoint that smuggles code is refused (weights_only=True)."""
     model = tiny_model("llama")

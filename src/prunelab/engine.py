@@ -142,18 +142,19 @@ class BlockRunner:
             self.inputs.append(first.to(device))
             self.calls.append(_to_device(calls_by_size[size], device))
 
-    def run(self, index: int, keep_outputs: bool,
-            after_batch: Callable[[], None] | None = None) -> list[torch.Tensor] | None:
+    def run(self, index: int, advance: bool,
+            after_batch: Callable[[], None] | None = None) -> None:
+        """Run block `index` on every batch. With `advance`, each batch's output replaces its
+        input as soon as it exists (the next block's inputs; only one set is ever held)."""
         block = self.blocks[index]
-        outputs = []
         with torch.no_grad():
-            for hidden, calls in zip(self.inputs, self.calls):
+            for b, (hidden, calls) in enumerate(zip(self.inputs, self.calls)):
                 out = arch.call_block(block, hidden, calls[index])
-                if keep_outputs:
-                    outputs.append(out)
+                if advance:
+                    self.inputs[b] = out
+                del hidden, out
                 if after_batch is not None:
                     after_batch()
-        return outputs if keep_outputs else None
 
 
 def _input_groups(runner: BlockRunner, index: int, layers: dict[str, nn.Module]) -> list[list[str]]:
@@ -240,7 +241,7 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
                     records.append(_apply(method, layers[name], stats.pop(name, LayerStats()),
                                           target))
             if needs_data and index + 1 < len(blocks):
-                runner.inputs = runner.run(index, keep_outputs=True)
+                runner.run(index, advance=True)
             block.to(home)
     finally:
         bar.close()
@@ -254,7 +255,7 @@ def _collect(runner: BlockRunner, index: int, layers: dict[str, nn.Module],
     handles = [m.register_forward_hook(collector.hook(n), with_kwargs=True)
                for n, m in layers.items()]
     try:
-        runner.run(index, keep_outputs=False, after_batch=collector.end_batch)
+        runner.run(index, advance=False, after_batch=collector.end_batch)
     finally:
         for h in handles:
             h.remove()

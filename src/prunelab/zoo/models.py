@@ -23,6 +23,7 @@ import torch
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_dir, cache_dir, cache_lock
 from prunelab.zoo.fetch import download_distribution
+from prunelab.zoo.weights import read_weights_privately
 
 DEQUANTIZED_CAVEAT = (
     "weights are dequantized 4-bit GGUF codes, not the original fp16 checkpoint: each block of "
@@ -280,6 +281,9 @@ def load_model(source: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     model.eval()
     info: dict = {}
     local = Path(target) if isinstance(target, Path) else None
+    if local is not None:
+        read_weights_privately(model, local)  # pruning writes every weight: no mmap
+
     if local is not None:
         for meta_name in ("zoo.json", "prunelab.json"):
             meta_path = local / meta_name
