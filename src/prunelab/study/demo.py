@@ -1,14 +1,15 @@
 """The built-in demo study (`prunelab demo`): also in recipes/demo.yaml, kept identical by a test.
 
 Sized to finish well within 20 minutes on 2 CPU cores: small calibration (32 windows of 256
-tokens), three sparsities per method, 40 items per task level. Per prune, measured on a
-quiet 2-core machine: ~5 s (magnitude), ~35 s (Wanda), ~65 s (SparseGPT); evaluation is
-~30 s per model (10 models).
+tokens), three sparsities per method, 40 items per task level. Measured on a quiet 2-core
+machine (`make demo` from a fresh clone with an empty cache: 11 min 15 s, of which the study
+9 min 50 s): per prune ~2 s (magnitude), ~26 s (Wanda), ~57 s (SparseGPT); evaluation ~33 s
+per model (10 models).
 The families are those where the dense SmolLM2-135M is above chance on several levels
 (number of options) or where the metric is continuous (bits per byte), plus the paper's own
-axis, operand digits, where it is above chance on 1 digit only: those levels are flagged
-and left out of the verdict, which the report shows. (Its 2-shot and 0-shot arithmetic are
-at chance too, which is why the shots family is left to the full recipe.)
+axis, operand digits, where at 40 items it is above chance on 1 and 3 digits but not on 2:
+such levels are flagged and left out of the verdict, which the report shows. (Its 2-shot and
+0-shot arithmetic are at chance, which is why the shots family is left to the full recipe.)
 """
 
 from __future__ import annotations
