@@ -9,11 +9,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from prunelab.zoo.models import is_cached, load_model
+    from prunelab.zoo.models import load_model
 
-    if not is_cached("smollm2-135m"):
-        pytest.skip("smollm2-135m is not converted in $PRUNELAB_HOME yet")
-    return load_model("smollm2-135m")
+    return load_model("smollm2-135m")  # fetched and converted on first use, like any user's
 
 
 def test_packed_scoring_equals_plain_on_the_real_model(smollm2):
