@@ -45,6 +45,18 @@ def child(model_name: str, method: str, pattern: str | None, samples: int, seqle
     result = prunelab.prune(loaded, method, None if pattern else 0.5, pattern=pattern,
                             calibration=config, batch_size=batch_size, progress=False)
     peak = peak_rss_bytes()  # load + prune: before the timing pass below adds its own
+    # The promises, checked on the real model: each matrix within one weight per row
+    # of the request, and (N:M) at least M-N zeros in every group of M inputs.
+    worst_rows = max(abs(r.zeros_after - result.sparsity * r.numel) / r.rows
+                     for r in result.layers)
+    bad_groups = 0
+    if pattern:
+        n, m = (int(x) for x in pattern.split(":"))
+        head = loaded.model.get_output_embeddings()
+        for module in loaded.model.modules():
+            if isinstance(module, torch.nn.Linear) and module is not head:
+                zeros = (module.weight == 0).reshape(module.weight.shape[0], -1, m).sum(-1)
+                bad_groups += int((zeros < m - n).sum())
     # The dense forward is timed after pruning, on the same batches: a CPU matmul costs the
     # same whether or not weights are zero, and timing it first would put its transients
     # into the pruning peak.
@@ -57,7 +69,8 @@ def child(model_name: str, method: str, pattern: str | None, samples: int, seqle
     # The engine holds one set of block inputs (each batch's output replaces its input).
     block_io = windows.numel() * loaded.model.config.hidden_size * 4
     return {"method": method, "pattern": pattern, "ppl": ppl, "prune_s": result.seconds,
-            "dense_forward_s": dense_seconds, "ratio": result.seconds / dense_seconds,
+            "dense_forward_s": dense_seconds, "worst_matrix_deviation_rows": worst_rows,
+            "nm_groups_violating": bad_groups, "ratio": result.seconds / dense_seconds,
             "peak_rss_gb": peak / 1e9, "rss_after_load_gb": rss_loaded / 1e9,
             "model_fp32_gb": model_bytes / 1e9, "block_io_gb": block_io / 1e9,
             "rss_ratio": peak / model_bytes,
@@ -99,7 +112,9 @@ def main() -> None:
               f"  ratio {r['ratio']:5.2f}  peak RSS {r['peak_rss_gb']:.2f} GB = "
               f"{r['rss_ratio']:.2f} x fp32 model ({r['model_fp32_gb']:.2f} GB); "
               f"net of python+torch+transformers ({r['rss_baseline_gb']:.2f} GB) and block I/O "
-              f"({r['block_io_gb']:.2f} GB): {r['rss_ratio_net_of_activations']:.2f} x",
+              f"({r['block_io_gb']:.2f} GB): {r['rss_ratio_net_of_activations']:.2f} x; "
+              f"worst matrix off by {r['worst_matrix_deviation_rows']:.3f} weights/row"
+              + (f", N:M groups violating: {r['nm_groups_violating']}" if r["pattern"] else ""),
               flush=True)
     print(f"# {args.model}, {args.samples} x {args.seqlen} calibration tokens, batch {args.batch_size}; "
           "aims: wanda ratio <= 2.5, sparsegpt <= 6, RSS <= 1.5 x model + activations")
