@@ -160,3 +160,24 @@ def test_captured_block_arguments_equal_those_of_a_real_forward(family):
         ours, theirs = _flat_tensors((args[1:], kwargs)), _flat_tensors((real_args, real_kwargs))
         assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
     assert all("forward" not in vars(b) for b in blocks)  # the stand-ins are gone
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_runner_advances_to_the_real_inputs_of_every_block(family):
+    model = tiny_model(family)
+    blocks = arch.find_blocks(model).blocks
+    real = []
+    handles = [b.register_forward_pre_hook(
+        lambda m, args, kwargs: real.append(arch.block_hidden(args, kwargs).clone()),
+        with_kwargs=True) for b in blocks]
+    ids = _windows(5)
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    runner = BlockRunner(model, blocks, ids, batch_size=2, device="cpu")  # batches 2, 2, 1
+    # one buffer holds every batch's input (long-lived tensors kept out of the heap's way)
+    assert len({t.untyped_storage().data_ptr() for t in runner.inputs}) == 1
+    for index in range(len(blocks)):
+        torch.testing.assert_close(torch.cat(runner.inputs), real[index], atol=1e-5, rtol=1e-5)
+        runner.run(index, advance=True)

@@ -128,18 +128,29 @@ class BlockRunner:
                  batch_size: int, device):
         self.blocks = blocks
         self.device = device
+        # Every batch's block input is a slice of one buffer, and block outputs are copied
+        # back into it. Held as many separate tensors, these long-lived inputs end up
+        # scattered through the allocator's heap between each forward's transients, and the
+        # heap cannot shrink around them: on smollm2-135m that cost 0.15-0.25 GB of peak RSS.
+        buffer: torch.Tensor | None = None
         self.inputs: list[torch.Tensor] = []
         self.calls: list[list[tuple[tuple, dict]]] = []  # per batch: per block (args, kwargs)
         calls_by_size: dict[int, list] = {}
+        start = 0
         for batch in windows.split(batch_size):
             size = batch.shape[0]
-            # The first batch of each size runs the whole model once, to capture the
-            # arguments every block receives (masks and rotary tables can differ by block);
-            # later batches stop at block 0.
+            # The first batch of each size captures the arguments every block receives (masks
+            # and rotary tables can differ by block); later batches stop at block 0.
             first, calls = arch.capture_block_calls(model, blocks, batch,
                                                     stop_after_first=size in calls_by_size)
             calls_by_size.setdefault(size, calls)
-            self.inputs.append(first.to(device))
+            if buffer is None:
+                buffer = torch.empty((len(windows), *first.shape[1:]), dtype=first.dtype,
+                                     device=device)
+            self.inputs.append(buffer[start:start + size])
+            self.inputs[-1].copy_(first)
+            start += size
+            del first
             self.calls.append(_to_device(calls_by_size[size], device))
 
     def run(self, index: int, advance: bool,
@@ -151,7 +162,10 @@ class BlockRunner:
             for b, (hidden, calls) in enumerate(zip(self.inputs, self.calls)):
                 out = arch.call_block(block, hidden, calls[index])
                 if advance:
-                    self.inputs[b] = out
+                    if out.shape != hidden.shape:
+                        raise RuntimeError(f"block {index} changed the hidden-state shape "
+                                           f"from {tuple(hidden.shape)} to {tuple(out.shape)}")
+                    hidden.copy_(out)  # this batch's input is spent: its slot takes the output
                 del hidden, out
                 if after_batch is not None:
                     after_batch()
