@@ -3,8 +3,8 @@
 Every function takes a score matrix [out, in] (lower = less important) and returns a boolean
 mask of the same shape, True where a weight is pruned. Ties are broken by position (as a
 stable sort would), so that exactly the requested number of weights is removed even when
-many scores are equal, as they are in dequantized 4-bit checkpoints. (The reference code thresholds with
-`score <= kth value`, which over-prunes on ties.)
+many scores are equal, as they are in dequantized 4-bit checkpoints. (The reference code
+thresholds with `score <= kth value`, which over-prunes on ties.)
 """
 
 from __future__ import annotations

@@ -283,8 +283,6 @@ def load_model(source: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     local = Path(target) if isinstance(target, Path) else None
     if local is not None:
         read_weights_privately(model, local)  # pruning writes every weight: no mmap
-
-    if local is not None:
         for meta_name in ("zoo.json", "prunelab.json"):
             meta_path = local / meta_name
             if meta_path.exists():
