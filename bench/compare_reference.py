@@ -134,6 +134,9 @@ def main():
     parser.add_argument("--self-specs", default="", help="also run prunelab at batch size 1")
     parser.add_argument("--per-layer", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calib-seeds", default="0",
+                        help="comma-separated calibration seeds; each draws other windows and "
+                             "runs every method on them (judge a criterion over several draws)")
     parser.add_argument("--out", default="")
     parser.add_argument("--batch-size", type=int, default=8, help="prunelab's batch size")
     parser.add_argument("--permute", type=int, default=-1,
@@ -150,18 +153,20 @@ def main():
     torch.manual_seed(0)
 
     loaded = load()
-    windows = calibration_windows(loaded, CalibrationConfig(n_samples=args.nsamples,
-                                                            seqlen=args.seqlen))
-    if args.permute >= 0:
-        order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(args.permute))
-        windows = windows[order]
     dense = prunelab.perplexity(loaded, "squad-dev", 512, args.neval)
     print(f"dense ppl {dense:.3f}", flush=True)
     results = {"dense_ppl": dense, "nsamples": args.nsamples, "seqlen": args.seqlen,
                "threads": args.threads, "methods": {}}
-    for name in args.methods.split(","):
+    runs = [(seed, name) for seed in map(int, args.calib_seeds.split(","))
+            for name in args.methods.split(",")]
+    for seed, name in runs:
         method, sparsity, pattern, runner, n, m = METHODS[name]
-        calib = CalibrationConfig(n_samples=args.nsamples, seqlen=args.seqlen)
+        calib = CalibrationConfig(n_samples=args.nsamples, seqlen=args.seqlen, seed=seed)
+        windows = calibration_windows(loaded, calib)
+        if args.permute >= 0:
+            order = torch.randperm(len(windows),
+                                   generator=torch.Generator().manual_seed(args.permute))
+            windows = windows[order]
 
         ours = load()
         start = time.perf_counter()
@@ -195,12 +200,22 @@ def main():
             row["batch1_vs_batch_size_ppl_diff_pct"] = 100 * (row["prunelab_batch1_ppl"] / ours_ppl - 1)
             row["batch1_vs_batch_size_mask_agreement"] = agreement(masks_of(single.model), ours_masks)
             del single
-        results["methods"][name] = row
-        print(name, json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
+        key = name if len(runs) == len(args.methods.split(",")) else f"{name}@seed{seed}"
+        results["methods"][key] = row
+        print(key, json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
         if args.out:
             partial = Path(args.out + ".partial")  # rename: a reader never sees half a file
             partial.write_text(json.dumps(results, indent=2))
             partial.replace(args.out)
+    if len(runs) > len(args.methods.split(",")):
+        for name in args.methods.split(","):
+            diffs = [row["ppl_diff_pct"] for key, row in results["methods"].items()
+                     if key.split("@")[0] == name]
+            mean = sum(diffs) / len(diffs)
+            spread = (sum((d - mean) ** 2 for d in diffs) / max(len(diffs) - 1, 1)) ** 0.5
+            print(f"{name}: ppl difference over {len(diffs)} calibration seeds "
+                  f"mean {mean:+.2f}%, sd {spread:.2f}%, each "
+                  + ", ".join(f"{d:+.2f}%" for d in diffs), flush=True)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,11 @@ def test_methods_and_models_list():
     listing = run("models")
     assert listing.returncode == 0 and "smollm2-135m" in listing.stdout
     assert "dequantized" in listing.stdout
+
+
+def test_a_bad_allocator_setting_is_one_line(tiny_dir, monkeypatch):
+    from prunelab import allocator
+
+    monkeypatch.setattr(allocator, "_settled", None)
+    monkeypatch.setenv("PRUNELAB_MMAP_THRESHOLD", "lots")
+    _assert_user_error(run("ppl", str(tiny_dir)), "PRUNELAB_MMAP_THRESHOLD")
