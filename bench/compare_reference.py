@@ -14,7 +14,9 @@ Prints, per method, both perplexities (squad-dev, 32 x 512), their difference, b
 times and how much of the two masks agree. `--self-specs sparsegpt24` also prunes with
 prunelab at batch size 1, and `--permute 1` feeds the reference the windows in another
 order: both change only the order of floating-point sums, which measures how far two
-equally correct runs drift apart.
+equally correct runs drift apart. `--calib-seeds 0,1,2,3` repeats every method on other
+calibration draws and prints the mean and spread of the perplexity difference: a criterion
+such as "within 1%" is only meaningful against that spread.
 """
 
 from __future__ import annotations
