@@ -1,7 +1,4 @@
-"""The allocator setting: on by default on glibc, off on request, and bad values refused."""
-
-import platform
-import sys
+"""The allocator setting: scoped to pruning, off on request, and bad values refused."""
 
 import pytest
 
@@ -10,35 +7,50 @@ from prunelab.errors import PrunelabError
 
 
 @pytest.fixture
-def fresh(monkeypatch):
-    """Forget that this process already settled the allocator (the setting itself is harmless:
-    the test process gets the same threshold prunelab sets anyway)."""
-    monkeypatch.setattr(allocator, "_settled", None)
+def env(monkeypatch):
     monkeypatch.delenv("PRUNELAB_MMAP_THRESHOLD", raising=False)
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    return monkeypatch
+    calls = []
+    monkeypatch.setattr(allocator, "_set_threshold", lambda size: calls.append(size) or True)
+    return monkeypatch, calls
 
 
-@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
-                    reason="mallopt is glibc's")
-def test_glibc_gets_a_fixed_threshold_once(fresh):
-    assert allocator.settle_allocator() == allocator.DEFAULT_MMAP_THRESHOLD
-    fresh.setenv("PRUNELAB_MMAP_THRESHOLD", "0")
-    assert allocator.settle_allocator() == allocator.DEFAULT_MMAP_THRESHOLD  # once per process
+def test_pruning_gets_a_fixed_threshold_and_evaluation_the_usual_one(env):
+    _, calls = env
+    with allocator.compact_heap() as threshold:
+        assert threshold == allocator.DEFAULT_MMAP_THRESHOLD
+        assert calls == [allocator.DEFAULT_MMAP_THRESHOLD]
+    assert calls[-1] == allocator.GLIBC_MAX_THRESHOLD
 
 
-def test_zero_or_the_users_own_malloc_setting_leave_it_alone(fresh):
-    fresh.setenv("PRUNELAB_MMAP_THRESHOLD", "0")
-    assert allocator.settle_allocator() == 0
-    fresh.setattr(allocator, "_settled", None)
-    fresh.delenv("PRUNELAB_MMAP_THRESHOLD")
-    fresh.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
-    assert allocator.settle_allocator() == 0
+def test_zero_or_the_users_own_malloc_setting_leave_it_alone(env):
+    monkeypatch, calls = env
+    monkeypatch.setenv("PRUNELAB_MMAP_THRESHOLD", "0")
+    with allocator.compact_heap() as threshold:
+        assert threshold == 0
+    monkeypatch.delenv("PRUNELAB_MMAP_THRESHOLD")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    with allocator.compact_heap() as threshold:
+        assert threshold == 0
+    assert calls == []
+
+
+def test_the_setting_is_undone_when_pruning_fails(env):
+    _, calls = env
+    with pytest.raises(RuntimeError), allocator.compact_heap():
+        raise RuntimeError("a method failed")
+    assert calls[-1] == allocator.GLIBC_MAX_THRESHOLD
+
+
+@pytest.mark.skipif(not allocator.is_glibc(), reason="mallopt is glibc's")
+def test_glibc_accepts_the_setting():
+    assert allocator._set_threshold(allocator.GLIBC_MAX_THRESHOLD)
 
 
 @pytest.mark.parametrize("value", ["four", "-1", str(64 * 1024 * 1024)])
-def test_a_bad_threshold_is_refused_with_the_fix(fresh, value):
-    fresh.setenv("PRUNELAB_MMAP_THRESHOLD", value)
+def test_a_bad_threshold_is_refused_with_the_fix(env, value):
+    monkeypatch, _ = env
+    monkeypatch.setenv("PRUNELAB_MMAP_THRESHOLD", value)
     with pytest.raises(PrunelabError, match="PRUNELAB_MMAP_THRESHOLD") as info:
-        allocator.settle_allocator()
+        allocator.mmap_threshold_from_env()
     assert "unset it" in info.value.fix

@@ -135,9 +135,9 @@ def test_methods_and_models_list():
     assert "dequantized" in listing.stdout
 
 
-def test_a_bad_allocator_setting_is_one_line(tiny_dir, monkeypatch):
-    from prunelab import allocator
-
-    monkeypatch.setattr(allocator, "_settled", None)
+def test_a_bad_allocator_setting_is_one_line(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNELAB_MMAP_THRESHOLD", "lots")
-    _assert_user_error(run("ppl", str(tiny_dir)), "PRUNELAB_MMAP_THRESHOLD")
+    out = tmp_path / "out"
+    _assert_user_error(run("prune", str(tiny_dir), "--method", "magnitude", "--sparsity", "0.5", "--no-ppl",
+                           "--out", str(out)), "PRUNELAB_MMAP_THRESHOLD")
+    assert not out.exists()

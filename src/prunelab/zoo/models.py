@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from prunelab.allocator import settle_allocator
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_dir, cache_dir, cache_lock
 from prunelab.zoo.fetch import download_distribution
@@ -264,7 +263,6 @@ def load_model(source: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     from transformers.utils import logging as hf_logging
 
     target, spec = resolve(source)
-    settle_allocator()  # before the weights and activations arrive (see prunelab.allocator)
     hf_logging.disable_progress_bar()  # a cached load takes a second; no bars needed
     try:
         config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
