@@ -159,8 +159,8 @@ def main():
     print(f"dense ppl {dense:.3f}", flush=True)
     results = {"dense_ppl": dense, "nsamples": args.nsamples, "seqlen": args.seqlen,
                "threads": args.threads, "methods": {}}
-    runs = [(seed, name) for seed in map(int, args.calib_seeds.split(","))
-            for name in args.methods.split(",")]
+    names, seeds = args.methods.split(","), [int(x) for x in args.calib_seeds.split(",")]
+    runs = [(seed, name) for seed in seeds for name in names]
     for seed, name in runs:
         method, sparsity, pattern, runner, n, m = METHODS[name]
         calib = CalibrationConfig(n_samples=args.nsamples, seqlen=args.seqlen, seed=seed)
@@ -202,15 +202,15 @@ def main():
             row["batch1_vs_batch_size_ppl_diff_pct"] = 100 * (row["prunelab_batch1_ppl"] / ours_ppl - 1)
             row["batch1_vs_batch_size_mask_agreement"] = agreement(masks_of(single.model), ours_masks)
             del single
-        key = name if len(runs) == len(args.methods.split(",")) else f"{name}@seed{seed}"
+        key = name if len(seeds) == 1 else f"{name}@seed{seed}"
         results["methods"][key] = row
         print(key, json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
         if args.out:
             partial = Path(args.out + ".partial")  # rename: a reader never sees half a file
             partial.write_text(json.dumps(results, indent=2))
             partial.replace(args.out)
-    if len(runs) > len(args.methods.split(",")):
-        for name in args.methods.split(","):
+    if len(seeds) > 1:
+        for name in names:
             diffs = [row["ppl_diff_pct"] for key, row in results["methods"].items()
                      if key.split("@")[0] == name]
             mean = sum(diffs) / len(diffs)
