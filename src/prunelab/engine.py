@@ -159,7 +159,7 @@ class BlockRunner:
         input as soon as it exists (the next block's inputs; only one set is ever held)."""
         block = self.blocks[index]
         with torch.no_grad():
-            for b, (hidden, calls) in enumerate(zip(self.inputs, self.calls)):
+            for hidden, calls in zip(self.inputs, self.calls):
                 out = arch.call_block(block, hidden, calls[index])
                 if advance:
                     if out.shape != hidden.shape:
