@@ -78,7 +78,7 @@ def child(model_name: str, method: str, pattern: str | None, samples: int, seqle
     import transformers  # noqa: F401  (part of the baseline: the libraries, not the model)
 
     import prunelab
-    from prunelab.allocator import is_glibc, mmap_threshold_from_env
+    from prunelab.allocator import pruning_allocator
     from prunelab.data.corpora import CalibrationConfig, calibration_windows
 
     imports_only = peak_rss_bytes()  # python + torch + the transformers package's top level
@@ -134,7 +134,7 @@ def child(model_name: str, method: str, pattern: str | None, samples: int, seqle
             # the definition used before the lazily imported model code was counted as library
             "rss_ratio_net_of_activations_imports_only":
                 (peak - imports_only - activations) / model_bytes,
-            "mmap_threshold": mmap_threshold_from_env() if is_glibc() else 0}
+            "allocator": pruning_allocator()}
 
 
 def main() -> None:
@@ -178,11 +178,10 @@ def main() -> None:
               f"worst matrix off by {r['worst_matrix_deviation_rows']:.3f} weights/row"
               + (f", N:M groups violating: {r['nm_groups_violating']}" if r["pattern"] else ""),
               flush=True)
-    threshold = rows[-1]["mmap_threshold"] if rows else 0
+    allocators = sorted({r["allocator"] for r in rows})
     print(f"# {args.model}, {args.samples} x {args.seqlen} calibration tokens, batch {args.batch_size}; "
           "aims: wanda ratio <= 2.5, sparsegpt <= 6, RSS <= 1.5 x model + activations; "
-          + (f"glibc mmap threshold {threshold} bytes while pruning (PRUNELAB_MMAP_THRESHOLD=0: "
-             "glibc's default)" if threshold else "allocator left at its default"))
+          + f"while pruning: {', '.join(allocators)} (prunelab/allocator.py)")
 
 
 if __name__ == "__main__":

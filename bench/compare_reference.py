@@ -37,6 +37,7 @@ torch.cuda.synchronize = lambda *a, **k: None
 torch.cuda.empty_cache = lambda *a, **k: None
 
 import prunelab  # noqa: E402
+from prunelab.allocator import pruning_allocator  # noqa: E402
 from prunelab.data.corpora import CalibrationConfig, calibration_windows  # noqa: E402
 
 
@@ -156,9 +157,12 @@ def main():
 
     loaded = load()
     dense = prunelab.perplexity(loaded, "squad-dev", 512, args.neval)
-    print(f"dense ppl {dense:.3f}", flush=True)
+    # One process: whatever the allocator does for prunelab, it does for the references too
+    # (huge pages), except the glibc threshold, which prunelab sets only around its own pruning.
+    allocator = pruning_allocator()
+    print(f"dense ppl {dense:.3f}; while pruning: {allocator}", flush=True)
     results = {"dense_ppl": dense, "nsamples": args.nsamples, "seqlen": args.seqlen,
-               "threads": args.threads, "methods": {}}
+               "threads": args.threads, "allocator": allocator, "methods": {}}
     names, seeds = args.methods.split(","), [int(x) for x in args.calib_seeds.split(",")]
     runs = [(seed, name) for seed in seeds for name in names]
     for seed, name in runs:

@@ -1,4 +1,9 @@
-"""The allocator setting: scoped to pruning, off on request, and bad values refused."""
+"""The allocator settings: huge pages asked for at import, the glibc threshold as the fallback
+scoped to pruning, both off on request, and bad values refused."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +17,7 @@ def env(monkeypatch):
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     calls = []
     monkeypatch.setattr(allocator, "_set_threshold", lambda size: calls.append(size) or True)
+    monkeypatch.setattr(allocator, "torch_uses_huge_pages", lambda: False)
     return monkeypatch, calls
 
 
@@ -21,6 +27,15 @@ def test_pruning_gets_a_fixed_threshold_and_evaluation_the_usual_one(env):
         assert threshold == allocator.DEFAULT_MMAP_THRESHOLD
         assert calls == [allocator.DEFAULT_MMAP_THRESHOLD]
     assert calls[-1] == allocator.GLIBC_MAX_THRESHOLD
+
+
+def test_with_torch_huge_pages_glibc_is_left_alone(env):
+    monkeypatch, calls = env
+    monkeypatch.setattr(allocator, "torch_uses_huge_pages", lambda: True)
+    with allocator.compact_heap() as threshold:
+        assert threshold == 0
+    assert calls == []
+    assert allocator.pruning_allocator().startswith("torch huge pages")
 
 
 def test_zero_or_the_users_own_malloc_setting_leave_it_alone(env):
@@ -54,3 +69,39 @@ def test_a_bad_threshold_is_refused_with_the_fix(env, value):
     with pytest.raises(PrunelabError, match="PRUNELAB_MMAP_THRESHOLD") as info:
         allocator.mmap_threshold_from_env()
     assert "unset it" in info.value.fix
+
+
+def test_huge_pages_are_asked_for_unless_the_user_set_the_variable(monkeypatch):
+    monkeypatch.setattr(allocator, "kernel_offers_huge_pages", lambda: True)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv(allocator.TORCH_HUGE_PAGES, raising=False)
+    allocator.request_huge_pages()
+    assert os.environ[allocator.TORCH_HUGE_PAGES] == "1"
+    monkeypatch.setenv(allocator.TORCH_HUGE_PAGES, "0")
+    allocator.request_huge_pages()
+    assert os.environ[allocator.TORCH_HUGE_PAGES] == "0"
+    monkeypatch.delenv(allocator.TORCH_HUGE_PAGES)
+    monkeypatch.setattr(allocator, "kernel_offers_huge_pages", lambda: False)
+    allocator.request_huge_pages()  # a kernel without them: nothing to ask for
+    assert allocator.TORCH_HUGE_PAGES not in os.environ
+
+
+def _fresh_process_uses_huge_pages(setting: str | None, torch_first: bool = False) -> bool:
+    env = {k: v for k, v in os.environ.items() if k != allocator.TORCH_HUGE_PAGES}
+    if setting is not None:
+        env[allocator.TORCH_HUGE_PAGES] = setting
+    first = "import torch; torch.zeros(3); " if torch_first else ""
+    code = (first + "import prunelab; from prunelab.allocator import torch_uses_huge_pages; "
+            "print(torch_uses_huge_pages())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    return out.strip() == "True"
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and allocator.kernel_offers_huge_pages()),
+                    reason="transparent huge pages are a Linux feature this kernel does not offer")
+def test_importing_prunelab_first_puts_torch_in_huge_page_mode():
+    assert _fresh_process_uses_huge_pages(None)
+    assert not _fresh_process_uses_huge_pages("0")
+    # torch reads the setting at its first allocation: too late for prunelab to ask
+    assert not _fresh_process_uses_huge_pages(None, torch_first=True)

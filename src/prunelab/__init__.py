@@ -10,6 +10,11 @@ The public API, importable as `prunelab.X`:
 
 from importlib import import_module
 
+from prunelab.allocator import request_huge_pages
+
+# Before torch allocates anything: torch reads this setting once (prunelab/allocator.py).
+request_huge_pages()
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
