@@ -105,3 +105,21 @@ def test_importing_prunelab_first_puts_torch_in_huge_page_mode():
     assert not _fresh_process_uses_huge_pages("0")
     # torch reads the setting at its first allocation: too late for prunelab to ask
     assert not _fresh_process_uses_huge_pages(None, torch_first=True)
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not allocator.is_glibc(), reason="malloc_trim is glibc's")
+def test_freed_heap_between_live_blocks_goes_back_to_the_system():
+    # 64 MB in 100 kB blocks (below any mmap threshold: they live in the heap); keeping every
+    # 16th alive pins the heap, as the tokenizer's leftovers do, so only trimming can return it.
+    blocks = [bytearray(b"x" * 100_000) for _ in range(640)]
+    pinned = blocks[::16]
+    del blocks
+    before = _resident_bytes()
+    allocator.release_free_heap()
+    assert before - _resident_bytes() > 30_000_000
+    del pinned

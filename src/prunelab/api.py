@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import prunelab
-from prunelab.allocator import compact_heap
+from prunelab.allocator import compact_heap, release_free_heap
 from prunelab.data.corpora import (DEFAULT_EVAL_SOURCE, CalibrationConfig, calibration_windows,
                                    eval_windows, tokens_digest)
 from prunelab.engine import LayerRecord, check_pattern, prune_blocks
@@ -102,6 +102,7 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
     with compact_heap():  # fragmentation would otherwise add 0.1-0.2 GB (prunelab.allocator)
         if chosen.statistic is not Statistic.NONE:
             windows = calibration_windows(loaded, calibration)
+            release_free_heap()  # what the tokenizer freed (prunelab.allocator)
             calib_record = {**calibration.to_dict(), "tokens_sha256": tokens_digest(windows),
                             "bos": loaded.add_bos}
         start = time.perf_counter()
