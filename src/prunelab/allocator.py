@@ -105,13 +105,18 @@ def is_glibc() -> bool:
     return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
-def _set_threshold(size: int) -> bool:
+def _glibc(function: str, *args: int) -> int | None:
+    """Call one of glibc's allocator functions; None where there is no such function."""
     if not is_glibc():
-        return False
+        return None
     try:
-        return ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, size) == 1
+        return getattr(ctypes.CDLL(None), function)(*args)
     except (AttributeError, OSError):
-        return False
+        return None
+
+
+def _set_threshold(size: int) -> bool:
+    return _glibc("mallopt", _M_MMAP_THRESHOLD, size) == 1
 
 
 def release_free_heap() -> None:
@@ -121,11 +126,7 @@ def release_free_heap() -> None:
     trimming it after the windows are drawn takes ~15 ms and lowered Wanda's peak on
     smollm2-135m (first six blocks, huge pages) from 1.297 to 1.260-1.261 GB.
     """
-    if is_glibc():
-        try:
-            ctypes.CDLL(None).malloc_trim(0)
-        except (AttributeError, OSError):
-            pass
+    _glibc("malloc_trim", 0)
 
 
 def pruning_allocator() -> str:
