@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from prunelab.report import build_report
-from prunelab.report.data import load_run
+from prunelab.study.results import load_run
 from prunelab.study.recipe import parse_recipe
 from prunelab.study.runner import run_study
 from prunelab.study.testing import FakeBackend
@@ -30,12 +30,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         start = time.perf_counter()
-        out = run_study(recipe, run_dir, backend=FakeBackend(size=200), progress=False,
-                        report=False)
+        out = run_study(recipe, run_dir, backend=FakeBackend(size=200), progress=False)
         stored = time.perf_counter() - start
         n_examples = out.points_total * 200
         start = time.perf_counter()
-        run_study(recipe, run_dir, backend=FakeBackend(size=200), progress=False, report=False)
+        run_study(recipe, run_dir, backend=FakeBackend(size=200), progress=False)
         resumed = time.perf_counter() - start
         start = time.perf_counter()
         run = load_run(run_dir)

@@ -28,8 +28,8 @@ def run_dir(tmp_path_factory):
                          {"method": "wanda", "sparsity": [0.5]}],
         "band_probe": {"starts": [0.0, 0.5]}, "perplexity": {},
         "eval": {"limit": 30}, "analysis": {"n_boot": 100}})
-    out = run_study(recipe, path, backend=FakeBackend(), progress=False)
-    assert set(out.report) == {"html", "md", "json"}
+    run_study(recipe, path, backend=FakeBackend(), progress=False)
+    assert set(build_report(path)) == {"html", "md", "json"}
     return path
 
 
@@ -106,7 +106,7 @@ def _cli(args, capsys):
 
 def test_cli_results_report_and_errors(run_dir, tmp_path, capsys):
     main(["results", str(run_dir), "--format", "csv", "--out", "-"])
-    assert capsys.readouterr().out.startswith("model,method,sparsity")
+    assert capsys.readouterr().out.startswith("model,arm,x,x_field,method,sparsity")
     main(["report", str(run_dir)])
     assert "report.html" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"

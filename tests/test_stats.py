@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from prunelab.report.data import load_run
+from prunelab.study.results import load_run
 from prunelab.study.recipe import parse_recipe
 from prunelab.study.runner import run_study
 from prunelab.study.stats import crossing, kendall, spearman
@@ -43,7 +43,7 @@ def analysed(tmp_path_factory):
                          {"method": "wanda", "sparsity": [0.3, 0.5], "patterns": ["4:8"]}],
         "band_probe": {"starts": [0.0, 0.4, 0.8], "width": 0.1},
         "eval": {"limit": 400}, "analysis": {"n_boot": 300}})
-    run_study(recipe, run_dir, backend=FakeBackend(size=400), progress=False, report=False)
+    run_study(recipe, run_dir, backend=FakeBackend(size=400), progress=False)
     run = load_run(run_dir)
     yield run.analysis
     run.store.close()
@@ -91,9 +91,10 @@ def test_relative_rows_have_intervals_and_seeds(analysed):
 
 
 def test_band_probe_rows(analysed):
-    band = analysed.band
+    band = analysed.sweeps
     assert {r["x"] for r in band} == {0.0, 0.4, 0.8}
-    assert not any(v["arm"] == "magnitude-band" for v in analysed.verdicts)
+    assert {r["x_field"] for r in band} == {"stages[0].options.band_low"}
+    assert not any(v["arm"].startswith("magnitude-band") for v in analysed.verdicts)
     low = np.mean([r["relative"] for r in band if r["x"] == 0.0 and r["family"] == "digits"])
     high = np.mean([r["relative"] for r in band if r["x"] == 0.8 and r["family"] == "digits"])
     assert high < low  # the fake makes bands of larger weights hurt more
@@ -104,7 +105,7 @@ def test_above_chance_measure_differs_from_relative(tmp_path):
                            "compressions": [{"method": "magnitude", "sparsity": [0.7]}],
                            "eval": {"limit": 200}, "analysis": {"measure": "above_chance",
                                                                 "n_boot": 100}})
-    run_study(recipe, tmp_path, backend=FakeBackend(size=200), progress=False, report=False)
+    run_study(recipe, tmp_path, backend=FakeBackend(size=200), progress=False)
     run = load_run(tmp_path)
     (row,) = run.analysis.relative
     dense = run.analysis.dense[0]["score"]

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from prunelab.report import build_report
 from prunelab.study.backend import PrunelabBackend
 from prunelab.study.recipe import parse_recipe
 from prunelab.study.runner import run_study
@@ -58,7 +59,7 @@ def test_real_backend_on_tiny_model(tmp_path, task_file):
         assert all(p["n"] == 10 for p in points)
         records = store.example_records(points[0]["key"])
         assert {"prediction", "target", "correct", "margin"} <= set(records[0])
-    assert out.report["html"].is_file()
+    assert build_report(tmp_path / "run")["html"].is_file()
 
 
 def _text(tmp_path):

@@ -29,7 +29,7 @@ def recipe(**changes):
 
 def test_each_compression_built_once_dense_first(tmp_path):
     backend = FakeBackend()
-    out = run_study(recipe(), tmp_path / "run", backend=backend, progress=False, report=False)
+    out = run_study(recipe(), tmp_path / "run", backend=backend, progress=False)
     compress = [c[2] for c in backend.calls if c[0] == "compress"]
     # magnitude draws no calibration data: once, not once per seed; wanda once per seed.
     assert compress == ["magnitude 30%", "magnitude 50%", "wanda 50% seed 0", "wanda 50% seed 1",
@@ -42,17 +42,17 @@ def test_each_compression_built_once_dense_first(tmp_path):
 
 
 def test_rerun_skips_finished_points(tmp_path):
-    run_study(recipe(), tmp_path / "run", backend=FakeBackend(), progress=False, report=False)
+    run_study(recipe(), tmp_path / "run", backend=FakeBackend(), progress=False)
     again = FakeBackend()
-    out = run_study(recipe(), tmp_path / "run", backend=again, progress=False, report=False)
+    out = run_study(recipe(), tmp_path / "run", backend=again, progress=False)
     assert out.points_run == 0 and out.points_done_before == 49
     assert again.calls == []  # no model loaded, nothing compressed
 
 
 def test_new_versions_recompute(tmp_path):
-    run_study(recipe(), tmp_path / "run", backend=FakeBackend(), progress=False, report=False)
+    run_study(recipe(), tmp_path / "run", backend=FakeBackend(), progress=False)
     newer = FakeBackend(versions={"prunelab": "test", "fake": "2"})
-    out = run_study(recipe(), tmp_path / "run", backend=newer, progress=False, report=False)
+    out = run_study(recipe(), tmp_path / "run", backend=newer, progress=False)
     assert out.points_run == 49
     with Store.in_dir(tmp_path / "run") as store:
         assert len(store.points()) == 98  # both kept, keyed apart
@@ -78,9 +78,9 @@ class CrashingBackend(FakeBackend):
 def test_interrupted_run_resumes_to_identical_results(tmp_path):
     with pytest.raises(Crash):
         run_study(recipe(), tmp_path / "a", backend=CrashingBackend(17), progress=False)
-    out = run_study(recipe(), tmp_path / "a", backend=FakeBackend(), progress=False, report=False)
+    out = run_study(recipe(), tmp_path / "a", backend=FakeBackend(), progress=False)
     assert out.points_done_before == 17 and out.points_run == 49 - 17
-    run_study(recipe(), tmp_path / "b", backend=FakeBackend(), progress=False, report=False)
+    run_study(recipe(), tmp_path / "b", backend=FakeBackend(), progress=False)
     with Store.in_dir(tmp_path / "a") as a, Store.in_dir(tmp_path / "b") as b:
         assert _scores(a) == _scores(b)
 
@@ -90,16 +90,15 @@ def _scores(store):
 
 
 def test_run_dir_of_another_recipe_is_refused(tmp_path):
-    run_study(recipe(), tmp_path / "run", backend=FakeBackend(), progress=False, report=False)
+    run_study(recipe(), tmp_path / "run", backend=FakeBackend(), progress=False)
     other = recipe(seeds=[0])
     with pytest.raises(PrunelabError, match="another recipe"):
         run_study(other, tmp_path / "run", backend=FakeBackend(), progress=False)
-    out = run_study(other, tmp_path / "run", backend=FakeBackend(), force=True, progress=False,
-                    report=False)
+    out = run_study(other, tmp_path / "run", backend=FakeBackend(), force=True, progress=False)
     assert out.points_run == 0  # every point of the smaller recipe was already there
     # changing only the analysis is not another recipe: the run is re-analysed in place
     reanalysed = parse_recipe({**RECIPE, "seeds": [0], "analysis": {"n_boot": 60}})
-    run_study(reanalysed, tmp_path / "run", backend=FakeBackend(), progress=False, report=False)
+    run_study(reanalysed, tmp_path / "run", backend=FakeBackend(), progress=False)
     assert json.loads((tmp_path / "run/run.json").read_text())["recipe"]["analysis"]["n_boot"] == 60
     stranger = tmp_path / "photos"
     stranger.mkdir()
@@ -135,7 +134,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from prunelab.study.testing import FakeBackend
     recipe = parse_recipe({recipe!r})
     run_study(recipe, sys.argv[1], backend=FakeBackend(eval_sleep=0.1, size=400),
-              progress=False, report=False)
+              progress=False)
     print("DONE")
 """)
 

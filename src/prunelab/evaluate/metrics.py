@@ -88,3 +88,89 @@ def bootstrap(values: np.ndarray, weights: np.ndarray | None = None, *, n_boot: 
     alpha = (1 - level) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha])
     return (float(low), float(high))
+
+
+# -- the registry of metrics ------------------------------------------------------------------------
+#
+# What a task kind yields per example, how examples aggregate into a score with an interval,
+# whether a chance level applies, and which direction is better. The evaluation summary, the
+# study's store and its statistics all read these entries, so a new metric (divergence from
+# the dense model, refusal rate) is one registration here.
+
+LN2 = math.log(2)
+
+
+class Metric:
+    name: str = ""
+    higher_is_better: bool = True
+    chance_applies: bool = True
+    description: str = ""
+
+    def example(self, record: dict) -> tuple[float | None, float]:
+        """(value, weight) of one example record; the score is sum(value) / sum(weight)."""
+        raise NotImplementedError
+
+    def summarise(self, values: np.ndarray, weights: np.ndarray,
+                  seed: int) -> tuple[float, float, float]:
+        """(score, 95% low, 95% high) over the examples of one task level."""
+        raise NotImplementedError
+
+
+class ShareCorrect(Metric):
+    """The mean per-example credit: 0/1 (accuracy, matches) or a fraction (F1)."""
+
+    def __init__(self, name: str, description: str):
+        self.name, self.description = name, description
+
+    def example(self, record):
+        return record.get("correct"), 1.0
+
+    def summarise(self, values, weights, seed):
+        score = float(values.mean())
+        if np.isin(values, (0.0, 1.0)).all():
+            low, high = wilson(values.sum(), len(values))  # exact near 0 and 1
+        else:
+            low, high = bootstrap(values, seed=seed)
+        return score, low, high
+
+
+class BitsPerByte(Metric):
+    """Negative log-likelihood of a text per UTF-8 byte, in bits; lower is better."""
+
+    name = "bits_per_byte"
+    higher_is_better = False
+    chance_applies = False
+    description = "bits per byte of the scored text (lower is better)"
+
+    def example(self, record):
+        return -float(record["loglik"]), float(record["n_bytes"])  # nats, bytes
+
+    def summarise(self, values, weights, seed):
+        score = float(values.sum() / weights.sum() / LN2)
+        low, high = (v / LN2 for v in bootstrap(values, weights, seed=seed))
+        return score, low, high
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    METRICS[metric.name] = metric
+    return metric
+
+
+for _metric in (ShareCorrect("accuracy", "share of items answered correctly"),
+                ShareCorrect("contains", "share of answers containing a target or contained "
+                                         "in one (the Junk DNA paper's lenient match)"),
+                ShareCorrect("exact_match", "share of answers equal to a target (normalised)"),
+                ShareCorrect("f1", "mean best token-overlap F1 against the targets"),
+                BitsPerByte()):
+    register_metric(_metric)
+
+
+def get_metric(name: str | None) -> Metric:
+    if name not in METRICS:
+        from prunelab.errors import PrunelabError
+
+        raise PrunelabError(f"unknown metric {name!r}", f"use one of {', '.join(METRICS)}")
+    return METRICS[name]

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prunelab.evaluate.metrics import bootstrap, wilson
+from prunelab.evaluate.metrics import get_metric
 from prunelab.paths import atomic_file
-
-LN2 = math.log(2)
 
 
 @dataclass
@@ -98,25 +95,18 @@ class EvalResults:
 
 def _summarise(rows: list[ExampleResult]) -> dict:
     first = rows[0]
-    n = len(rows)
-    if first.metric == "bits_per_byte":
-        nats = np.array([-r.loglik for r in rows])
-        n_bytes = np.array([r.n_bytes for r in rows], dtype=float)
-        score = float(nats.sum() / n_bytes.sum() / LN2)
-        low, high = (v / LN2 for v in bootstrap(nats, n_bytes, seed=first.seed))
-        chance = None
-    else:
-        values = np.array([r.correct for r in rows], dtype=float)
-        score = float(values.mean())
-        if np.isin(values, (0.0, 1.0)).all():
-            low, high = wilson(values.sum(), n)
-        else:
-            low, high = bootstrap(values, seed=first.seed)
+    metric = get_metric(first.metric)
+    pairs = [metric.example(r.to_dict()) for r in rows]
+    values = np.array([v for v, _ in pairs], dtype=float)
+    weights = np.array([w for _, w in pairs], dtype=float)
+    score, low, high = metric.summarise(values, weights, first.seed)
+    chance = None
+    if metric.chance_applies:
         chances = [r.chance for r in rows if r.chance is not None]
         chance = float(np.mean(chances)) if chances else None
     return {
         "task": first.task, "family": first.family, "axis": first.axis, "level": first.level,
-        "level_rank": first.level_rank, "n": n, "metric": first.metric, "score": score,
+        "level_rank": first.level_rank, "n": len(rows), "metric": first.metric, "score": score,
         "ci_low": float(low), "ci_high": float(high), "chance": chance,
         "at_chance": bool(chance is not None and low <= chance),
     }

@@ -14,7 +14,7 @@ IMAGE_DIR = "report_files"
 
 
 def build_report(run_dir: str | Path) -> dict[str, Path]:
-    from prunelab.report.data import load_run
+    from prunelab.study.results import load_run
     from prunelab.report.render import sections, summary_json, to_html, to_markdown
 
     run_dir = Path(run_dir)

@@ -33,17 +33,17 @@ def relative_plots(analysis: Analysis, thresholds=(0.9, 0.5)) -> dict[str, bytes
     """Per model: relative performance vs sparsity, a panel per family (rows) × arm (columns),
     one line per difficulty level with its 95% bootstrap band. Levels at chance when dense are
     drawn dashed and grey: they are left out of the statistics."""
-    band_arms = {r["arm"] for r in analysis.band}
-    rows = [r for r in analysis.relative if r["arm"] not in band_arms]
+    swept = {r["arm"] for r in analysis.sweeps}
+    rows = [r for r in analysis.relative if r["arm"] not in swept]
     return {model: _panels(cells, "sparsity", thresholds, analysis.measure, dense_at_zero=True)
             for model, cells in _grid(rows).items()}
 
 
-def band_plots(analysis: Analysis) -> dict[str, bytes]:
-    """Per model: relative performance when only the |W| band [s, s + w) is pruned, vs s."""
-    return {model: _panels(cells, "band start (|W| rank quantile)", (), analysis.measure,
-                           dense_at_zero=False)
-            for model, cells in _grid(analysis.band).items()}
+def sweep_plots(rows: list[dict], xlabel: str, measure: str) -> dict[str, bytes]:
+    """Per model: relative performance along a swept field that is not a sparsity (e.g. the
+    start of the one |W| band that is pruned)."""
+    return {model: _panels(cells, xlabel, (), measure, dense_at_zero=False)
+            for model, cells in _grid(rows).items()}
 
 
 def _panels(cells: dict[tuple[str, str], list[dict]], xlabel: str, thresholds, measure: str,

@@ -13,8 +13,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from prunelab.report.data import Run
-from prunelab.report.plots import band_plots, relative_plots
+from prunelab.study.results import Run
+from prunelab.report.plots import relative_plots, sweep_plots
+from prunelab.study.plan import describe_compression
 
 MEASURES = {
     "relative": "relative performance = pruned score / dense score (the paper's “% of dense”)",
@@ -53,6 +54,13 @@ def _ci(pair, digits: int = 2) -> str:
 
 def _pct(x) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.0%}"
+
+
+def _by_x_field(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["x_field"] or "x", []).append(r)
+    return out
 
 
 def sections(run: Run) -> list[Section]:
@@ -132,33 +140,35 @@ def sections(run: Run) -> list[Section]:
                                   for k in keys] for t in a.thresholds]))
     out.append(cross)
 
-    if a.band:
-        band = Section("Nested junk: pruning one magnitude band at a time")
-        width = recipe.band_probe.width if recipe.band_probe else None
-        band.text.append(f"Only the weights whose |W| rank quantile lies in [s, s + {width}) of "
-                         "each matrix are pruned. If small weights were pure junk, the low bands "
-                         "would cost nothing and only high bands would hurt.")
-        for model, png in band_plots(a).items():
-            band.images.append((f"{model}: relative performance by pruned band", png))
-        band.tables.append(Table("Band probe", ["model", "family", "level", "band start",
-                                                "relative", "95% CI"],
-                                 [[r["model"], r["family"], str(r["level"]), _num(r["x"], 2),
-                                   _num(r["relative"]), _ci((r["ci_low"], r["ci_high"]))]
-                                  for r in a.band]))
-        out.append(band)
+    for x_field, rows in _by_x_field(a.sweeps).items():
+        if x_field.endswith("options.band_low"):
+            sweep = Section("Nested junk: pruning one magnitude band at a time")
+            sweep.text.append("Only the weights whose |W| rank quantile lies in [s, s + width) "
+                              "of each matrix are pruned (the arm names the width). If small "
+                              "weights were pure junk, the low bands would cost nothing and "
+                              "only high bands would hurt.")
+            what, title = "band start (|W| rank quantile)", "Band probe"
+        else:
+            sweep = Section(f"Relative performance along {x_field}")
+            what, title = x_field, f"Sweep of {x_field}"
+        for model, png in sweep_plots(rows, what, a.measure).items():
+            sweep.images.append((f"{model}: relative performance by {what}", png))
+        sweep.tables.append(Table(title, ["model", "arm", "family", "level",
+                                                          what, "relative", "95% CI"],
+                                  [[r["model"], r["arm"], r["family"], str(r["level"]),
+                                    _num(r["x"], 2), _num(r["relative"]),
+                                    _ci((r["ci_low"], r["ci_high"]))] for r in rows]))
+        out.append(sweep)
 
     comp = Section("Compressed models")
     rows = []
     for c in run.compressions:
         cfg, res = c["config"], c["result"] or {}
-        what = "dense" if cfg["method"] == "dense" else (cfg["pattern"] or _pct(cfg["sparsity"]))
-        if cfg.get("band"):
-            what = f"band from {cfg['options'].get('band_low')}"
-        rows.append([c["model"], cfg["method"], what, str(cfg.get("seed") or "–"),
+        rows.append([c["model"], describe_compression(cfg), str(cfg.get("seed") or "–"),
                      _num(res.get("overall_sparsity"), 4), _num(c["perplexity"], 2),
                      _num(c["seconds"], 1)])
-    comp.tables.append(Table("Compressions", ["model", "method", "sparsity / pattern", "seed",
-                                              "achieved sparsity", "perplexity", "prune s"], rows))
+    comp.tables.append(Table("Compressions", ["model", "stages", "seed", "achieved sparsity",
+                                              "perplexity", "compress s"], rows))
     out.append(comp)
 
     prov = Section("Recipe and versions")

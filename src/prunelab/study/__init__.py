@@ -1,8 +1,9 @@
 """Studies: a recipe swept over models × compressions × tasks × seeds, resumable, analysed.
 
+    from prunelab.report import build_report
     from prunelab.study import load_recipe, run_study
     outcome = run_study(load_recipe("recipes/demo.yaml"), "runs/demo")
-    print(outcome.report["html"])
+    print(build_report(outcome.run_dir)["html"])
 """
 
 from prunelab.study.recipe import Recipe, load_recipe, parse_recipe

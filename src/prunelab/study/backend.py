@@ -7,6 +7,7 @@ to a `Backend`. `PrunelabBackend` is the real one; tests use `prunelab.study.tes
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from typing import Any, Protocol
@@ -14,16 +15,17 @@ from typing import Any, Protocol
 from prunelab.errors import PrunelabError
 from prunelab.study.plan import CompressionPoint, TaskInfo
 from prunelab.study.recipe import Recipe
+from prunelab.study.stages import Stage
 
 
 class Backend(Protocol):
     def versions(self) -> dict: ...
     def check(self, recipe: Recipe) -> list[tuple[str, str]]: ...  # (yaml path, problem)
     def describe_tasks(self, selectors: list[str]) -> list[TaskInfo]: ...
-    def uses_calibration(self, method: str) -> bool: ...
+    def uses_calibration(self, stage: Stage) -> bool: ...
     def load(self, model: str) -> Any: ...
     def model_info(self, handle: Any) -> dict: ...
-    def reset(self, handle: Any) -> None: ...  # back to the dense weights
+    def reset(self, handle: Any) -> None: ...  # back to the dense model
     def compress(self, handle: Any, point: CompressionPoint) -> dict: ...
     def perplexity(self, handle: Any, source: str, seqlen: int, n_windows: int) -> float: ...
     def evaluate(self, handle: Any, task: TaskInfo, limit: int | None, seed: int,
@@ -33,17 +35,39 @@ class Backend(Protocol):
 
 
 class _Handle:
-    """A loaded model plus a copy of its dense weights, restored before each compression
-    (cheaper than reloading from disk)."""
+    """A loaded model plus a pristine copy of the dense model, restored before each
+    compression (cheaper than reloading from disk).
+
+    When a stage changed the model's structure (structured pruning removes heads and
+    channels, so shapes and the config change), the weights cannot be copied back into the
+    old tensors: the model is then rebuilt from the pristine copy."""
 
     def __init__(self, loaded):
         self.loaded = loaded
-        self.dense = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+        self.pristine = copy.deepcopy(loaded.model)
+        self.dirty = False
+
+    def reset(self) -> None:
+        if not self.dirty:
+            return
+        if _same_structure(self.loaded.model, self.pristine):
+            self.loaded.model.load_state_dict(self.pristine.state_dict())
+        else:
+            self.loaded.model = None  # free the changed model before copying
+            self.loaded.model = copy.deepcopy(self.pristine)
         self.dirty = False
 
 
+def _same_structure(model, reference) -> bool:
+    if model.config.to_dict() != reference.config.to_dict():
+        return False
+    ours, theirs = model.state_dict(), reference.state_dict()
+    return ours.keys() == theirs.keys() and all(
+        ours[k].shape == theirs[k].shape and ours[k].dtype == theirs[k].dtype for k in ours)
+
+
 class PrunelabBackend:
-    """The real thing: zoo models, registered methods, the task suite and evaluation engine."""
+    """The real thing: zoo models, registered stages, the task suite and evaluation engine."""
 
     def versions(self) -> dict:
         from prunelab.api import versions
@@ -51,28 +75,22 @@ class PrunelabBackend:
         return versions()
 
     def check(self, recipe: Recipe) -> list[tuple[str, str]]:
-        from prunelab.methods.base import make_method
-        from prunelab.methods.masks import parse_pattern
+        from prunelab.study.plan import check_compressions, expand
         from prunelab.tasks.registry import get_tasks
 
-        problems = []
+        problems = check_compressions(recipe)
+        failed = {path for path, _ in problems}
         for i, comp in enumerate(recipe.compressions):
-            try:
-                method = make_method(comp.method, comp.options)
-                if comp.patterns and not method.supports_nm:
-                    problems.append((f"compressions[{i}].patterns",
-                                     f"method {comp.method} does not support N:M patterns"))
-            except PrunelabError as exc:
-                where = "options" if "option" in exc.problem else "method"
-                problems.append((f"compressions[{i}].{where}", exc.problem))
-            if comp.method == "magnitude-band":
-                problems.append((f"compressions[{i}].method",
-                                 "use the band_probe section for magnitude-band sweeps"))
-            for j, pattern in enumerate(comp.patterns):
-                try:
-                    parse_pattern(pattern)
-                except PrunelabError as exc:
-                    problems.append((f"compressions[{i}].patterns[{j}]", exc.problem))
+            if f"compressions[{i}]" in failed:
+                continue
+            seen = set()
+            for stages, _ in expand(comp):
+                for j, stage in enumerate(stages):
+                    for problem in stage.problems():
+                        if problem not in seen:
+                            seen.add(problem)
+                            where = f"compressions[{i}]" + (f".stages[{j}]" if comp.stages else "")
+                            problems.append((where, problem))
         for i, selector in enumerate(recipe.tasks):
             try:
                 for task in get_tasks([selector]):
@@ -94,12 +112,10 @@ class PrunelabBackend:
             for task in tasks:  # tasks from local spec files: findable by name from now on
                 register(task)
         return [TaskInfo(t.name, t.family, t.axis, t.level, t.level_rank, t.chance, t.size,
-                         t.kind) for t in tasks]
+                         t.kind, t.content_digest) for t in tasks]
 
-    def uses_calibration(self, method: str) -> bool:
-        from prunelab.methods.base import Statistic, make_method
-
-        return make_method(method).statistic is not Statistic.NONE
+    def uses_calibration(self, stage: Stage) -> bool:
+        return stage.needs_calibration()
 
     def load(self, model: str) -> _Handle:
         from prunelab.zoo.models import load_model
@@ -117,24 +133,16 @@ class PrunelabBackend:
                 "caveat": DEQUANTIZED_CAVEAT if dequantized else None}
 
     def reset(self, handle: _Handle) -> None:
-        if handle.dirty:
-            handle.loaded.model.load_state_dict(handle.dense)
-            handle.dirty = False
+        handle.reset()
 
     def compress(self, handle: _Handle, point: CompressionPoint) -> dict:
-        from prunelab.api import prune
-        from prunelab.data.corpora import CalibrationConfig
-
-        calibration = None
-        if point.calibration is not None:
-            calibration = CalibrationConfig(**dict(point.calibration), seed=point.seed)
         handle.dirty = True
-        result = prune(handle.loaded, point.method, None if point.pattern else point.sparsity,
-                       pattern=point.pattern, calibration=calibration, progress=False,
-                       **dict(point.options))
-        record = result.to_dict()
-        record.pop("layers", None)  # per-layer detail is in the pruning engine's own output
-        return record
+        records = [stage.run(handle.loaded, calibration, point.seed)
+                   for stage, calibration in zip(point.stages, point.calibration)]
+        if len(records) == 1:
+            return records[0]
+        return {"stages": records, **{k: records[-1][k] for k in ("overall_sparsity",)
+                                      if k in records[-1]}}
 
     def perplexity(self, handle: _Handle, source: str, seqlen: int, n_windows: int) -> float:
         from prunelab.api import perplexity
@@ -158,15 +166,11 @@ class PrunelabBackend:
 
 
 def example_row(record: dict) -> dict:
-    """The store's view of one ExampleResult: a value and weight the statistics can resample.
+    """The store's view of one ExampleResult: a value and weight the statistics can resample
+    (sum(value)/sum(weight) is the level's score; see `prunelab.evaluate.metrics`)."""
+    from prunelab.evaluate.metrics import get_metric
 
-    Accuracy-like metrics: value = correct (0/1 or F1), weight 1. Rolling log-likelihood:
-    value = nats of the text, weight = its bytes, so sum(value)/sum(weight) is nats per byte.
-    """
-    if record.get("metric") == "bits_per_byte":
-        value, weight = -float(record["loglik"]), float(record["n_bytes"])
-    else:
-        value, weight = record.get("correct"), 1.0
+    value, weight = get_metric(record.get("metric", "accuracy")).example(record)
     return {"example_id": str(record.get("example_id")), "value": value, "weight": weight,
             "margin": record.get("margin"), "data": record}
 
@@ -211,13 +215,15 @@ def rough_estimate(recipe: Recipe, model: str, point: CompressionPoint,
     per_token = SECONDS_PER_PARAM_TOKEN * _params(model)
     compress = 2.0  # restoring weights, magnitude sorting
     mparams = _params(model) / 1e6
-    if point.calibration is not None:
-        tokens = recipe.calibration.n_samples * recipe.calibration.seqlen
-        compress += PRUNE_PASSES.get(point.method, 3.0) * tokens * per_token
-        if point.method == "sparsegpt":
-            compress += SPARSEGPT_SECONDS_PER_MPARAM * mparams
-    elif not point.is_dense:
-        compress += MAGNITUDE_SECONDS_PER_MPARAM * mparams  # sorting every matrix
+    for stage, calibration in zip(point.stages, point.calibration):
+        method = getattr(stage, "method", stage.kind)
+        if calibration is not None:
+            tokens = calibration["n_samples"] * calibration["seqlen"]
+            compress += PRUNE_PASSES.get(method, 3.0) * tokens * per_token
+            if method == "sparsegpt":
+                compress += SPARSEGPT_SECONDS_PER_MPARAM * mparams
+        else:
+            compress += MAGNITUDE_SECONDS_PER_MPARAM * mparams  # sorting every matrix
     evaluate = 0.0
     for task in tasks:
         n = task.size or 100

@@ -26,7 +26,7 @@ def _overrides(sets: list[str] | None, models: list[str] | None, tasks: list[str
 
 
 def _print_dry_run(plan: dict) -> None:
-    from prunelab.cli import print_table
+    from prunelab.tables import print_table
 
     print_table(plan["units"], ["model", "compression", "tasks", "pending", "est_seconds"])
     g = plan["grid"]
@@ -50,12 +50,15 @@ def _run(recipe, run_dir: Path, force: bool, dry: bool, report: bool) -> None:
     if dry:
         _print_dry_run(dry_run(recipe, run_dir=run_dir))
         return
-    outcome = run_study(recipe, run_dir, force=force, report=report)
+    outcome = run_study(recipe, run_dir, force=force)
     typer.echo(f"{outcome.points_run} points run, {outcome.points_done_before} already done "
                f"(of {outcome.points_total}) in {_duration(outcome.seconds)}")
     typer.echo(f"results: {run_dir / 'results.sqlite'}")
-    for kind, path in outcome.report.items():
-        typer.echo(f"report ({kind}): {path}")
+    if report:
+        from prunelab.report import build_report
+
+        for kind, path in build_report(run_dir).items():
+            typer.echo(f"report ({kind}): {path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -18,20 +18,20 @@ from prunelab.paths import atomic_file
 
 TABLES = ("points", "examples", "relative", "monotonicity", "verdicts", "thresholds")
 FORMATS = ("csv", "json", "parquet")
-POINT_FIELDS = ("model", "method", "sparsity", "pattern", "seed", "band_low", "task", "family",
-                "axis", "level", "level_rank", "metric", "n", "score", "ci_low", "ci_high",
-                "chance", "at_chance", "seconds", "key")
+POINT_FIELDS = ("model", "arm", "x", "x_field", "method", "sparsity", "pattern", "seed", "task",
+                "family", "axis", "level", "level_rank", "metric", "n", "score", "ci_low",
+                "ci_high", "chance", "at_chance", "seconds", "stages", "key")
 
 
 def _point(p: dict) -> dict:
     row = {k: p.get(k) for k in POINT_FIELDS}
-    row["band_low"] = p["options"].get("band_low") if p["band"] else None
     row["level"] = str(p["level"])
+    row["stages"] = json.dumps(p["stages"], sort_keys=True)
     return row
 
 
 def table(run_dir: str | Path, name: str) -> list[dict]:
-    from prunelab.report.data import load_run
+    from prunelab.study.results import load_run
 
     if name not in TABLES:
         raise PrunelabError(f"unknown table {name!r}", f"use one of {', '.join(TABLES)}")

@@ -1,19 +1,26 @@
-"""From a recipe to the ordered list of work: units (one compressed model each) × task points.
+"""From a recipe to the ordered list of work: compression points × task levels.
 
-Ordering: for each model, the dense model first, then every compression; each compressed model
-is built once and evaluated on every task before the next is built. A *point* is one
-(model, compression, seed, task level); its key is a hash of its full config, versions included,
-so that a finished point is recognised on any later run and never recomputed.
+Ordering: for each model, the dense model first, then every compression point; each compressed
+model is built once and evaluated on every task before the next is built. A *point* is one
+(model, compression, seed, task level); its key is a hash of everything that decides its
+result (the stage configs with their resolved calibration, the content of the task and of a
+local calibration file, the evaluation settings) plus the software versions, so a finished
+point is recognised on any later run and never recomputed, and an edited file never is.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import itertools
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from prunelab.study.recipe import Recipe
+from prunelab.study.recipe import Compression, Recipe
+from prunelab.study.stages import Stage, chain_label, parse_stage
 
 
 @dataclass(frozen=True)
@@ -28,39 +35,72 @@ class TaskInfo:
     chance: float | None = None
     size: int | None = None
     kind: str = "mc"
+    digest: str | None = None  # of the task's content (items, template, scoring)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CompressionPoint:
-    """One way of compressing a model: dense, a method at one sparsity/pattern, or a band."""
+    """One way of compressing a model: a chain of stages (none: the dense model), the seed of
+    its calibration draw, and where it sits in the analysis: its arm and its x value."""
 
-    method: str  # "dense" for the unpruned model
-    sparsity: float = 0.0
-    pattern: str | None = None
-    options: tuple[tuple[str, Any], ...] = ()
-    seed: int | None = None  # None when the method draws no calibration data
-    calibration: tuple[tuple[str, Any], ...] | None = None
-    band: bool = False
+    stages: tuple[Stage, ...] = ()
+    calibration: tuple[dict | None, ...] = ()  # per stage: the resolved calibration, or None
+    seed: int | None = None  # None when no stage draws calibration data
+    arm: str = "dense"
+    x: float = 0.0
+    x_field: str | None = None  # e.g. "stages[0].sparsity"; None for dense
 
     @property
     def is_dense(self) -> bool:
-        return self.method == "dense"
+        return not self.stages
+
+    @property
+    def x_is_amount(self) -> bool:
+        """Whether x measures how much is removed (a sparsity), not e.g. a band's position."""
+        match = _STAGE_FIELD.fullmatch(self.x_field or "")
+        return bool(match) and match.group(2) in self.stages[int(match.group(1))].amount_fields
 
     @property
     def label(self) -> str:
         if self.is_dense:
             return "dense"
-        what = self.pattern or f"{self.sparsity:.0%}"
-        if self.band:
-            low = dict(self.options)["band_low"]
-            what = f"band [{low:.2f}, {low + self.sparsity:.2f})"
-        return f"{self.method} {what}" + (f" seed {self.seed}" if self.seed is not None else "")
+        return chain_label(list(self.stages)) + (f" seed {self.seed}" if self.seed is not None
+                                                 else "")
+
+    @property
+    def first(self) -> dict:
+        """The first stage's method, sparsity, pattern and options (the store's plain columns)."""
+        if self.is_dense:
+            return {"method": "dense", "sparsity": 0.0, "pattern": None, "options": {}}
+        data = self.stages[0].model_dump()
+        return {"method": data.get("method", data["kind"]), "sparsity": data.get("sparsity") or 0.0,
+                "pattern": data.get("pattern"), "options": data.get("options", {})}
 
     def config(self) -> dict:
-        return {"method": self.method, "sparsity": round(self.sparsity, 6), "pattern": self.pattern,
-                "options": dict(self.options), "seed": self.seed,
-                "calibration": dict(self.calibration) if self.calibration else None,
-                "band": self.band}
+        return {"stages": [{**s.model_dump(mode="json"), "calibration_resolved": c}
+                           for s, c in zip(self.stages, self.calibration)],
+                "seed": self.seed}
+
+    def _identity(self) -> str:
+        return json.dumps(self.config(), sort_keys=True, default=str)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CompressionPoint) and self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+
+DENSE = CompressionPoint()
+
+
+def describe_compression(config: dict) -> str:
+    """The label of a stored compression config (`CompressionPoint.config()`)."""
+    stages = [parse_stage({k: v for k, v in s.items() if k != "calibration_resolved"})
+              for s in config.get("stages", [])]
+    return chain_label(stages) if stages else "dense"
+
+_STAGE_FIELD = re.compile(r"stages\[(\d+)\]\.([A-Za-z_]\w*)(?:\.(.+))?")
 
 
 @dataclass
@@ -82,52 +122,168 @@ def digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:20]
+
+
 def point_config(recipe: Recipe, model: str, comp: CompressionPoint, task: TaskInfo) -> dict:
     """Everything that decides a point's result, except software versions."""
     return {"model": model, "compression": comp.config(), "task": task.name,
-            "level": task.level, "eval": {"limit": recipe.eval.limit, "seed": recipe.eval.seed}}
+            "task_digest": task.digest, "level": task.level,
+            "eval": {"limit": recipe.eval.limit, "seed": recipe.eval.seed}}
+
+
+# -- expanding a recipe's compressions ------------------------------------------------------------
+
+
+def set_path(data: dict, path: str, value: Any) -> None:
+    """Set `stages[1].options.percdamp` (a full path) in raw compression data."""
+    match = _STAGE_FIELD.fullmatch(path)
+    if not match:
+        raise ValueError(f"{path} is not a stage field (write stages[0].sparsity, "
+                         "stages[0].options.NAME, stages[0].calibration.n_samples)")
+    index, name, rest = int(match.group(1)), match.group(2), match.group(3)
+    stages = data["stages"]
+    if index >= len(stages):
+        raise ValueError(f"{path}: the chain has only {len(stages)} stage(s)")
+    node = stages[index]
+    keys = [name] + (rest.split(".") if rest else [])
+    for key in keys[:-1]:
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+        if not isinstance(node, dict):
+            raise ValueError(f"{path}: {key} is not a mapping")
+    node[keys[-1]] = value
+
+
+def get_path(stages: list[Stage], path: str) -> Any:
+    match = _STAGE_FIELD.fullmatch(path)
+    if not match or int(match.group(1)) >= len(stages):
+        return None
+    node: Any = stages[int(match.group(1))].model_dump()
+    for key in [match.group(2)] + (match.group(3).split(".") if match.group(3) else []):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def expand(comp: Compression) -> list[tuple[list[Stage], str]]:
+    """Every chain a compression entry stands for, with its x path: the cartesian product of
+    its sweeps (the shorthand's sparsities and patterns are one axis). Raises ValueError."""
+    axes: list[list[tuple[str, Any]]] = []
+    if comp.method is not None and (comp.sparsity or comp.patterns):
+        axes.append([("stages[0].sparsity", float(s)) for s in sorted(comp.sparsity)]
+                    + [("stages[0].pattern", p.strip()) for p in comp.patterns])
+    for path, values in comp.sweeps().items():
+        axes.append([(path, v) for v in values])
+    x_path = comp.x_path()
+    out = []
+    for combo in itertools.product(*axes):
+        data = {"stages": copy.deepcopy(comp.base_stages())}
+        for path, value in combo:
+            set_path(data, path, value)
+        stages = [parse_stage(s) for s in data["stages"]]
+        out.append((stages, x_path))
+    return out
+
+
+def check_compressions(recipe: Recipe) -> list[tuple[str, str]]:
+    """(yaml path, problem) for every compression entry whose sweeps cannot be expanded or
+    whose x is not a number at some point."""
+    from pydantic import ValidationError
+
+    problems = []
+    for i, comp in enumerate(recipe.compressions):
+        try:
+            for stages, x_path in expand(comp):
+                x = get_path(stages, x_path)
+                if not isinstance(x, (int, float)) or isinstance(x, bool):
+                    raise ValueError(f"x = {x_path} is {x!r} at {chain_label(stages)}, not a "
+                                     "number: sweep a numeric field, or name it with x:")
+        except ValidationError as exc:
+            problems.append((f"compressions[{i}]", "; ".join(
+                f"{e['loc'][-1] if e['loc'] else ''}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors())))
+        except ValueError as exc:
+            problems.append((f"compressions[{i}]", str(exc)))
+    return problems
+
+
+def band_compression(recipe: Recipe) -> Compression | None:
+    """The band probe section as an ordinary sweep: magnitude-band over band_low."""
+    probe = recipe.band_probe
+    if probe is None:
+        return None
+    return Compression(method="magnitude-band", sparsity=[probe.width],
+                       sweep={"options.band_low": [round(s, 6) for s in sorted(probe.starts)]},
+                       x="options.band_low")
+
+
+def resolve_calibration(recipe: Recipe, stage: Stage, uses_calibration) -> dict | None:
+    """The calibration a stage draws from: the recipe's, patched by the stage, with a digest of
+    a local file's content (None when the stage draws none)."""
+    if not uses_calibration(stage):
+        return None
+    calibration = recipe.calibration.model_dump()
+    patch = getattr(stage, "calibration", None)
+    if patch is not None:
+        calibration.update(patch.model_dump(exclude_none=True))
+    path = Path(str(calibration["source"])).expanduser()
+    if path.is_file():
+        calibration["content_sha256"] = file_digest(path)
+    return calibration
 
 
 def compressions(recipe: Recipe, uses_calibration) -> list[CompressionPoint]:
-    """Every compression of the recipe, in study order (dense excluded).
+    """Every compression point of the recipe, in study order (dense excluded).
 
-    Methods that draw no calibration data are deterministic: they run once, not once per seed.
-    """
+    `uses_calibration(stage)` tells whether a stage draws calibration data: chains that draw
+    none are deterministic and run once, not once per seed."""
+    entries = list(recipe.compressions)
+    band = band_compression(recipe)
+    if band is not None:
+        entries.append(band)
     out: list[CompressionPoint] = []
-    calib = tuple(sorted(recipe.calibration.model_dump().items()))
-
-    def add(method, sparsity, pattern, options, band=False):
-        opts = tuple(sorted(options.items()))
-        if uses_calibration(method):
-            for seed in recipe.seeds:
-                out.append(CompressionPoint(method, sparsity, pattern, opts, seed, calib, band))
-        else:
-            out.append(CompressionPoint(method, sparsity, pattern, opts, None, None, band))
-
-    for comp in recipe.compressions:
-        for s in sorted(comp.sparsity):
-            add(comp.method, float(s), None, comp.options)
-        for pattern in comp.patterns:
-            add(comp.method, pattern_sparsity(pattern), pattern.strip(), comp.options)
-    if recipe.band_probe:
-        width = recipe.band_probe.width
-        for start in sorted(recipe.band_probe.starts):
-            add("magnitude-band", width, None,
-                {"band_low": round(start, 6), "band_high": round(start + width, 6)}, band=True)
+    labels: dict[str, str] = {}  # arm label -> the arm's identity, to keep labels unique
+    for comp in entries:
+        for stages, x_path in expand(comp):
+            x = get_path(stages, x_path)
+            x = float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0.0
+            match = _STAGE_FIELD.fullmatch(x_path)
+            omit = {int(match.group(1)): frozenset([x_path.split(".", 1)[1]])} if match else {}
+            arm = chain_label(stages, omit)
+            identity = digest(_without_x(stages, x_path) + [x_path])
+            if labels.setdefault(arm, identity) != identity:
+                arm = f"{arm} #{identity[:6]}"
+            calibration = tuple(resolve_calibration(recipe, s, uses_calibration) for s in stages)
+            seeds = recipe.seeds if any(c is not None for c in calibration) else [None]
+            for seed in seeds:
+                out.append(CompressionPoint(tuple(stages), calibration, seed, arm, x, x_path))
     # A recipe may list the same compression twice; keep the first.
     return list(dict.fromkeys(out))
 
 
-def pattern_sparsity(pattern: str) -> float:
-    """"2:4" keeps 2 of every 4 weights: sparsity 0.5. (Validated beforehand.)"""
-    n, m = (int(x) for x in pattern.split(":"))
-    return 1 - n / m
+def _without_x(stages: list[Stage], x_path: str) -> list:
+    """The chain's data with the x field blanked (what identifies an arm); N:M patterns along
+    a sparsity axis keep only their M, as their arm does."""
+    data = {"stages": [s.model_dump(mode="json") for s in stages]}
+    set_path(data, x_path, None)
+    for stage in data["stages"]:
+        if stage.get("sparsity") is None and stage.get("pattern"):
+            stage["pattern"] = "N:" + stage["pattern"].split(":")[1]
+    return data["stages"]
 
 
 def plan(recipe: Recipe, tasks: list[TaskInfo], uses_calibration, versions: dict) -> list[Unit]:
     units = []
     for model in recipe.models:
-        for comp in [CompressionPoint("dense")] + compressions(recipe, uses_calibration):
+        for comp in [DENSE] + compressions(recipe, uses_calibration):
             unit = Unit(model, comp, list(tasks))
             for task in tasks:
                 config = point_config(recipe, model, comp, task)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunelab.errors import PrunelabError
+from prunelab.study.stages import CalibrationPatch, parse_stage
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -28,18 +29,80 @@ class _Strict(BaseModel):
 
 
 class Compression(_Strict):
-    """One method swept over a list of sparsities and/or N:M patterns ("2:4" keeps 2 of 4)."""
+    """One arm family of the grid: a chain of stages, swept over one or more of its fields.
 
-    method: str
+    Shorthand for one prune stage: `method`, `options`, an optional `calibration` patch, and
+    the lists `sparsity` and `patterns` ("2:4" keeps 2 of 4) to sweep. The general form is
+    `stages:` (a list of stage configs, e.g. prune then prune again), with `sweep:` mapping a
+    field path to its values (`stages[0].sparsity`, `stages[1].options.percdamp`,
+    `stages[0].calibration.n_samples`; in the shorthand the `stages[0].` may be left out).
+    `x` names the swept field on the plots' x-axis (default: the sparsity); every other
+    swept field makes arms of its own ("wanda calibration.n_samples=16").
+    """
+
+    method: str | None = None
     sparsity: list[Fraction] = Field(default_factory=list)
     patterns: list[str] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+    calibration: CalibrationPatch | None = None
+    stages: list[dict[str, Any]] = Field(default_factory=list)
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    x: str | None = None
 
     @model_validator(mode="after")
-    def _not_empty(self) -> Compression:
-        if not self.sparsity and not self.patterns:
+    def _one_form(self) -> Compression:
+        shorthand = (self.method is not None or self.sparsity or self.patterns or self.options
+                     or self.calibration is not None)
+        if self.stages and shorthand:
+            raise ValueError("gives both stages and the one-stage shorthand (method, sparsity, "
+                             "patterns, options, calibration): use one form")
+        if not self.stages and self.method is None:
+            raise ValueError("gives neither a method nor stages")
+        if self.method is not None and not self.sparsity and not self.patterns and not any(
+                _relative(p) == "stages[0].sparsity" for p in self.sweep):
             raise ValueError("gives neither a sparsity list nor patterns (empty grid)")
+        for path, values in self.sweep.items():
+            if not values:
+                raise ValueError(f"sweep of {path} has no values")
+        problems = []
+        for i, stage in enumerate(self.stages):
+            try:
+                parse_stage(stage)
+            except ValidationError as exc:
+                problems += [f"stages[{i}].{yaml_path(loc)}: {msg}" for loc, msg in _problems_of(exc)]
+            except ValueError as exc:
+                problems.append(f"stages[{i}]: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def base_stages(self) -> list[dict[str, Any]]:
+        """The chain as raw stage data, before any sweep is applied."""
+        if self.stages:
+            return [dict(s) for s in self.stages]
+        stage: dict[str, Any] = {"kind": "prune", "method": self.method,
+                                 "options": dict(self.options)}
+        if self.calibration is not None:
+            stage["calibration"] = self.calibration.model_dump(exclude_none=True)
+        return [stage]
+
+    def sweeps(self) -> dict[str, list[Any]]:
+        """The `sweep:` fields as full paths (the shorthand's sparsity and patterns apart)."""
+        return {_relative(p): list(v) for p, v in self.sweep.items()}
+
+    def x_path(self) -> str:
+        if self.x is not None:
+            return _relative(self.x)
+        for path in self.sweeps():
+            if path.endswith(".sparsity"):
+                return path
+        return "stages[0].sparsity"
+
+
+def _relative(path: str) -> str:
+    """A sweep path as a full path from the compression: `sparsity` -> `stages[0].sparsity`."""
+    path = path.strip()
+    return path if path.startswith("stages[") else f"stages[0].{path}"
 
 
 class Calibration(_Strict):
@@ -133,7 +196,7 @@ def yaml_path(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+def _problems_of(exc: ValidationError) -> list[tuple[tuple, str]]:
     found = []
     for err in exc.errors():
         # Drop pydantic's tagged-union / function-validator markers from the path.
@@ -144,8 +207,12 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(
                 err["input"], (dict, list)):
             msg += f" (got {err['input']!r})"
-        found.append((yaml_path(loc), msg))
+        found.append((loc, msg))
     return found
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    return [(yaml_path(loc), msg) for loc, msg in _problems_of(exc)]
 
 
 def recipe_error(source: str, problems: list[tuple[str, str]]) -> PrunelabError:

@@ -3,8 +3,10 @@
     recipe = load_recipe("recipes/demo.yaml")
     outcome = run_study(recipe, "runs/demo")
 
-Every finished point goes straight into the run directory's SQLite store, so the run can be
-killed at any moment and started again: it picks up where it stopped.
+A point is computed by a `PointWorker` from its `PointWork` alone; an executor decides where
+(`LocalExecutor`: here, one after another). The driver (`run_study`) alone writes: every
+finished point goes straight into the run directory's SQLite store, so the run can be killed
+at any moment and started again: it picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, Protocol
 
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_file, write_json_atomic
 from prunelab.study.backend import Backend, PrunelabBackend, timed
-from prunelab.study.plan import Unit, grid_summary, plan
-from prunelab.study.recipe import Recipe, recipe_error
+from prunelab.study.plan import CompressionPoint, TaskInfo, Unit, grid_summary, plan
+from prunelab.study.recipe import Evaluation, Perplexity, Recipe, recipe_error
 from prunelab.study.store import STORE_FILE, Store
 
 RUN_FILE = "run.json"
@@ -48,7 +52,6 @@ class Outcome:
     points_done_before: int
     points_run: int
     seconds: float
-    report: dict[str, Path] = field(default_factory=dict)
 
 
 def prepare(recipe: Recipe, backend: Backend | None = None) -> Study:
@@ -109,87 +112,123 @@ def read_run(run_dir: str | Path) -> tuple[Recipe, dict]:
     return Recipe.model_validate(record["recipe"]), record
 
 
-# -- executors ------------------------------------------------------------------------------------
+# -- the unit of work -------------------------------------------------------------------------------
 
 
-class Executor(Protocol):
-    """Runs units of work. Local now; a distributed executor ships units to workers that write
-    to the same store (each point is one transaction, keyed by its config, so order is free)."""
+@dataclass(frozen=True)
+class PointWork:
+    """Everything needed to compute one point; an executor may ship it to another process."""
 
-    def run(self, units: list[Unit], work) -> None: ...
+    key: str
+    grid_id: str
+    model: str
+    compression: CompressionPoint
+    compression_key: str
+    task: TaskInfo
+    eval: Evaluation
+    perplexity: Perplexity | None
 
 
-class LocalExecutor:
-    """One unit after another, in study order, in this process."""
+@dataclass
+class PointResult:
+    work: PointWork
+    row: dict  # the store's points row
+    examples: list[dict]
+    # Set on the point that built its compressed model: the compressions row to store.
+    compression: dict | None = None
 
-    def run(self, units: list[Unit], work) -> None:
-        for unit in units:
-            work(unit)
 
+class PointWorker:
+    """Computes points: `worker(work) -> PointResult`, a function of the work alone.
 
-class _Worker:
-    """Does one unit: restore the dense weights, compress once, evaluate every pending task."""
+    It keeps the loaded model and the compression last applied to it, so that consecutive
+    points of one compressed model (the study's order) build it once; nothing is written
+    anywhere. One worker lives in each process an executor runs."""
 
-    def __init__(self, study: Study, store: Store, done: set[str], bar, weights: dict):
-        self.study, self.store, self.done, self.bar = study, store, done, bar
-        self.weights = weights  # (model, compression label, task or None) -> estimated seconds
+    def __init__(self, backend: Backend):
+        self.backend = backend
         self.model_name: str | None = None
         self.handle: Any = None
-        self.points_run = 0
+        self.applied: str | None = None  # compression key of the model as it stands
 
     def _model(self, name: str):
         if name != self.model_name:
             self.handle = None  # free the previous model before loading the next
-            self.handle = self.study.backend.load(name)
-            self.model_name = name
+            self.handle = self.backend.load(name)
+            self.model_name, self.applied = name, None
         return self.handle
 
-    def __call__(self, unit: Unit) -> None:
-        backend, recipe = self.study.backend, self.study.recipe
-        pending = [t for t in unit.tasks if unit.keys[t.name] not in self.done]
-        if not pending:
-            return
-        if unit.model != self.model_name:
-            self.bar.set_description(f"{unit.model}: loading")
-        handle = self._model(unit.model)
-        backend.reset(handle)
-        self.bar.set_description(f"{unit.model} {unit.compression.label}: compressing")
-        result, seconds = None, 0.0
-        if not unit.compression.is_dense:
-            result, seconds = timed(backend.compress, handle, unit.compression)
-        ppl = None
-        if recipe.perplexity:
-            p = recipe.perplexity
-            ppl = backend.perplexity(handle, p.source, p.seqlen, p.n_windows)
-        self.store.put_compression(unit.compression_key, unit.model, unit.compression.config(),
-                                   result, ppl, backend.model_info(handle), seconds)
-        self.bar.update(self.weights.get((unit.model, unit.compression.label, None), 1.0))
-        for task in pending:
-            self.bar.set_description(f"{unit.model} {unit.compression.label}: {task.name}")
-            (examples, summary), seconds = timed(
-                backend.evaluate, handle, task, recipe.eval.limit, recipe.eval.seed,
-                recipe.eval.batch_size)
-            self.store.put_point(point_row(unit, task, summary, seconds), examples)
-            self.done.add(unit.keys[task.name])
-            self.points_run += 1
-            self.bar.update(self.weights.get((unit.model, unit.compression.label, task.name), 1.0))
+    def __call__(self, work: PointWork) -> PointResult:
+        backend = self.backend
+        handle = self._model(work.model)
+        compression = None
+        if work.compression_key != self.applied:
+            self.applied = None  # a failure below leaves the model in no known state
+            backend.reset(handle)
+            result, seconds = None, 0.0
+            if not work.compression.is_dense:
+                result, seconds = timed(backend.compress, handle, work.compression)
+            ppl = None
+            if work.perplexity:
+                p = work.perplexity
+                ppl = backend.perplexity(handle, p.source, p.seqlen, p.n_windows)
+            compression = {"key": work.compression_key, "model": work.model,
+                           "config": work.compression.config(), "result": result,
+                           "perplexity": ppl, "model_info": backend.model_info(handle),
+                           "seconds": seconds}
+            self.applied = work.compression_key
+        (examples, summary), seconds = timed(backend.evaluate, handle, work.task, work.eval.limit,
+                                             work.eval.seed, work.eval.batch_size)
+        return PointResult(work, point_row(work, summary, seconds), examples, compression)
 
 
-def point_row(unit: Unit, task, summary: dict, seconds: float) -> dict:
-    comp = unit.compression
+def point_row(work: PointWork, summary: dict, seconds: float) -> dict:
+    from prunelab.evaluate.metrics import get_metric
+
+    comp, task = work.compression, work.task
+    metric = summary.get("metric")
     return {
-        "key": unit.keys[task.name], "grid_id": unit.grid_ids[task.name], "model": unit.model,
-        "method": comp.method, "sparsity": comp.sparsity, "pattern": comp.pattern,
-        "options": dict(comp.options), "seed": comp.seed, "band": comp.band,
+        "key": work.key, "grid_id": work.grid_id, "model": work.model, **comp.first,
+        "arm": comp.arm, "x": comp.x, "x_field": comp.x_field, "x_is_amount": comp.x_is_amount,
+        "stages": comp.config()["stages"], "seed": comp.seed,
         "task": task.name, "family": task.family, "axis": task.axis, "level": task.level,
-        "level_rank": task.level_rank, "metric": summary.get("metric"),
-        "lower_better": summary.get("metric") == "bits_per_byte", "n": summary.get("n", 0),
+        "level_rank": task.level_rank, "metric": metric,
+        "lower_better": not get_metric(metric).higher_is_better, "n": summary.get("n", 0),
         "score": summary.get("score"), "ci_low": summary.get("ci_low"),
         "ci_high": summary.get("ci_high"),
         "chance": summary.get("chance", task.chance), "at_chance": summary.get("at_chance"),
-        "config": {"compression": comp.config(), "task": task.name},
+        "config": {"compression": comp.config(), "task": task.name, "task_digest": task.digest},
         "seconds": round(seconds, 3),
     }
+
+
+# -- executors ------------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Runs points and yields their results as they finish, in any order. `make_worker()`
+    builds a `PointWorker` (a distributed executor calls it once in each worker process and
+    ships `PointWork` items to it); the driver alone writes the store and the progress bar."""
+
+    def map(self, make_worker: Callable[[], Callable[[PointWork], PointResult]],
+            items: list[PointWork]) -> Iterator[PointResult]: ...
+
+
+class LocalExecutor:
+    """One point after another, in study order, in this process."""
+
+    def map(self, make_worker, items):
+        worker = make_worker()
+        for item in items:
+            yield worker(item)
+
+
+def pending_work(study: Study, done: set[str]) -> list[PointWork]:
+    recipe = study.recipe
+    return [PointWork(unit.keys[task.name], unit.grid_ids[task.name], unit.model,
+                      unit.compression, unit.compression_key, task, recipe.eval,
+                      recipe.perplexity)
+            for unit in study.units for task in unit.tasks if unit.keys[task.name] not in done]
 
 
 # -- entry points ---------------------------------------------------------------------------------
@@ -197,46 +236,58 @@ def point_row(unit: Unit, task, summary: dict, seconds: float) -> dict:
 
 def run_study(recipe: Recipe, run_dir: str | Path, *, force: bool = False,
               backend: Backend | None = None, executor: Executor | None = None,
-              progress: bool = True, report: bool = True) -> Outcome:
-    """Run (or resume) a study into `run_dir`, then write its report. Returns what was done."""
+              progress: bool = True) -> Outcome:
+    """Run (or resume) a study into `run_dir`. Returns what was done; the report is built
+    from the store afterwards (`prunelab.report.build_report(run_dir)`)."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
     study = prepare(recipe, backend)
     run_dir = Path(run_dir)
     claim_run_dir(run_dir, recipe, study.versions, force, study.grid_ids)
+    points_run = 0
     with Store.in_dir(run_dir) as store:
         done = store.finished_keys()
         total = sum(len(u.tasks) for u in study.units)
-        before = sum(1 for u in study.units for k in u.keys.values() if k in done)
-        todo = [u for u in study.units if any(k not in done for k in u.keys.values())]
-        weights = _step_weights(study, todo, done)
+        todo = pending_work(study, done)
+        weights = _step_weights(study, todo)
         # The bar counts estimated seconds, not steps: a SparseGPT prune weighs more than one
         # small task, so the ETA (which tqdm rescales by the measured rate) stays honest.
         with tqdm(total=sum(weights.values()) * 1.0001, disable=not progress,
                   dynamic_ncols=True, file=sys.stderr,
                   bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]") as bar:
-            worker = _Worker(study, store, done, bar, weights)
-            (executor or LocalExecutor()).run(todo, worker)
-    outcome = Outcome(run_dir, total, before, worker.points_run, time.perf_counter() - started)
-    if report:
-        from prunelab.report import build_report
+            if todo:
+                bar.set_description(_describe(todo[0]))
+            results = (executor or LocalExecutor()).map(partial(PointWorker, study.backend), todo)
+            for result in results:
+                work = result.work
+                if result.compression is not None:
+                    store.put_compression(**result.compression)
+                    bar.update(weights.get(work.compression_key, 0.0))
+                store.put_point(result.row, result.examples)
+                points_run += 1
+                bar.update(weights.get(work.key, 0.0))
+                if points_run < len(todo):
+                    bar.set_description(_describe(todo[points_run]))
+    return Outcome(run_dir, total, total - len(todo), points_run,
+                   time.perf_counter() - started)
 
-        outcome.report = build_report(run_dir)
-    return outcome
+
+def _describe(work: PointWork) -> str:
+    return f"{work.model} {work.compression.label}: {work.task.name}"
 
 
-def _step_weights(study: Study, units: list[Unit], done: set[str]) -> dict:
-    weights = {}
-    for unit in units:
-        label = (unit.model, unit.compression.label)
-        compress, _ = study.backend.estimate(study.recipe, unit.model, unit.compression, [])
-        weights[(*label, None)] = max(compress, 0.01)
-        for task in unit.tasks:
-            if unit.keys[task.name] not in done:
-                _, seconds = study.backend.estimate(study.recipe, unit.model, unit.compression,
-                                                    [task])
-                weights[(*label, task.name)] = max(seconds, 0.01)
+def _step_weights(study: Study, todo: list[PointWork]) -> dict[str, float]:
+    """Estimated seconds of each step: building each compressed model (keyed by its
+    compression key) and evaluating each point (keyed by the point's key)."""
+    weights: dict[str, float] = {}
+    for work in todo:
+        if work.compression_key not in weights:
+            compress, _ = study.backend.estimate(study.recipe, work.model, work.compression, [])
+            weights[work.compression_key] = max(compress, 0.01)
+        _, seconds = study.backend.estimate(study.recipe, work.model, work.compression,
+                                            [work.task])
+        weights[work.key] = max(seconds, 0.01)
     return weights
 
 

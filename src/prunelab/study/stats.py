@@ -1,8 +1,12 @@
 """The statistics the Junk DNA paper lacked: intervals and rank tests for "harder drops more".
 
 Vocabulary:
-- an *arm* is one way of compressing swept over sparsity: "wanda" (unstructured), "wanda N:8"
-  (N:M patterns with M = 8, x = their sparsity), "magnitude-band" (x = the band's start);
+- an *arm* is one chain of compression stages swept along one field, its x: "wanda"
+  (x = sparsity), "wanda N:8" (N:M patterns with M = 8, x = their sparsity), "sparsegpt
+  percdamp=0.1", "magnitude-band 10%" (x = the band's start). The planner names arms
+  (`prunelab.study.plan`) and the store keeps the name and x beside every point. Verdicts
+  and thresholds are read along arms whose x is an amount of compression (a sparsity);
+  other sweeps (a band's position) give relative performance only;
 - *relative* performance of a level = pruned score / dense score (lower-is-better metrics are
   inverted), or with measure "above_chance" (pruned − chance) / (dense − chance);
 - *drop* = 1 − relative.
@@ -45,12 +49,7 @@ class Level:
 
 def arm_of(point: dict) -> tuple[str, float]:
     """(arm label, x) of a point; see the module docstring."""
-    if point["band"]:
-        return point["method"], float(point["options"]["band_low"])
-    if point["pattern"]:
-        m = point["pattern"].split(":")[1]
-        return f"{point['method']} N:{m}", float(point["sparsity"])
-    return point["method"], float(point["sparsity"])
+    return point["arm"], float(point["x"])
 
 
 def collect(points: list[dict], examples) -> list[Level]:
@@ -197,7 +196,7 @@ class Analysis:
     verdicts: list[dict]  # one row per model, arm, family
     thresholds: list[dict]  # one row per model, arm, family, level
     dense: list[dict]  # one row per model, family, level
-    band: list[dict]  # the nested-junk probe, from `relative` rows of band arms
+    sweeps: list[dict]  # `relative` rows of arms whose x is not an amount (e.g. band start)
 
 
 def analyse(points: list[dict], examples, *, n_boot: int = 1000, seed: int = 0,
@@ -207,6 +206,8 @@ def analyse(points: list[dict], examples, *, n_boot: int = 1000, seed: int = 0,
     for lv in levels:
         families[(lv.model, lv.family)].append(lv)
     out = Analysis(measure, [], [], [], [], [], [])
+    x_fields = {p["arm"]: p["x_field"] for p in points if p["method"] != "dense"}
+    amount_arms = {p["arm"] for p in points if p["method"] != "dense" and p["x_is_amount"]}
     for (model, family), lvs in families.items():
         for lv in lvs:
             dv, dw = lv.dense
@@ -217,16 +218,15 @@ def analyse(points: list[dict], examples, *, n_boot: int = 1000, seed: int = 0,
         arms = list(dict.fromkeys(a for lv in lvs for (a, _) in lv.pruned))
         for arm in arms:
             fb = bootstrap_family(lvs, arm, n_boot, seed, measure)
-            _relative_rows(out, fb)
-            if not any(p["band"] for p in points if p["method"] == arm):
+            _relative_rows(out, fb, x_fields.get(arm))
+            if arm in amount_arms:
                 _rank_rows(out, fb)
                 _threshold_rows(out, fb, thresholds)
-    band_arms = {p["method"] for p in points if p["band"]}
-    out.band = [r for r in out.relative if r["arm"] in band_arms]
+    out.sweeps = [r for r in out.relative if r["arm"] not in amount_arms]
     return out
 
 
-def _relative_rows(out: Analysis, fb: FamilyBoot) -> None:
+def _relative_rows(out: Analysis, fb: FamilyBoot, x_field: str | None) -> None:
     for li, lv in enumerate(fb.levels):
         for xi, x in enumerate(fb.xs):
             if math.isnan(fb.point[li, xi]) and (fb.arm, x) not in lv.pruned:
@@ -234,7 +234,8 @@ def _relative_rows(out: Analysis, fb: FamilyBoot) -> None:
             low, high = _ci(fb.boot[:, li, xi])
             seeds = lv.pruned.get((fb.arm, x), {})
             out.relative.append({
-                "model": fb.model, "arm": fb.arm, "x": x, "family": fb.family, "task": lv.task,
+                "model": fb.model, "arm": fb.arm, "x": x, "x_field": x_field,
+                "family": fb.family, "task": lv.task,
                 "level": lv.level, "level_rank": lv.level_rank,
                 "relative": float(fb.point[li, xi]), "ci_low": low, "ci_high": high,
                 "n": len(lv.ids), "seeds": len(seeds), "dense_at_chance": lv.dense_at_chance})

@@ -14,12 +14,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prunelab.errors import PrunelabError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
     key TEXT PRIMARY KEY,        -- hash of the full config, versions included
     grid_id TEXT NOT NULL,       -- the same hash without versions (which recipe cell it is)
-    model TEXT NOT NULL, method TEXT NOT NULL, sparsity REAL NOT NULL, pattern TEXT,
-    options TEXT NOT NULL, seed INTEGER, band INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    method TEXT NOT NULL, sparsity REAL NOT NULL, pattern TEXT, options TEXT NOT NULL,
+                                 -- the first stage's (for quick queries; "dense": no stage)
+    arm TEXT NOT NULL,           -- the compression with its x field left out: one curve
+    x REAL NOT NULL, x_field TEXT,  -- the swept value on the x-axis, and its stage field
+    x_is_amount INTEGER NOT NULL,   -- x measures how much is removed (a sparsity)
+    stages TEXT NOT NULL,        -- the whole chain of stage configs, JSON
+    seed INTEGER,
     task TEXT NOT NULL, family TEXT NOT NULL, axis TEXT, level TEXT NOT NULL,
     level_rank INTEGER NOT NULL, metric TEXT, lower_better INTEGER NOT NULL,
     n INTEGER NOT NULL, score REAL, ci_low REAL, ci_high REAL, chance REAL, at_chance INTEGER,
@@ -44,10 +52,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 STORE_FILE = "results.sqlite"
-POINT_COLUMNS = ("key", "grid_id", "model", "method", "sparsity", "pattern", "options", "seed",
-                 "band", "task", "family", "axis", "level", "level_rank", "metric",
-                 "lower_better", "n", "score", "ci_low", "ci_high", "chance", "at_chance",
-                 "config", "seconds", "finished")
+POINT_COLUMNS = ("key", "grid_id", "model", "method", "sparsity", "pattern", "options", "arm",
+                 "x", "x_field", "x_is_amount", "stages", "seed", "task", "family", "axis",
+                 "level", "level_rank", "metric", "lower_better", "n", "score", "ci_low",
+                 "ci_high", "chance", "at_chance", "config", "seconds", "finished")
+# Raised when the columns above change; a store of another version is refused, not misread.
+SCHEMA_VERSION = 2
 
 
 class Store:
@@ -61,7 +71,15 @@ class Store:
         # FULL: a committed point survives even an OS crash, not only a killed process.
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA foreign_keys=ON")
+        old_points = [r[1] for r in self.conn.execute("PRAGMA table_info(points)")]
+        if old_points and "arm" not in old_points:
+            self.conn.close()
+            raise PrunelabError(f"{self.path} was written by an older prunelab (store schema 1)",
+                                "pass a new --run-dir; the old run's report stays readable "
+                                "with the prunelab that made it")
         self.conn.executescript(SCHEMA)
+        if self.meta("schema_version") is None:
+            self.set_meta("schema_version", SCHEMA_VERSION)
 
     @classmethod
     def in_dir(cls, run_dir: str | Path) -> Store:
@@ -174,8 +192,9 @@ def _cell(value: Any) -> Any:
 def _decode(row: dict) -> dict:
     row["level"] = json.loads(row["level"])
     row["options"] = json.loads(row["options"])
+    row["stages"] = json.loads(row["stages"])
     row["config"] = json.loads(row["config"])
-    row["band"] = bool(row["band"])
+    row["x_is_amount"] = bool(row["x_is_amount"])
     row["lower_better"] = bool(row["lower_better"])
     row["at_chance"] = None if row["at_chance"] is None else bool(row["at_chance"])
     return row

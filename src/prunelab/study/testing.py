@@ -57,10 +57,14 @@ class FakeBackend:
         return dict(self._versions)
 
     def check(self, recipe: Recipe) -> list[tuple[str, str]]:
-        problems = []
+        from prunelab.study.plan import check_compressions
+
+        problems = check_compressions(recipe)
         for i, comp in enumerate(recipe.compressions):
-            if comp.method not in METHODS:
-                problems.append((f"compressions[{i}].method", f"unknown method {comp.method!r}"))
+            methods = [s.get("method") for s in comp.stages] or [comp.method]
+            for method in methods:
+                if method not in METHODS:
+                    problems.append((f"compressions[{i}].method", f"unknown method {method!r}"))
             for j, p in enumerate(comp.patterns):
                 n, _, m = p.partition(":")
                 if not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
@@ -82,8 +86,8 @@ class FakeBackend:
                                         self.size, "mc"))
         return out
 
-    def uses_calibration(self, method: str) -> bool:
-        return method in ("wanda", "sparsegpt")
+    def uses_calibration(self, stage) -> bool:
+        return stage.method in ("wanda", "sparsegpt")
 
     def load(self, model: str) -> FakeModel:
         self.calls.append(("load", model))
@@ -102,22 +106,26 @@ class FakeBackend:
         self.calls.append(("compress", handle.name, point.label))
         time.sleep(self.compress_sleep)
         handle.point = point
-        return {"method": point.method, "sparsity": point.sparsity,
-                "overall_sparsity": point.sparsity, "seconds": self.compress_sleep}
+        first = point.first
+        return {"method": first["method"], "sparsity": first["sparsity"],
+                "overall_sparsity": first["sparsity"], "seconds": self.compress_sleep}
 
     def perplexity(self, handle, source, seqlen, n_windows) -> float:
-        s = handle.point.sparsity if handle.point else 0.0
+        s = handle.point.first["sparsity"] if handle.point else 0.0
         return 10.0 * (1 + 5 * s**3)
 
     def keep(self, point: CompressionPoint | None, fragility: float, model: str) -> float:
-        """Fraction of above-chance skill a level keeps under this compression."""
+        """Fraction of above-chance skill a level keeps under this compression (its stages'
+        damage adds up)."""
         if point is None or point.is_dense:
             return 1.0
-        s = point.sparsity
-        if point.band:  # bands of larger weights hurt more
-            s = 0.3 + 1.2 * dict(point.options)["band_low"]
         jitter = 0.03 * (_u(model, point.seed, "seed") - 0.5) if point.seed is not None else 0.0
-        damage = METHODS.get(point.method, 1.0) * fragility * max(0.0, s - 0.2 + jitter) * 1.6
+        damage = 0.0
+        for stage in point.stages:
+            s = stage.sparsity or 0.0
+            if "band_low" in stage.options:  # bands of larger weights hurt more
+                s = 0.3 + 1.2 * stage.options["band_low"]
+            damage += METHODS.get(stage.method, 1.0) * fragility * max(0.0, s - 0.2 + jitter) * 1.6
         return max(0.0, 1.0 - damage)
 
     def evaluate(self, handle: FakeModel, task: TaskInfo, limit, seed, batch_size):

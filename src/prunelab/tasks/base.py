@@ -13,9 +13,10 @@ Three kinds of task:
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -134,6 +135,20 @@ class Task:
     @property
     def size(self) -> int:
         return len(self.items)
+
+    @cached_property
+    def content_digest(self) -> str:
+        """A hash of everything in the task that decides a result: items, demonstrations,
+        template and scoring. A study keys its points by it, so an edited task file is never
+        mistaken for the one already evaluated."""
+        content = {"kind": self.kind, "metric": self.metric, "shots": self.shots,
+                   "max_new_tokens": self.max_new_tokens, "mc_score": self.mc_score,
+                   "selection_key": self.selection_key, "template": asdict(self.template),
+                   "items": [asdict(i) for i in self.items],
+                   "demos": None if self.demo_loader is None else
+                   [asdict(i) for i in self.demo_pool]}
+        text = json.dumps(content, sort_keys=True, default=str, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     @property
     def chance(self) -> float | None:

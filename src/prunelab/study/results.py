@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prunelab.study.recipe import Recipe
 from prunelab.study.stats import Analysis, analyse
+from prunelab.study.runner import read_run
 from prunelab.study.store import Store
 
 
@@ -35,8 +36,6 @@ class Run:
 
 
 def load_run(run_dir: str | Path, analyse_results: bool = True) -> Run:
-    from prunelab.study.runner import read_run
-
     run_dir = Path(run_dir)
     recipe, record = read_run(run_dir)
     store = Store.in_dir(run_dir)

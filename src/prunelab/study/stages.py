@@ -1,0 +1,152 @@
+"""Stages of a study point: what is done to a model, in order, before it is evaluated.
+
+A compression point is a short chain of stages (prune; later quantize, fine-tune) plus the
+value swept on the plot's x-axis. Each stage kind is one registered class: a typed config
+that a recipe's `stages:` entry maps onto, a label, and whether it draws calibration data.
+The study's key and arm label are made from the stage configs alone, so every field that
+decides a result is in both. Running a stage on a real model is the backend's business
+(`prunelab.study.backend`), so this module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class CalibrationPatch(BaseModel):
+    """Fields of the recipe's `calibration` that one stage changes (the rest are inherited)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str | None = None
+    n_samples: int | None = Field(None, ge=1)
+    seqlen: int | None = Field(None, ge=8)
+
+
+class Stage(BaseModel):
+    """A stage's config. Subclasses set `kind` and register with `register_stage`."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str
+
+    # The numeric fields that measure *how much* is removed: sweeping one of these gives the
+    # study's "amount of compression" axis (thresholds and verdicts are read along it).
+    amount_fields: ClassVar[tuple[str, ...]] = ()
+
+    def label(self, omit: frozenset[str] = frozenset()) -> str:
+        raise NotImplementedError
+
+    def problems(self) -> list[str]:
+        """What is wrong with this config that the schema cannot see (e.g. an unknown method)."""
+        return []
+
+    def needs_calibration(self) -> bool:
+        return False
+
+    def run(self, loaded, calibration: dict | None, seed: int | None) -> dict:
+        """Apply this stage to `loaded` (a `prunelab.LoadedModel`) in place; return a record."""
+        raise NotImplementedError
+
+
+STAGE_KINDS: dict[str, type[Stage]] = {}
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    STAGE_KINDS[cls.model_fields["kind"].default] = cls
+    return cls
+
+
+def parse_stage(data: Any) -> Stage:
+    """A stage config from recipe data; `kind` defaults to prune. Raises ValueError/ValidationError."""
+    if not isinstance(data, dict):
+        raise ValueError("a stage must be a mapping with a kind (e.g. kind: prune)")
+    kind = data.get("kind", "prune")
+    if kind not in STAGE_KINDS:
+        raise ValueError(f"unknown stage kind {kind!r}: use one of {', '.join(STAGE_KINDS)}")
+    return STAGE_KINDS[kind].model_validate({**data, "kind": kind})
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@register_stage
+class PruneStage(Stage):
+    """One registered pruning method at a sparsity or an N:M pattern."""
+
+    kind: Literal["prune"] = "prune"
+    method: str
+    sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    pattern: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    calibration: CalibrationPatch | None = None
+
+    amount_fields: ClassVar[tuple[str, ...]] = ("sparsity",)
+
+    @model_validator(mode="after")
+    def _pattern_fixes_sparsity(self) -> PruneStage:
+        if self.pattern is not None:
+            n, sep, m = str(self.pattern).strip().partition(":")
+            if not (sep and n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
+                raise ValueError(f"pattern {self.pattern!r} is not N:M with 0 < N < M "
+                                 "(e.g. 2:4 keeps 2 of every 4 weights)")
+            implied = round(1 - int(n) / int(m), 6)
+            if self.sparsity is not None and abs(self.sparsity - implied) > 1e-6:
+                raise ValueError(f"sparsity {self.sparsity} disagrees with pattern {self.pattern} "
+                                 f"(which removes {implied}); give one of them")
+            self.pattern = f"{int(n)}:{int(m)}"
+            self.sparsity = implied
+        return self
+
+    def problems(self) -> list[str]:
+        from prunelab.errors import PrunelabError
+        from prunelab.methods.base import make_method
+
+        try:
+            method = make_method(self.method, self.options)
+        except PrunelabError as exc:
+            return [exc.problem]
+        if self.pattern and not method.supports_nm:
+            return [f"method {self.method} does not support N:M patterns"]
+        return []
+
+    def needs_calibration(self) -> bool:
+        from prunelab.methods.base import make_method
+
+        return make_method(self.method, self.options).needs_calibration
+
+    def run(self, loaded, calibration, seed):
+        from prunelab.api import prune
+        from prunelab.data.corpora import CalibrationConfig
+
+        config = None
+        if calibration is not None:
+            fields = {k: calibration[k] for k in ("source", "n_samples", "seqlen")}
+            config = CalibrationConfig(**fields, seed=seed)
+        result = prune(loaded, self.method, None if self.pattern else self.sparsity,
+                       pattern=self.pattern, calibration=config, progress=False,
+                       **self.options)
+        record = result.to_dict()
+        record.pop("layers", None)  # per-layer detail is in the pruning engine's own output
+        return record
+
+    def label(self, omit: frozenset[str] = frozenset()) -> str:
+        parts = [self.method]
+        if self.pattern:
+            # Along a sparsity axis, N:M patterns with one M form one arm ("wanda N:4").
+            parts.append(f"N:{self.pattern.split(':')[1]}" if "sparsity" in omit else self.pattern)
+        elif self.sparsity is not None and "sparsity" not in omit:
+            parts.append(f"{self.sparsity:.0%}")
+        parts += [f"{k}={_number(v)}" for k, v in sorted(self.options.items())
+                  if f"options.{k}" not in omit]
+        if self.calibration is not None:
+            parts += [f"calibration.{k}={_number(v)}"
+                      for k, v in self.calibration.model_dump(exclude_none=True).items()
+                      if f"calibration.{k}" not in omit]
+        return " ".join(parts)
+
+
+def chain_label(stages: list[Stage], omit: dict[int, frozenset[str]] | None = None) -> str:
+    omit = omit or {}
+    return " → ".join(s.label(omit.get(i, frozenset())) for i, s in enumerate(stages))
