@@ -82,7 +82,10 @@ class CompressionPoint:
                 "seed": self.seed}
 
     def _identity(self) -> str:
-        return json.dumps(self.config(), sort_keys=True, default=str)
+        # The arm is part of what a point is: one compressed model may sit on two curves
+        # (a calibration-size sweep crossing a variant); it is then built once and
+        # evaluated for each (see `point_config`).
+        return json.dumps([self.config(), self.arm, self.x_field], sort_keys=True, default=str)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, CompressionPoint) and self._identity() == other._identity()
@@ -132,7 +135,8 @@ def file_digest(path: str | Path) -> str:
 
 def point_config(recipe: Recipe, model: str, comp: CompressionPoint, task: TaskInfo) -> dict:
     """Everything that decides a point's result, except software versions."""
-    return {"model": model, "compression": comp.config(), "task": task.name,
+    return {"model": model, "compression": comp.config(), "arm": comp.arm,
+            "x_field": comp.x_field, "task": task.name,
             "task_digest": task.digest, "level": task.level,
             "eval": {"limit": recipe.eval.limit, "seed": recipe.eval.seed}}
 
