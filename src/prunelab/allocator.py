@@ -4,30 +4,24 @@ glibc serves a large allocation with its own mmap only above a threshold, and it
 threshold to the size of every mmapped block that is freed (up to 32 MiB). After the first
 few forward passes every activation tensor therefore lives in the main heap, where freed
 blocks leave holes that long-lived tensors (block inputs, statistics) pin: the heap cannot
-shrink, and how far it grows depends on the order in which things happened to be freed.
-Measured on smollm2-135m (SparseGPT, 1 thread, first three blocks): peak RSS 1.21-1.41 GB
-from one identical run to the next with glibc's default.
+shrink, and how far it grows depends on the order in which things happened to be freed, so
+the peak differs from one identical run to the next (README, "The allocator", has the figures).
 
 Two remedies, the first preferred:
 
 1. torch's own huge-page mode (THP_MEM_ALLOC_ENABLE=1): every CPU tensor of 2 MiB or more is
    allocated page-aligned (posix_memalign) and madvised for transparent huge pages; why that
-   also keeps the heap from growing is measured, not yet explained. `request_huge_pages()`
+   also keeps the heap from growing is observed, not yet explained. `request_huge_pages()`
    sets the variable when prunelab is imported (a value you set yourself wins, 0 turns it
    off). c10 reads it once, at torch's first CPU allocation, so it takes effect only if
    prunelab is imported before any tensor exists (always so for the `prunelab` command).
-   smollm2-135m, 2 threads, Wanda's first six blocks: 1.296-1.298 GB in 59.5-66.6 s, against
-   1.427-1.444 GB in 56.7-72.1 s with glibc's default and 1.32 GB in 74.1 s with remedy 2.
-   Whole runs: Wanda 1.33 GB, 306 s (default 1.50 GB, 291 s; remedy 2 1.34 GB, 414 s),
-   SparseGPT 1.34 GB, 450 s (default 1.49 GB, 494 s; remedy 2 1.36 GB, 527 s); with the trim
-   below as well, Wanda 1.30 GB, 286 s and SparseGPT 1.31 GB, 451 s.
+   It gave the lowest and steadiest peak at no cost in time.
 2. Where huge pages are not in effect, `compact_heap()` fixes glibc's mmap threshold at 4 MiB
    for the duration of a pruning run: each tensor of 4 MiB or more gets, and returns, its own
-   mapping (1.30 GB every time on the probe above), and the page faults cost time. Afterwards
-   it sets 32 MiB, where glibc's own adjustment ends up, so that evaluation runs as it would
-   have (a fixed 4 MiB made perplexity ~8% slower). PRUNELAB_MMAP_THRESHOLD=0 leaves the
-   allocator alone, another number of bytes is used instead of 4 MiB, and a
-   MALLOC_MMAP_THRESHOLD_ set by the user always wins.
+   mapping, which steadies the peak but costs page faults. Afterwards it sets 32 MiB, where
+   glibc's own adjustment ends up, so that evaluation runs as it would have (a fixed 4 MiB
+   slows perplexity). PRUNELAB_MMAP_THRESHOLD=0 leaves the allocator alone, another number
+   of bytes is used instead of 4 MiB, and a MALLOC_MMAP_THRESHOLD_ set by the user always wins.
 
 Besides, `release_free_heap()` hands back (malloc_trim) what tokenizing the calibration text
 left freed in the heap, before the block loop starts.
@@ -122,9 +116,8 @@ def _set_threshold(size: int) -> bool:
 def release_free_heap() -> None:
     """Give the free memory inside glibc's heaps back to the system (malloc_trim).
 
-    Tokenizing the calibration corpus as one string leaves ~0.1 GB of freed heap behind;
-    trimming it after the windows are drawn takes ~15 ms and lowered Wanda's peak on
-    smollm2-135m (first six blocks, huge pages) from 1.297 to 1.260-1.261 GB.
+    Tokenizing the calibration corpus as one string leaves freed heap behind, which would
+    otherwise stay mapped through the whole block loop; trimming it is cheap.
     """
     _glibc("malloc_trim", 0)
 
@@ -140,7 +133,7 @@ def pruning_allocator() -> str:
 @contextlib.contextmanager
 def compact_heap() -> Iterator[int]:
     """Within the block, tensors of the threshold's size or more get their own mappings,
-    unless torch's huge-page mode is on (measured lower and faster than this, above).
+    unless torch's huge-page mode is on (the better remedy, see the module docstring).
 
     Yields the threshold set (0 where nothing was changed: huge pages, turned off, not glibc).
     """

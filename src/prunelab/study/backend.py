@@ -187,9 +187,8 @@ def _model_problem(model: str) -> str | None:
 
 # -- rough time estimates for --dry-run ---------------------------------------------------------
 
-# Measured here: a 512-token forward of a 135M-parameter model takes about 0.9 s on 2 cores,
-# i.e. about 1.3e-11 s per parameter-token. Everything below scales from that, with constants
-# fitted to single-thread CPU times of smollm2-135m measured on this machine (2026-11).
+# Seconds per parameter-token of a forward pass on a 2-core CPU; everything below scales from
+# it, with constants fitted to smollm2-135m's pruning and evaluation times on such a machine.
 SECONDS_PER_PARAM_TOKEN = 1.3e-11
 # Pruning wall time in dense forward passes over the calibration set (sequential pruning needs
 # two passes per block), plus SparseGPT's Hessian work, which grows with the weights.

@@ -1,10 +1,8 @@
 """The built-in demo study (`prunelab demo`): also in recipes/demo.yaml, kept identical by a test.
 
-Sized to finish well within 20 minutes on 2 CPU cores: small calibration (32 windows of 256
-tokens), three sparsities per method, 40 items per task level. Measured on a quiet 2-core
-machine (`make demo` from a fresh clone with an empty cache: 11 min 15 s, of which the study
-9 min 50 s): per prune ~2 s (magnitude), ~26 s (Wanda), ~57 s (SparseGPT); evaluation ~33 s
-per model (10 models).
+Sized to finish well within 20 minutes on 2 CPU cores (the README has the measured time):
+small calibration (32 windows of 256 tokens), three sparsities per method, 40 items per task
+level.
 The families are those where the dense SmolLM2-135M is above chance on several levels
 (number of options) or where the metric is continuous (bits per byte), plus the paper's own
 axis, operand digits, where at 40 items it is above chance on 1 and 3 digits but not on 2:
