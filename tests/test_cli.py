@@ -141,3 +141,151 @@ def test_a_bad_allocator_setting_is_one_line(tiny_dir, tmp_path, monkeypatch):
     _assert_user_error(run("prune", str(tiny_dir), "--method", "magnitude", "--sparsity", "0.5", "--no-ppl",
                            "--out", str(out)), "PRUNELAB_MMAP_THRESHOLD")
     assert not out.exists()
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading the model would answer with a different error: the argument's error must win."""
+    from prunelab.errors import PrunelabError
+
+    def refuse(*args, **kwargs):
+        raise PrunelabError("the model was loaded")
+
+    monkeypatch.setattr("prunelab.zoo.models.load_model", refuse)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--sparsity", "1.5"], "outside [0, 1)"),
+    (["--pattern", "4:2"], "N must be at least 1 and below M"),
+    (["--pattern", "two:four"], "not of the form N:M"),
+    (["--pattern", "2:4", "--sparsity", "0.3"], "disagrees with pattern"),
+    (["--method", "magnitude-band", "--pattern", "2:4"], "does not support N:M"),
+    (["--method", "nope", "--sparsity", "0.5"], "unknown method"),
+    (["--sparsity", "0.5", "--option", "alpha=1"], "no option alpha"),
+    (["--method", "sparsegpt", "--sparsity", "0.5", "--option", "percdamp=lots"], "is not a float"),
+    (["--sparsity", "0.5", "--option", "percdamp"], "is not KEY=VALUE"),
+    (["--sparsity", "0.5", "--calib-source", "no-such-corpus"], "unknown text source"),
+    (["--sparsity", "0.5", "--calib-source", "/no/such/calib.txt"], "does not exist"),
+    (["--sparsity", "0.5", "--calib-samples", "0"], "at least one sample"),
+    (["--sparsity", "0.5", "--seqlen", "1"], "too short"),
+    ([], "no sparsity given"),
+])
+def test_prune_argument_errors_come_before_loading_the_model(tmp_path, no_model_load, args,
+                                                             fragment):
+    out = tmp_path / "out"
+    result = run("prune", "smollm2-135m", "--out", str(out), *args)
+    _assert_user_error(result, fragment)
+    assert not out.exists()
+
+
+def test_calibration_file_must_be_nonempty_utf8_text(tmp_path, no_model_load):
+    empty, binary = tmp_path / "empty.txt", tmp_path / "binary.txt"
+    empty.write_text("  \n")
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    for path, fragment in ((empty, "is empty"), (binary, "not UTF-8")):
+        result = run("prune", "smollm2-135m", "--out", str(tmp_path / "out"), "--sparsity", "0.5",
+                     "--calib-source", str(path))
+        _assert_user_error(result, fragment)
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    _assert_user_error(run("prune", "smollm2-135m", "--out", str(existing), "--sparsity", "0.5"),
+                       "already exists")
+
+
+def test_a_bad_allocator_setting_comes_before_loading(tmp_path, no_model_load, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_MMAP_THRESHOLD", "lots")
+    _assert_user_error(run("prune", "smollm2-135m", "--out", str(tmp_path / "out"),
+                           "--sparsity", "0.5"), "PRUNELAB_MMAP_THRESHOLD")
+
+
+@pytest.fixture
+def no_dense_perplexity(monkeypatch):
+    from prunelab.errors import PrunelabError
+
+    def refuse(*args, **kwargs):
+        raise PrunelabError("the dense perplexity was measured")
+
+    monkeypatch.setattr("prunelab.api.eval_windows", refuse)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--pattern", "2:7"], "does not divide the input width"),
+    (["--sparsity", "0.5", "--seqlen", "100000"], "longer than the model's context"),
+])
+def test_model_dependent_errors_come_before_the_dense_perplexity(tmp_path, tiny_dir, text_file,
+                                                                 no_dense_perplexity, args,
+                                                                 fragment):
+    out = tmp_path / "out"
+    result = run("prune", str(tiny_dir), "--out", str(out), "--calib-source", str(text_file),
+                 "--seqlen", "64", *args)
+    _assert_user_error(result, fragment)
+    assert not out.exists()
+
+
+def test_too_little_calibration_text_comes_before_the_dense_perplexity(tmp_path, tiny_dir,
+                                                                       no_dense_perplexity):
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    result = run("prune", str(tiny_dir), "--out", str(tmp_path / "out"), "--sparsity", "0.5",
+                 "--calib-source", str(short), "--seqlen", "64")
+    _assert_user_error(result, "fewer than one window")
+
+
+def test_dense_perplexity_is_cached_between_runs(tmp_path, tiny_dir, text_file, isolated_home,
+                                                 monkeypatch):
+    from prunelab.data import corpora
+
+    def small_windows(loaded, source, seqlen, n_windows):
+        return corpora.eval_windows(loaded, text_file, 32, 2)
+
+    monkeypatch.setattr("prunelab.api.eval_windows", small_windows)
+    common = ["--method", "magnitude", "--sparsity", "0.5", "--calib-source", str(text_file)]
+    first = run("prune", str(tiny_dir), "--out", str(tmp_path / "a"), *common)
+    assert first.returncode == 0, first.stderr
+    assert "dense" in first.stdout and "(cached)" not in first.stdout
+    second = run("prune", str(tiny_dir), "--out", str(tmp_path / "b"), *common)
+    assert second.returncode == 0, second.stderr
+    assert "(cached)" in second.stdout
+    dense = [json.loads((tmp_path / d / "prunelab.json").read_text())["perplexity"]["dense"]
+             for d in "ab"]
+    assert dense[0] == dense[1]
+
+
+def test_no_module_imports_the_cli_back():
+    """prunelab.cli imports the subsystems' CLIs; an import back would be a cycle."""
+    import ast
+    from pathlib import Path
+
+    import prunelab
+
+    root = Path(prunelab.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path == root / "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
+            if "prunelab.cli" in names:
+                offenders.append(str(path.relative_to(root)))
+    assert not offenders, offenders
+
+
+def test_ppl_checks_its_arguments_first_and_caches(tmp_path, tiny_dir, text_file, isolated_home,
+                                                   monkeypatch):
+    small = ["--source", str(text_file), "--seqlen", "32", "--windows", "2"]
+    first = run("ppl", str(tiny_dir), *small)
+    assert first.returncode == 0, first.stderr
+    assert "perplexity" in first.stdout and "(cached)" not in first.stdout
+    second = run("ppl", str(tiny_dir), *small)
+    assert "(cached)" in second.stdout
+    assert first.stdout.split()[1] == second.stdout.split()[1]
+    from prunelab.errors import PrunelabError
+
+    def refuse(*args, **kwargs):
+        raise PrunelabError("the model was loaded")
+
+    monkeypatch.setattr("prunelab.zoo.models.load_model", refuse)
+    for args, fragment in ((["--windows", "0"], "too few"), (["--seqlen", "1"], "too short"),
+                           (["--source", "no-such-text"], "unknown text source")):
+        _assert_user_error(run("ppl", str(tiny_dir), *args), fragment)

@@ -9,28 +9,35 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 import prunelab
-from prunelab.allocator import compact_heap, release_free_heap
-from prunelab.data.corpora import (DEFAULT_EVAL_SOURCE, CalibrationConfig, calibration_windows,
-                                   eval_windows, tokens_digest)
+from prunelab import ppl_cache
+from prunelab.allocator import compact_heap, mmap_threshold_from_env, release_free_heap
+from prunelab.data.corpora import (DEFAULT_EVAL_SOURCE, TEXT_SOURCES, CalibrationConfig,
+                                   calibration_windows, eval_windows, tokens_digest)
+from prunelab.data.corpora import _check_seqlen as check_seqlen
 from prunelab.engine import LayerRecord, check_pattern, prune_blocks
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.perplexity import perplexity_of_windows
-from prunelab.methods.base import Statistic, make_method
-from prunelab.methods.masks import check_sparsity, parse_pattern
+from prunelab.methods.base import PruningMethod, Statistic, make_method
+from prunelab.methods.masks import NMPattern, check_sparsity, parse_pattern
 from prunelab.paths import atomic_dir
 from prunelab.zoo.models import LoadedModel
 
 PROVENANCE_FILE = "prunelab.json"
+# What `prunelab.data.corpora` accepts: a window must hold a token and the one it predicts.
+MIN_SEQLEN = 2
 
 
 @dataclass
@@ -64,6 +71,68 @@ class PruneResult:
         }
 
 
+@dataclass(frozen=True)
+class PruneArgs:
+    """The arguments of a pruning run, checked and converted (see `check_prune_args`)."""
+
+    method: PruningMethod
+    sparsity: float
+    pattern: NMPattern | None
+    calibration: CalibrationConfig
+
+
+def check_prune_args(method: str = "wanda", sparsity: float | None = None,
+                     pattern: str | None = None,
+                     calibration: CalibrationConfig | str | Path | None = None,
+                     options: dict | None = None, *, seed: int | None = None,
+                     out: str | Path | None = None) -> PruneArgs:
+    """Check every argument of a pruning run that can be checked without the model.
+
+    Called first by `prune` and by the CLI before it loads anything, so that a typo costs
+    nothing. Raises PrunelabError; returns the method (with converted options), the sparsity
+    (derived from the pattern when not given), the parsed pattern and the calibration config
+    (`seed`, when given, replaces its seed). `out`, when given, must not exist yet.
+    """
+    chosen = make_method(method, options)
+    nm = parse_pattern(pattern)
+    if nm is not None and not chosen.supports_nm:
+        raise PrunelabError(f"method {method} does not support N:M patterns",
+                            "leave out --pattern, or choose magnitude, wanda or sparsegpt")
+    if sparsity is None:
+        if nm is None:
+            raise PrunelabError("no sparsity given", "pass --sparsity 0.5 or --pattern 2:4")
+        sparsity = nm.sparsity
+    sparsity = check_sparsity(sparsity)
+    if nm is not None and abs(sparsity - nm.sparsity) > 1e-9:
+        raise PrunelabError(f"sparsity {sparsity} disagrees with pattern {nm} "
+                            f"(which removes {nm.sparsity:.3f})",
+                            "leave out the sparsity when giving a pattern")
+    calibration = _calibration_config(calibration, seed)
+    mmap_threshold_from_env()  # read again when pruning starts; a bad value should fail now
+    if out is not None and Path(out).exists():
+        raise PrunelabError(f"output directory {out} already exists",
+                            "choose a new --out, or remove the old one")
+    return PruneArgs(method=chosen, sparsity=sparsity, pattern=nm, calibration=calibration)
+
+
+def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,
+                    calibration_text: bool = False) -> None:
+    """The checks that need the loaded model: every layer's width holds the N:M pattern, the
+    calibration windows fit the context, and (with `calibration_text`) the text fills them.
+
+    Cheap next to a perplexity measurement, so the CLI runs them right after loading.
+    `calibration_text` tokenizes the calibration text; `prune` leaves it off because it
+    draws the windows itself, inside its heap-compaction block (prunelab.allocator).
+    """
+    check_pattern(loaded.model, args.method, args.pattern)
+    if not args.method.needs_calibration:
+        return
+    if calibration_text:
+        calibration_windows(loaded, args.calibration)  # tokens stay cached for the run
+    else:
+        check_seqlen(loaded, args.calibration.seqlen)
+
+
 def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = None, *,
           pattern: str | None = None, calibration: CalibrationConfig | str | None = None,
           seed: int | None = None, batch_size: int = 8, device: str | None = None,
@@ -75,30 +144,13 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
     `calibration` is a CalibrationConfig, or a text source name / file path with the default
     sizes. Method options (e.g. `percdamp=0.02` for SparseGPT) are passed as keywords.
     """
-    chosen = make_method(method, options)
-    nm = parse_pattern(pattern)
-    if nm is not None and not chosen.supports_nm:
-        raise PrunelabError(f"method {method} does not support N:M patterns",
-                            "leave out --pattern, or choose magnitude, wanda or sparsegpt")
-    if sparsity is None:
-        if nm is None:
-            raise PrunelabError("no sparsity given", "pass sparsity=0.5 or an N:M pattern")
-        sparsity = nm.sparsity
-    sparsity = check_sparsity(sparsity)
-    if nm is not None and abs(sparsity - nm.sparsity) > 1e-9:
-        raise PrunelabError(f"sparsity {sparsity} disagrees with pattern {nm} "
-                            f"(which removes {nm.sparsity:.3f})",
-                            "leave out the sparsity when giving a pattern")
-
-    check_pattern(loaded.model, chosen, nm)
+    args = check_prune_args(method, sparsity, pattern, calibration, options, seed=seed)
+    _check_batch_size(batch_size)
+    _check_device(device)
+    check_model_fit(loaded, args)
+    chosen, sparsity, nm, calibration = args.method, args.sparsity, args.pattern, args.calibration
 
     windows, calib_record = None, None
-    if calibration is None or isinstance(calibration, (str, Path)):
-        calibration = (CalibrationConfig() if calibration is None
-                       else CalibrationConfig(source=str(calibration)))
-    if seed is not None:
-        calibration = CalibrationConfig(calibration.source, calibration.n_samples,
-                                        calibration.seqlen, seed)
     with compact_heap():  # fragmentation would otherwise add 0.1-0.2 GB (prunelab.allocator)
         if chosen.statistic is not Statistic.NONE:
             windows = calibration_windows(loaded, calibration)
@@ -113,11 +165,129 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
                        layers=records, seconds=time.perf_counter() - start)
 
 
+def check_perplexity_args(source: str = DEFAULT_EVAL_SOURCE, seqlen: int = 512,
+                          n_windows: int | None = 32, batch_size: int = 4) -> None:
+    """Check a perplexity measurement's arguments without the model (the CLI does, first)."""
+    _check_window_args(seqlen, n_windows, batch_size)
+    _check_text_source(str(source), "text")
+
+
 def perplexity(loaded: LoadedModel, source: str = DEFAULT_EVAL_SOURCE, seqlen: int = 512,
                n_windows: int | None = 32, batch_size: int = 4, progress: bool = False) -> float:
     """Perplexity on `n_windows` consecutive non-overlapping windows of `seqlen` tokens."""
+    _check_window_args(seqlen, n_windows, batch_size)  # the text is checked as it is read
     windows = eval_windows(loaded, source, seqlen, n_windows)
     return perplexity_of_windows(loaded.model, windows, batch_size, progress)
+
+
+class Measured(NamedTuple):
+    value: float
+    cached: bool  # True when the value was read from the cache, not measured now
+
+
+def dense_perplexity(loaded: LoadedModel, source: str = DEFAULT_EVAL_SOURCE, seqlen: int = 512,
+                     n_windows: int | None = 32, batch_size: int = 4,
+                     progress: bool = False) -> Measured:
+    """`perplexity` of a model exactly as loaded from its directory, remembered in the cache.
+
+    The cache entry is keyed by the directory's files and the windows (`prunelab.ppl_cache`),
+    not by the weights in memory: call this only before changing the model (pruning it, or
+    loading other weights into it), as the CLI does for the "dense" number. A model with no
+    directory (built in memory, or from a hub id) is measured every time.
+    """
+    _check_window_args(seqlen, n_windows, batch_size)
+    windows = eval_windows(loaded, source, seqlen, n_windows)
+    key = ppl_cache.cache_key(loaded, windows)
+    if key is not None and (value := ppl_cache.lookup(key)) is not None:
+        return Measured(value, cached=True)
+    value = perplexity_of_windows(loaded.model, windows, batch_size, progress)
+    if key is not None:
+        ppl_cache.store(key, value, {"model": loaded.name, "source": str(source),
+                                     "seqlen": seqlen, "windows": int(windows.shape[0]),
+                                     "windows_sha256": tokens_digest(windows)})
+    return Measured(value, cached=False)
+
+
+def _calibration_config(calibration, seed: int | None) -> CalibrationConfig:
+    if calibration is None or isinstance(calibration, (str, Path)):
+        calibration = (CalibrationConfig() if calibration is None
+                       else CalibrationConfig(source=str(calibration)))
+    if not isinstance(calibration, CalibrationConfig):
+        raise PrunelabError(f"{calibration!r} is not a calibration source",
+                            "pass a CalibrationConfig, a text source name or a file path")
+    if seed is not None:
+        calibration = CalibrationConfig(calibration.source, calibration.n_samples,
+                                        calibration.seqlen, seed)
+    if not isinstance(calibration.n_samples, int) or calibration.n_samples < 1:
+        raise PrunelabError("calibration needs at least one sample",
+                            "use --calib-samples 1 or more")
+    if not isinstance(calibration.seqlen, int) or calibration.seqlen < MIN_SEQLEN:
+        raise PrunelabError(f"sequence length {calibration.seqlen} is too short",
+                            f"use --seqlen {MIN_SEQLEN} or more")
+    if not isinstance(calibration.seed, int):
+        raise PrunelabError(f"calibration seed {calibration.seed!r} is not an integer",
+                            "use e.g. --seed 0")
+    _check_text_source(calibration.source, "calibration")
+    return calibration
+
+
+def _check_text_source(source: str, role: str) -> None:
+    """A named corpus, or a local file that holds UTF-8 text (read through once, in pieces).
+
+    `role` ("calibration", "text") names the source in the messages.
+    """
+    if source in TEXT_SOURCES:
+        return
+    path = Path(source).expanduser()
+    names = ", ".join(TEXT_SOURCES)
+    if not path.exists():
+        if path.suffix or os.sep in source or (os.altsep and os.altsep in source):
+            raise PrunelabError(f"{role} file {source} does not exist",
+                                f"check the path, or name a corpus: {names}")
+        raise PrunelabError(f"unknown text source {source!r}",
+                            f"use one of {names} or the path of a local text file")
+    if not path.is_file():
+        raise PrunelabError(f"{role} source {source} is not a file",
+                            "pass a UTF-8 text file or a corpus name")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    has_text = False
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                has_text = bool(decoder.decode(chunk).strip()) or has_text
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise PrunelabError(f"{path} is not UTF-8 text", "pass a plain UTF-8 text file") from None
+    except OSError as exc:
+        raise PrunelabError(f"cannot read {path}: {exc.strerror}",
+                            "check that the file is readable") from None
+    if not has_text:
+        raise PrunelabError(f"{role} file {path} is empty", "pass a file with some text in it")
+
+
+def _check_window_args(seqlen: int, n_windows: int | None, batch_size: int) -> None:
+    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < MIN_SEQLEN:
+        raise PrunelabError(f"sequence length {seqlen} is too short",
+                            f"use --seqlen {MIN_SEQLEN} or more")
+    if n_windows is not None and (isinstance(n_windows, bool) or not isinstance(n_windows, int)
+                                  or n_windows < 1):
+        raise PrunelabError(f"{n_windows} windows is too few", "use --windows 1 or more")
+    _check_batch_size(batch_size)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PrunelabError(f"batch size {batch_size!r} is not a positive integer",
+                            "use a batch size of 1 or more")
+
+
+def _check_device(device) -> None:
+    if device is None:
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PrunelabError(f"{device!r} is not a torch device", "use e.g. cpu or cuda:0") from None
 
 
 def versions() -> dict:

@@ -11,6 +11,7 @@ import click
 import typer
 
 from prunelab.errors import PrunelabError
+from prunelab.tables import print_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prune pre-trained language models and measure what they lose.")
@@ -26,16 +27,8 @@ def _options(pairs: list[str] | None) -> dict:
     return options
 
 
-def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
-    if not rows:
-        return
-    columns = columns or list(rows[0])
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    typer.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    typer.echo("  ".join("-" * w for w in widths))
-    for r in cells:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+# Where `prune` measures perplexity before and after: text, tokens per window, windows.
+PRUNE_PPL = ("squad-dev", 512, 32)
 
 
 @app.command()
@@ -59,25 +52,25 @@ def prune(
     from prunelab.zoo.models import load_model
 
     options = _options(option)
-    if out.exists():
-        raise PrunelabError(f"output directory {out} already exists", "choose a new --out")
-    if sparsity is None and pattern is None:
-        raise PrunelabError("no sparsity given", "pass --sparsity 0.5 or --pattern 2:4")
-    api.make_method(method, options)  # fail on a bad method before loading anything
-    loaded = load_model(model, trust_remote_code=trust_remote_code)
     calibration = CalibrationConfig(calib_source, calib_samples, seqlen, seed)
-    before = api.perplexity(loaded, progress=True) if ppl else None
+    args = api.check_prune_args(method, sparsity, pattern, calibration, options, out=out)
+    loaded = load_model(model, trust_remote_code=trust_remote_code)
+    api.check_model_fit(loaded, args, calibration_text=True)
+    before = api.dense_perplexity(loaded, *PRUNE_PPL, progress=True) if ppl else None
     result = api.prune(loaded, method, sparsity, pattern=pattern, calibration=calibration,
                        **options)
-    after = api.perplexity(loaded, progress=True) if ppl else None
-    extra = {"perplexity": {"source": "squad-dev", "seqlen": 512, "windows": 32,
-                            "dense": before, "pruned": after}} if ppl else None
+    after = api.perplexity(loaded, *PRUNE_PPL, progress=True) if ppl else None
+    source, ppl_seqlen, windows = PRUNE_PPL
+    extra = {"perplexity": {"source": source, "seqlen": ppl_seqlen, "windows": windows,
+                            "dense": before.value, "pruned": after}} if ppl else None
     api.save(loaded, out, result, extra=extra)
     typer.echo(f"{method} {result.pattern or f'{result.sparsity:.0%}'}: achieved sparsity "
                f"{result.overall_sparsity:.4f} over {len(result.layers)} layers "
                f"in {result.seconds:.1f} s")
     if ppl:
-        typer.echo(f"perplexity (squad-dev, 32 x 512): dense {before:.2f} -> pruned {after:.2f}")
+        cached = " (cached)" if before.cached else ""
+        typer.echo(f"perplexity ({source}, {windows} x {ppl_seqlen}): dense {before.value:.2f}"
+                   f"{cached} -> pruned {after:.2f}")
     typer.echo(f"saved to {out}")
 
 
@@ -93,9 +86,11 @@ def ppl(
     from prunelab import api
     from prunelab.zoo.models import load_model
 
+    api.check_perplexity_args(source, seqlen, windows)
     loaded = load_model(model, trust_remote_code=trust_remote_code)
-    value = api.perplexity(loaded, source, seqlen, windows, progress=True)
-    typer.echo(f"perplexity {value:.3f}  ({source}, {windows} windows x {seqlen} tokens)")
+    value, cached = api.dense_perplexity(loaded, source, seqlen, windows, progress=True)
+    typer.echo(f"perplexity {value:.3f}{' (cached)' if cached else ''}  "
+               f"({source}, {windows} windows x {seqlen} tokens)")
 
 
 @app.command()
