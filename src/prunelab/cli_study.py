@@ -1,4 +1,8 @@
-"""`prunelab study | demo | results | report`: parse, call prunelab.study, print. No logic."""
+"""`prunelab study | demo | results | report`: parse, call study and report, print.
+
+The glue between the study and its report lives here, above both, so that neither imports the
+other the wrong way. No logic of its own.
+"""
 
 from __future__ import annotations
 

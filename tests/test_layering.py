@@ -1,0 +1,73 @@
+"""Data flows one way: no import cycle between prunelab's parts, lazy imports included."""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module -> the prunelab modules it imports anywhere (inside functions too)."""
+    out: dict[str, set[str]] = {}
+    for path in (SRC / "prunelab").rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found = out.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.startswith("prunelab"):
+                    found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("prunelab"))
+    return out
+
+
+def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node):
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(edges):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def _part(module: str) -> str:
+    """prunelab.study.plan -> study; prunelab.api -> api; prunelab -> the package itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "prunelab"
+
+
+def test_no_cycle_between_parts():
+    edges: dict[str, set[str]] = {}
+    for module, targets in _imports().items():
+        for target in targets:
+            a, b = _part(module), _part(target)
+            if a != b and "prunelab" not in (a, b):  # the package root only re-exports
+                edges.setdefault(a, set()).add(b)
+    assert _cycle(edges) is None, " -> ".join(_cycle(edges))
+
+
+def test_no_cycle_between_modules():
+    edges = {m: {t for t in targets if t != m and t != "prunelab"}
+             for m, targets in _imports().items()}
+    # A package's __init__ may import its own modules (e.g. so that the methods register).
+    for module in list(edges):
+        edges[module] = {t for t in edges[module] if not t.startswith(module + ".")}
+    assert _cycle(edges) is None, " -> ".join(_cycle(edges))
