@@ -75,7 +75,7 @@ class PrunelabBackend:
         return versions()
 
     def check(self, recipe: Recipe) -> list[tuple[str, str]]:
-        from prunelab.study.plan import check_compressions, expand
+        from prunelab.study.plan import check_compressions, expand, resolve_calibration
         from prunelab.tasks.registry import get_tasks
 
         problems = check_compressions(recipe)
@@ -86,7 +86,10 @@ class PrunelabBackend:
             seen = set()
             for stages, _ in expand(comp):
                 for j, stage in enumerate(stages):
-                    for problem in stage.problems():
+                    # Checked against the calibration it would draw from, used or not: a
+                    # recipe naming a missing file is wrong either way.
+                    calibration = resolve_calibration(recipe, stage, lambda _: True)
+                    for problem in stage.problems(calibration):
                         if problem not in seen:
                             seen.add(problem)
                             where = f"compressions[{i}]" + (f".stages[{j}]" if comp.stages else "")

@@ -125,14 +125,6 @@ def digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:20]
-
-
 def point_config(recipe: Recipe, model: str, comp: CompressionPoint, task: TaskInfo) -> dict:
     """Everything that decides a point's result, except software versions."""
     return {"model": model, "compression": comp.config(), "arm": comp.arm,
@@ -240,7 +232,9 @@ def resolve_calibration(recipe: Recipe, stage: Stage, uses_calibration) -> dict 
         calibration.update(patch.model_dump(exclude_none=True))
     path = Path(str(calibration["source"])).expanduser()
     if path.is_file():
-        calibration["content_sha256"] = file_digest(path)
+        from prunelab.ppl_cache import file_digest  # remembered while the file is unchanged
+
+        calibration["content_sha256"] = file_digest(path)[:20]
     return calibration
 
 

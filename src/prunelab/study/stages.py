@@ -37,8 +37,9 @@ class Stage(BaseModel):
     def label(self, omit: frozenset[str] = frozenset()) -> str:
         raise NotImplementedError
 
-    def problems(self) -> list[str]:
-        """What is wrong with this config that the schema cannot see (e.g. an unknown method)."""
+    def problems(self, calibration: dict | None) -> list[str]:
+        """What is wrong with this config, given the calibration it would draw from, that the
+        schema cannot see (an unknown method, a missing calibration file)."""
         return []
 
     def needs_calibration(self) -> bool:
@@ -99,16 +100,15 @@ class PruneStage(Stage):
             self.sparsity = implied
         return self
 
-    def problems(self) -> list[str]:
+    def problems(self, calibration):
+        from prunelab.api import check_prune_args
         from prunelab.errors import PrunelabError
-        from prunelab.methods.base import make_method
 
         try:
-            method = make_method(self.method, self.options)
+            check_prune_args(self.method, None if self.pattern else self.sparsity, self.pattern,
+                             _calibration_config(calibration, None), self.options)
         except PrunelabError as exc:
-            return [exc.problem]
-        if self.pattern and not method.supports_nm:
-            return [f"method {self.method} does not support N:M patterns"]
+            return [str(exc)]
         return []
 
     def needs_calibration(self) -> bool:
@@ -118,15 +118,10 @@ class PruneStage(Stage):
 
     def run(self, loaded, calibration, seed):
         from prunelab.api import prune
-        from prunelab.data.corpora import CalibrationConfig
 
-        config = None
-        if calibration is not None:
-            fields = {k: calibration[k] for k in ("source", "n_samples", "seqlen")}
-            config = CalibrationConfig(**fields, seed=seed)
         result = prune(loaded, self.method, None if self.pattern else self.sparsity,
-                       pattern=self.pattern, calibration=config, progress=False,
-                       **self.options)
+                       pattern=self.pattern, calibration=_calibration_config(calibration, seed),
+                       progress=False, **self.options)
         record = result.to_dict()
         record.pop("layers", None)  # per-layer detail is in the pruning engine's own output
         return record
@@ -145,6 +140,16 @@ class PruneStage(Stage):
                       for k, v in self.calibration.model_dump(exclude_none=True).items()
                       if f"calibration.{k}" not in omit]
         return " ".join(parts)
+
+
+def _calibration_config(calibration: dict | None, seed: int | None):
+    """The engine's CalibrationConfig from a study's resolved calibration (None: none)."""
+    if calibration is None:
+        return None
+    from prunelab.data.corpora import CalibrationConfig
+
+    fields = {k: calibration[k] for k in ("source", "n_samples", "seqlen")}
+    return CalibrationConfig(**fields, **({} if seed is None else {"seed": seed}))
 
 
 def chain_label(stages: list[Stage], omit: dict[int, frozenset[str]] | None = None) -> str:
