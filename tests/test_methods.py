@@ -1,6 +1,9 @@
 """Faithfulness of the methods to their papers, checked against direct transcriptions."""
 
+import subprocess
+import sys
 import warnings
+from typing import Literal
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from prunelab.errors import PrunelabError
 from prunelab.methods import masks
 from prunelab.methods.base import LayerStats, LayerTarget, make_method
 from prunelab.methods.magnitude import _kth_smallest_abs
+from prunelab.methods.registry import convert_option
 from prunelab.methods.sparsegpt import sparsegpt_prune
 from prunelab.testing import tiny_model
 
@@ -195,3 +199,82 @@ def test_unknown_method_and_option_are_user_errors():
     with pytest.raises(PrunelabError, match="not a float"):
         make_method("sparsegpt", {"percdamp": "lots"})
     assert make_method("sparsegpt", {"true_sequential": "true"}).config.true_sequential is True
+
+
+def test_option_with_none_default_is_converted_by_its_annotation():
+    method = make_method("magnitude-band", {"band_low": "0.2", "band_high": "0.3"})
+    assert method.config.band_high == 0.3 and isinstance(method.config.band_high, float)
+    assert make_method("magnitude-band", {"band_high": "none"}).config.band_high is None
+    with pytest.raises(PrunelabError, match=r"band_high='lots'.*float"):
+        make_method("magnitude-band", {"band_high": "lots"})
+
+
+@pytest.mark.parametrize("declared,value,expected", [
+    (int, "128", 128), (int, 64, 64), (int, 32.0, 32), (float, "0.02", 0.02), (float, 1, 1.0),
+    (bool, "off", False), (bool, True, True), (str, "c4", "c4"), (float | None, None, None),
+    (float | None, "NULL", None), (float | None, "0.5", 0.5), (int | None, "3", 3),
+    (Literal["row", "matrix"], "row", "row"), (Literal[2, 4], "4", 4), (str | None, "x", "x")])
+def test_options_are_converted_by_their_declared_type(declared, value, expected):
+    converted = convert_option("m", "k", value, declared)
+    assert converted == expected and type(converted) is type(expected)
+
+
+@pytest.mark.parametrize("declared,value,words", [
+    (int, "1.5", "an int"), (int, True, "an int"), (float, "lots", "a float"),
+    (float, None, "a float"), (bool, "maybe", "a bool"), (float | None, "x", "a float or none"),
+    (Literal["row", "matrix"], "column", "one of 'row', 'matrix'")])
+def test_a_bad_option_value_names_option_value_and_type(declared, value, words):
+    with pytest.raises(PrunelabError) as caught:
+        convert_option("m", "k", value, declared)
+    assert f"option k={value!r} of method m is not {words}" in str(caught.value)
+
+
+@pytest.mark.parametrize("method,options,match", [
+    ("sparsegpt", {"blocksize": "0"}, "blocksize=0"),
+    ("sparsegpt", {"percdamp": "0"}, "percdamp=0.0"),
+    ("sparsegpt", {"percdamp": "nan"}, "percdamp=nan"),
+    ("sparsegpt", {"percdamp": "inf"}, "percdamp=inf"),
+    ("sparsegpt", {"max_damp_retries": -1}, "max_damp_retries=-1"),
+    ("magnitude-band", {"band_low": 1.0}, "magnitude band"),
+    ("magnitude-band", {"band_low": 0.3, "band_high": 0.2}, "magnitude band")])
+def test_bad_option_values_fail_when_the_method_is_made(method, options, match):
+    with pytest.raises(PrunelabError, match=match):
+        make_method(method, options)
+
+
+def test_registry_is_reachable_from_the_package_and_from_base():
+    import prunelab.methods as package
+    from prunelab.methods import base
+
+    names = ["magnitude", "magnitude-band", "magnitude-global", "sparsegpt", "wanda"]
+    assert [m.name for m in package.list_methods()] == [m.name for m in base.list_methods()]
+    assert set(names) <= {m.name for m in package.list_methods()}
+    assert type(package.make_method("wanda")) is type(base.make_method("wanda"))
+
+
+@pytest.mark.parametrize("first", ["prunelab.methods.sparsegpt", "prunelab.methods.registry"])
+def test_any_import_order_finds_every_builtin_method(first):
+    code = (f"import {first}\nfrom prunelab.methods.base import list_methods, make_method\n"
+            "print(sorted(m.name for m in list_methods())); make_method('magnitude-band')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "'magnitude', 'magnitude-band', 'magnitude-global', 'sparsegpt', 'wanda'" in done.stdout
+
+
+def test_needs_calibration():
+    assert make_method("wanda").needs_calibration and make_method("sparsegpt").needs_calibration
+    assert not make_method("magnitude").needs_calibration
+    assert not make_method("magnitude-global").needs_calibration
+
+
+def test_layer_stats_are_a_read_only_mapping():
+    stats = LayerStats(10, {"hessian": torch.eye(2)}, input_sq_sum=torch.ones(2))
+    assert stats.n_tokens == 10 and set(stats) == {"hessian", "input_sq_sum"}
+    assert stats.hessian is stats["hessian"]
+    with pytest.raises(KeyError, match="statistics"):
+        stats["input_mean_var"]
+    with pytest.raises(AttributeError, match="statistics"):
+        stats.input_mean_var
+    with pytest.raises(TypeError):
+        stats["hessian"] = torch.zeros(2)

@@ -30,7 +30,7 @@ from prunelab.data.corpora import _check_seqlen as check_seqlen
 from prunelab.engine import LayerRecord, check_pattern, prune_blocks
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.perplexity import perplexity_of_windows
-from prunelab.methods.base import PruningMethod, Statistic, make_method
+from prunelab.methods.base import PruningMethod, make_method
 from prunelab.methods.masks import NMPattern, check_sparsity, parse_pattern
 from prunelab.paths import atomic_dir
 from prunelab.zoo.models import LoadedModel
@@ -49,6 +49,9 @@ class PruneResult:
     calibration: dict | None
     layers: list[LayerRecord] = field(default_factory=list)
     seconds: float = 0.0
+    # With `prune(..., keep_masks=True)`: full layer name -> bool mask (True = pruned), on the
+    # CPU, for what comes after pruning (sparse fine-tuning keeps exactly these zeros).
+    masks: dict = field(default_factory=dict, repr=False)
 
     @property
     def overall_sparsity(self) -> float:
@@ -136,13 +139,14 @@ def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,
 def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = None, *,
           pattern: str | None = None, calibration: CalibrationConfig | str | None = None,
           seed: int | None = None, batch_size: int = 8, device: str | None = None,
-          progress: bool = True, **options) -> PruneResult:
+          progress: bool = True, keep_masks: bool = False, **options) -> PruneResult:
     """Prune `loaded.model` in place with a registered method; return what was done.
 
     `sparsity` is the fraction of each prunable matrix to remove; with an N:M `pattern`
     ("2:4" keeps 2 of every 4) it may be left out, as it follows from the pattern.
     `calibration` is a CalibrationConfig, or a text source name / file path with the default
     sizes. Method options (e.g. `percdamp=0.02` for SparseGPT) are passed as keywords.
+    `keep_masks` keeps each layer's pruned mask in `result.masks`.
     """
     args = check_prune_args(method, sparsity, pattern, calibration, options, seed=seed)
     _check_batch_size(batch_size)
@@ -152,17 +156,19 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
 
     windows, calib_record = None, None
     with compact_heap():  # fragmentation would otherwise add 0.1-0.2 GB (prunelab.allocator)
-        if chosen.statistic is not Statistic.NONE:
+        if chosen.needs_calibration:
             windows = calibration_windows(loaded, calibration)
             release_free_heap()  # what the tokenizer freed (prunelab.allocator)
             calib_record = {**calibration.to_dict(), "tokens_sha256": tokens_digest(windows),
                             "bos": loaded.add_bos}
         start = time.perf_counter()
         records = prune_blocks(loaded.model, chosen, sparsity, nm, windows,
-                               batch_size=batch_size, device=device, progress=progress)
+                               batch_size=batch_size, device=device, progress=progress,
+                               keep_masks=keep_masks)
     return PruneResult(method=method, options=_plain(chosen.config), sparsity=sparsity,
                        pattern=str(nm) if nm else None, calibration=calib_record,
-                       layers=records, seconds=time.perf_counter() - start)
+                       layers=list(records), seconds=time.perf_counter() - start,
+                       masks=records.masks)
 
 
 def check_perplexity_args(source: str = DEFAULT_EVAL_SOURCE, seqlen: int = 512,

@@ -57,7 +57,12 @@ def prunable_layers(block: nn.Module) -> dict[str, nn.Module]:
 
 def weight_matrix(layer: nn.Module) -> torch.Tensor:
     """The layer's weight as [out_features, in_features] (Conv1D stores it transposed)."""
-    return layer.weight.data.t() if isinstance(layer, Conv1D) else layer.weight.data
+    return as_out_in(layer, layer.weight.data)
+
+
+def as_out_in(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like the layer's weight (its gradient, say) as [out, in]."""
+    return tensor.t() if isinstance(layer, Conv1D) else tensor
 
 
 def set_weight_matrix(layer: nn.Module, matrix: torch.Tensor) -> None:

@@ -2,17 +2,24 @@
 
 Sequential calibration, as in the Wanda and SparseGPT papers:
 1. run the model on the calibration windows up to the first block and keep its inputs;
-2. for each block: collect each linear layer's input statistic with forward hooks while the
-   block runs on those inputs, let the method decide and apply each layer's mask (and weight
-   update), then run the *pruned* block to produce the next block's inputs.
+2. for each block: accumulate the statistics the method names (`method.statistics`) with
+   forward hooks while the block runs on those inputs, let the method decide the block
+   (`prune_block`), write its decisions, then run the *pruned* block to produce the next
+   block's inputs.
 Only one block's statistics are held at a time. Methods that need no data (magnitude) skip
 the forward passes entirely.
+
+Before that, once: the method's `plan` sees every prunable matrix and, if it names
+`planning_statistics`, those statistics from a pass over the dense model (block by block
+with unpruned blocks, and a forward and backward pass of the whole model for gradient
+statistics). It may return per-layer targets.
 """
 
 from __future__ import annotations
 
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,8 +27,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab import arch
-from prunelab.methods.base import LayerStats, LayerTarget, PruningMethod, Statistic
-from prunelab.methods.masks import NMPattern, check_pattern_fits
+from prunelab.errors import PrunelabError
+from prunelab.methods.base import (LayerDecision, LayerStats, LayerTarget, PlanContext,
+                                   PruningMethod)
+from prunelab.methods.masks import NMPattern, check_pattern_fits, check_sparsity
+from prunelab.methods.statistics import Accumulator, accumulator
 
 
 @dataclass
@@ -40,10 +50,20 @@ class LayerRecord:
 
     @property
     def achieved_sparsity(self) -> float:
-        return self.zeros_after / self.numel
+        return self.zeros_after / self.numel if self.numel else 0.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "achieved_sparsity": round(self.achieved_sparsity, 6)}
+
+
+class PruneRecords(list):
+    """What `prune_blocks` returns: its LayerRecords in order (a plain list, as before), and
+    `masks`, each layer's pruned positions (bool, on the CPU) when asked to keep them."""
+
+    def __init__(self, records: Iterable[LayerRecord] = (),
+                 masks: dict[str, torch.Tensor] | None = None):
+        super().__init__(records)
+        self.masks: dict[str, torch.Tensor] = masks if masks is not None else {}
 
 
 def _to_device(obj, device):
@@ -58,22 +78,34 @@ def _to_device(obj, device):
     return obj
 
 
+def _split_statistics(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(statistics read from tokens, statistics read from weight gradients)."""
+    tokens = [n for n in names if accumulator(n).reads != "weight_grad"]
+    grads = [n for n in names if accumulator(n).reads == "weight_grad"]
+    return tokens, grads
+
+
 class _Collector:
-    """Accumulates one input statistic from forward hooks, shared by every layer that reads the
-    same tensor.
+    """Accumulates the named statistics from forward hooks; input statistics are shared by
+    every layer that reads the same tensor.
 
     q/k/v read one normalised hidden state, as do gate/up: their ‖X‖² (or X Xᵀ) are equal, so
     they are computed once and the layers share the result (methods treat stats as read-only).
     For SparseGPT that removes a quarter of the Hessian arithmetic and memory of a Llama block.
     """
 
-    def __init__(self, statistic: Statistic, layers: dict[str, nn.Module], device):
-        self.statistic = statistic
+    def __init__(self, names: Sequence[str], layers: dict[str, nn.Module], device):
+        kinds = [accumulator(n) for n in names]
+        self.input_kinds = [k for k in kinds if k.reads == "input"]
+        self.output_kinds = [k for k in kinds if k.reads == "output"]
         self.device = device
-        self.widths = {name: arch.weight_matrix(m).shape[1] for name, m in layers.items()}
-        self.owner: dict[str, str] = {}  # layer -> the layer whose total it shares
-        self.totals: dict[str, torch.Tensor] = {}
-        self.n_tokens: dict[str, int] = {}
+        shapes = {name: arch.weight_matrix(m).shape for name, m in layers.items()}
+        self.widths = {name: shape[1] for name, shape in shapes.items()}
+        self.out_widths = {name: shape[0] for name, shape in shapes.items()}
+        self.owner: dict[str, str] = {}  # layer -> the layer whose accumulators it shares
+        self.inputs: dict[str, list[Accumulator]] = {}  # by owner
+        self.outputs: dict[str, list[Accumulator]] = {}  # by layer
+        self.n_tokens: dict[str, int] = {}  # by owner
         # The previous hook's input and its owner. Holding the reference keeps the tensor
         # alive, so an `is` match cannot be a new tensor at a recycled address.
         self._last: tuple[torch.Tensor, str] | None = None
@@ -87,38 +119,46 @@ class _Collector:
                 raise RuntimeError(f"{name} read a different input than on the first batch")
             self._last = (x, owner)
             if owner == name:
-                self._accumulate(name, x.detach())
+                self._accumulate_input(name, x.detach())
+            if self.output_kinds:
+                self._accumulate_output(name, output.detach())
         return on_forward
 
     def end_batch(self) -> None:
         self._last = None
 
-    def _accumulate(self, name: str, x: torch.Tensor) -> None:
+    def _accumulate_input(self, name: str, x: torch.Tensor) -> None:
+        self.n_tokens[name] = self.n_tokens.get(name, 0) + math.prod(x.shape[:-1])
+        if not self.input_kinds:
+            self.inputs.setdefault(name, [])
+            return
         x = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        self.n_tokens[name] = self.n_tokens.get(name, 0) + x.shape[0]
-        if name not in self.totals:
-            width = self.widths[name]
-            shape = (width,) if self.statistic is Statistic.INPUT_SQ_SUM else (width, width)
-            self.totals[name] = torch.zeros(shape, dtype=torch.float32, device=self.device)
-        if self.statistic is Statistic.INPUT_SQ_SUM:
-            self.totals[name] += (x * x).sum(dim=0)
-        else:
-            self.totals[name].addmm_(x.t(), x)
+        if name not in self.inputs:
+            self.inputs[name] = [k(self.widths[name], self.device) for k in self.input_kinds]
+        for acc in self.inputs[name]:
+            acc.update(x)
+
+    def _accumulate_output(self, name: str, y: torch.Tensor) -> None:
+        y = y.reshape(-1, y.shape[-1]).to(torch.float32)
+        if name not in self.outputs:
+            self.outputs[name] = [k(self.out_widths[name], self.device) for k in self.output_kinds]
+        for acc in self.outputs[name]:
+            acc.update(y)
 
     def stats(self) -> dict[str, LayerStats]:
         for name in self.widths:
             if name not in self.owner:  # never called on these inputs: empty statistics
                 self.owner[name] = name
-                self._accumulate(name, torch.zeros(0, self.widths[name], device=self.device))
-        by_owner: dict[str, LayerStats] = {}
-        for owner, total in self.totals.items():
-            n = self.n_tokens[owner]
-            if self.statistic is Statistic.INPUT_SQ_SUM:
-                by_owner[owner] = LayerStats(n, input_sq_sum=total)
-            else:
-                # The SparseGPT paper's scaling, H = (2/N) Σ x xᵀ (the mask does not depend on it).
-                by_owner[owner] = LayerStats(n, hessian=total.mul_(2.0 / max(n, 1)))
-        return {name: by_owner[owner] for name, owner in self.owner.items()}
+                self._accumulate_input(name, torch.zeros(0, self.widths[name], device=self.device))
+            if self.output_kinds and name not in self.outputs:
+                self._accumulate_output(name, torch.zeros(0, self.out_widths[name],
+                                                          device=self.device))
+        by_owner = {owner: {acc.name: acc.result() for acc in accs}
+                    for owner, accs in self.inputs.items()}
+        outputs = {name: {acc.name: acc.result() for acc in accs}
+                   for name, accs in self.outputs.items()}
+        return {name: LayerStats(self.n_tokens[owner], {**by_owner[owner], **outputs.get(name, {})})
+                for name, owner in self.owner.items()}
 
 
 class BlockRunner:
@@ -131,7 +171,7 @@ class BlockRunner:
         # Every batch's block input is a slice of one buffer, and block outputs are copied
         # back into it. Held as many separate tensors, these long-lived inputs end up
         # scattered through the allocator's heap between each forward's transients, and the
-        # heap cannot shrink around them: on smollm2-135m that cost 0.15-0.25 GB of peak RSS.
+        # heap cannot shrink around them.
         buffer: torch.Tensor | None = None
         self.inputs: list[torch.Tensor] = []
         self.calls: list[list[tuple[tuple, dict]]] = []  # per batch: per block (args, kwargs)
@@ -204,68 +244,9 @@ def _input_groups(runner: BlockRunner, index: int, layers: dict[str, nn.Module])
     return list(groups.values()) + ([missing] if missing else [])
 
 
-def check_pattern(model: nn.Module, method: PruningMethod, pattern: NMPattern | None) -> None:
-    """Refuse an N:M pattern that some layer's input width cannot hold, before any work."""
-    if pattern is None or not method.supports_nm:
-        return
-    found = arch.find_blocks(model)
-    for i, block in enumerate(found.blocks):
-        for name, layer in arch.prunable_layers(block).items():
-            check_pattern_fits(pattern, arch.weight_matrix(layer).shape[1], f"{found.path}.{i}.{name}")
-
-
-def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
-                 pattern: NMPattern | None, windows: torch.Tensor | None, *,
-                 batch_size: int = 8, device: str | torch.device | None = None,
-                 progress: bool = True,
-                 layer_sparsity: Callable[[str], float] | None = None) -> list[LayerRecord]:
-    """Prune every prunable layer of every block of `model` in place; return per-layer records."""
-    found = arch.find_blocks(model)
-    blocks, prefix = found.blocks, found.path
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    all_layers = {f"{prefix}.{i}.{name}": layer for i, block in enumerate(blocks)
-                  for name, layer in arch.prunable_layers(block).items()}
-    check_pattern(model, method, pattern)
-    method.prepare({n: arch.weight_matrix(m) for n, m in all_layers.items()}, sparsity, pattern)
-
-    needs_data = method.statistic is not Statistic.NONE
-    use_cache = getattr(model.config, "use_cache", None)
-    model.config.use_cache = False
-    runner = BlockRunner(model, blocks, windows, batch_size, device) if needs_data else None
-    records: list[LayerRecord] = []
-    bar = tqdm(range(len(blocks)), desc=f"pruning ({method.name})", unit="block",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    try:
-        for index in bar:
-            block = blocks[index]
-            home = next(block.parameters()).device
-            block.to(device)  # on an accelerator, only this block is on-loaded
-            layers = arch.prunable_layers(block)
-            if needs_data and method.sequential_groups():
-                groups = _input_groups(runner, index, layers)
-            else:
-                groups = [list(layers)]
-            for group in groups:
-                stats = _collect(runner, index, {n: layers[n] for n in group}, method.statistic,
-                                 device) if needs_data else {}
-                for name in group:
-                    full = f"{prefix}.{index}.{name}"
-                    target = LayerTarget(full, layer_sparsity(full) if layer_sparsity else sparsity,
-                                         pattern)
-                    records.append(_apply(method, layers[name], stats.pop(name, LayerStats()),
-                                          target))
-            if needs_data and index + 1 < len(blocks):
-                runner.run(index, advance=True)
-            block.to(home)
-    finally:
-        bar.close()
-        model.config.use_cache = use_cache
-    return records
-
-
 def _collect(runner: BlockRunner, index: int, layers: dict[str, nn.Module],
-             statistic: Statistic, device) -> dict[str, LayerStats]:
-    collector = _Collector(statistic, layers, device)
+             names: Sequence[str], device) -> dict[str, LayerStats]:
+    collector = _Collector(names, layers, device)
     handles = [m.register_forward_hook(collector.hook(n), with_kwargs=True)
                for n, m in layers.items()]
     try:
@@ -276,15 +257,222 @@ def _collect(runner: BlockRunner, index: int, layers: dict[str, nn.Module],
     return collector.stats()
 
 
-def _apply(method: PruningMethod, layer: nn.Module, stats: LayerStats,
-           target: LayerTarget) -> LayerRecord:
-    weight = arch.weight_matrix(layer)
-    zeros_before = int((weight == 0).sum())
-    # A contiguous fp32 copy: methods are free to compute on it without touching the model.
-    decision = method.prune_layer(weight.to(torch.float32, copy=True).contiguous(), stats, target)
+def gather_gradients(model: nn.Module, windows: torch.Tensor, names: Sequence[str], *,
+                     batch_size: int = 1, progress: bool = False) -> dict[str, LayerStats]:
+    """Accumulate weight-gradient statistics of every prunable layer over the calibration
+    windows, by full layer name.
+
+    Each batch gets one forward and backward pass of the whole model (where it is) with the
+    language-modelling loss; each accumulator sees that batch's gradient [out, in]. With
+    batch_size 1 every window's gradient is accumulated on its own, as GBLM does. Only the
+    prunable weights require gradients meanwhile; nothing is updated, and `requires_grad`
+    is restored after.
+    """
+    found = arch.find_blocks(model)
+    layers = {f"{found.path}.{i}.{name}": layer for i, block in enumerate(found.blocks)
+              for name, layer in arch.prunable_layers(block).items()}
+    kinds = [accumulator(n) for n in names]
+    if any(k.reads != "weight_grad" for k in kinds):
+        raise ValueError(f"gather_gradients accumulates weight gradients only, not {list(names)}")
+    home = next(model.parameters()).device
+    accumulators = {name: [k(tuple(arch.weight_matrix(m).shape), home) for k in kinds]
+                    for name, m in layers.items()}
+    params = list(model.parameters())
+    requires = [p.requires_grad for p in params]
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = False
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        for m in layers.values():
+            m.weight.requires_grad_(True)
+        with torch.enable_grad():
+            for batch in tqdm(windows.split(batch_size), desc="gradients", unit="batch",
+                              disable=not progress, file=sys.stderr, dynamic_ncols=True):
+                batch = batch.to(home)
+                model(input_ids=batch, labels=batch).loss.backward()
+                for name, m in layers.items():
+                    grad = m.weight.grad
+                    grad = arch.as_out_in(m, grad).to(torch.float32)
+                    for acc in accumulators[name]:
+                        acc.update(grad)
+                    m.weight.grad = None
+    finally:
+        for p, flag in zip(params, requires):
+            p.requires_grad_(flag)
+            p.grad = None
+        model.config.use_cache = use_cache
+    n_tokens = windows.numel()
+    return {name: LayerStats(n_tokens, {acc.name: acc.result() for acc in accs})
+            for name, accs in accumulators.items()}
+
+
+def check_pattern(model: nn.Module, method: PruningMethod, pattern: NMPattern | None) -> None:
+    """Refuse an N:M pattern that some layer's input width cannot hold, before any work."""
+    if pattern is None or not method.supports_nm:
+        return
+    found = arch.find_blocks(model)
+    for i, block in enumerate(found.blocks):
+        for name, layer in arch.prunable_layers(block).items():
+            check_pattern_fits(pattern, arch.weight_matrix(layer).shape[1],
+                               f"{found.path}.{i}.{name}")
+
+
+def _dense_statistics(model: nn.Module, blocks: nn.ModuleList, prefix: str,
+                      names: Sequence[str], windows: torch.Tensor, batch_size: int, device,
+                      progress: bool) -> dict[str, LayerStats]:
+    """The named statistics of every layer on the dense model, by full layer name."""
+    token_names, grad_names = _split_statistics(names)
+    gathered: dict[str, LayerStats] = {}
+    if token_names:
+        runner = BlockRunner(model, blocks, windows, batch_size, device)
+        for index in tqdm(range(len(blocks)), desc="planning pass", unit="block",
+                          disable=not progress, file=sys.stderr, dynamic_ncols=True):
+            block = blocks[index]
+            home = next(block.parameters()).device
+            block.to(device)
+            stats = _collect(runner, index, arch.prunable_layers(block), token_names, device)
+            gathered.update({f"{prefix}.{index}.{n}": s for n, s in stats.items()})
+            if index + 1 < len(blocks):
+                runner.run(index, advance=True)  # the dense block's output: nothing is pruned
+            block.to(home)
+        del runner
+    if grad_names:
+        grads = gather_gradients(model, windows, grad_names, batch_size=1, progress=progress)
+        for name, stats in grads.items():
+            before = gathered.get(name)
+            gathered[name] = LayerStats(before.n_tokens if before else stats.n_tokens,
+                                        {**(before or {}), **stats})
+    return gathered
+
+
+def _targets(names: Iterable[str], sparsity: float, pattern: NMPattern | None,
+             plan: Mapping[str, LayerTarget | float] | None) -> dict[str, LayerTarget]:
+    targets = {name: LayerTarget(name, sparsity, pattern) for name in names}
+    for name, planned in (plan or {}).items():
+        if name not in targets:
+            raise ValueError(f"the plan names {name!r}, which is not a prunable layer")
+        if not isinstance(planned, LayerTarget):
+            planned = LayerTarget(name, float(planned), pattern)
+        try:
+            check_sparsity(planned.sparsity)
+        except PrunelabError as error:
+            raise PrunelabError(f"planned sparsity of {name}: {error.problem}", error.fix) from None
+        targets[name] = planned
+    return targets
+
+
+def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
+                 pattern: NMPattern | None, windows: torch.Tensor | None, *,
+                 batch_size: int = 8, device: str | torch.device | None = None,
+                 progress: bool = True, keep_masks: bool = False) -> PruneRecords:
+    """Prune every prunable layer of every block of `model` in place; return per-layer records
+    (and, with `keep_masks`, each layer's pruned mask in `.masks`)."""
+    found = arch.find_blocks(model)
+    blocks, prefix = found.blocks, found.path
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    all_layers = {f"{prefix}.{i}.{name}": layer for i, block in enumerate(blocks)
+                  for name, layer in arch.prunable_layers(block).items()}
+    check_pattern(model, method, pattern)
+    _, misplaced = _split_statistics(method.statistics)
+    if misplaced:
+        raise ValueError(f"{method.name}: gradient statistics {misplaced} come from the dense "
+                         f"model before pruning; name them in planning_statistics")
+    _split_statistics(method.planning_statistics)  # unknown names fail here, before any work
+    if method.needs_calibration and windows is None:
+        raise PrunelabError(f"method {method.name} needs calibration data",
+                            "pass calibration windows (api.prune draws them from its source)")
+
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = False
+    records = PruneRecords()
+    bar = None
+    try:
+        planning = (_dense_statistics(model, blocks, prefix, method.planning_statistics,
+                                      windows, batch_size, device, progress)
+                    if method.planning_statistics else {})
+        plan = method.plan(PlanContext({n: arch.weight_matrix(m) for n, m in all_layers.items()},
+                                       sparsity, pattern, planning))
+        del planning
+        targets = _targets(all_layers, sparsity, pattern, plan)
+        runner = (BlockRunner(model, blocks, windows, batch_size, device)
+                  if method.statistics else None)
+        bar = tqdm(range(len(blocks)), desc=f"pruning ({method.name})", unit="block",
+                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        for index in bar:
+            block = blocks[index]
+            home = next(block.parameters()).device
+            block.to(device)  # on an accelerator, only this block is on-loaded
+            if runner is not None and method.sequential_groups():
+                groups = _input_groups(runner, index, arch.prunable_layers(block))
+            else:
+                groups = [list(arch.prunable_layers(block))]
+            for group in groups:
+                # Looked up afresh: an earlier group's step may have replaced modules.
+                current = arch.prunable_layers(block)
+                gone = [n for n in group if n not in current]
+                if gone:
+                    raise RuntimeError(f"{method.name} removed {prefix}.{index}.{gone[0]}; "
+                                       "replace it by a smaller layer instead")
+                layers = {n: current[n] for n in group}
+                stats = (_collect(runner, index, layers, method.statistics, device)
+                         if runner is not None else {n: LayerStats() for n in layers})
+                block_targets = {n: targets[f"{prefix}.{index}.{n}"] for n in layers}
+                records.extend(_prune_group(method, block, layers, stats, block_targets,
+                                            records.masks if keep_masks else None))
+            if runner is not None and index + 1 < len(blocks):
+                runner.run(index, advance=True)
+            block.to(home)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.config.use_cache = use_cache
+    return records
+
+
+def _prune_group(method: PruningMethod, block: nn.Module, layers: dict[str, nn.Module],
+                 stats: dict[str, LayerStats], targets: dict[str, LayerTarget],
+                 masks: dict[str, torch.Tensor] | None) -> list[LayerRecord]:
+    """Let the method decide these layers of `block`, write its decisions, record each layer."""
+    zeros_before = {n: int((arch.weight_matrix(m) == 0).sum()) for n, m in layers.items()}
+    shapes_before = {n: tuple(arch.weight_matrix(m).shape) for n, m in layers.items()}
+    notes: dict[str, dict] = {}
+    decisions = method.prune_block(block, layers, stats, targets)
+    for name, decision in (decisions.items() if isinstance(decisions, Mapping) else decisions):
+        if name not in layers:
+            raise RuntimeError(f"{method.name} decided {name!r}, which is not among the "
+                               f"layers it was given ({', '.join(layers)})")
+        _write(arch.prunable_layers(block).get(name), decision, targets[name].name)
+        notes[name] = decision.notes
+        if masks is not None and decision.pruned is not None:
+            masks[targets[name].name] = decision.pruned.detach().to("cpu", torch.bool, copy=True)
+        del decision
+    after = arch.prunable_layers(block)
+    records = []
+    for name in layers:
+        if name not in after:
+            raise RuntimeError(f"{method.name} removed {targets[name].name}; replace it by a "
+                               f"smaller layer instead, so the block still runs")
+        weight = arch.weight_matrix(after[name])
+        rows, cols = weight.shape
+        note = notes.get(name, {})
+        if (rows, cols) != shapes_before[name]:
+            note = {**note, "shape_before": list(shapes_before[name])}
+        records.append(LayerRecord(targets[name].name, rows, cols, targets[name].sparsity,
+                                   zeros_before[name], int((weight == 0).sum()), note))
+    return records
+
+
+def _write(layer: nn.Module | None, decision: LayerDecision, full_name: str) -> None:
+    current = arch.weight_matrix(layer) if layer is not None else None
+    if current is None or tuple(decision.weight.shape) != tuple(current.shape):
+        raise RuntimeError(f"the decision for {full_name} has shape "
+                           f"{tuple(decision.weight.shape)}, but the layer is "
+                           f"{None if current is None else tuple(current.shape)}; a method "
+                           f"that changes shapes replaces the module and returns no decision")
+    if decision.pruned is None:  # quantized (or otherwise rewritten) weights, no mask
+        arch.set_weight_matrix(layer, decision.weight)
+        return
     new_weight = decision.weight.to(torch.float32).clone()
     new_weight[decision.pruned] = 0
     arch.set_weight_matrix(layer, new_weight)
-    rows, cols = weight.shape
-    return LayerRecord(target.name, rows, cols, target.sparsity, zeros_before,
-                       int((arch.weight_matrix(layer) == 0).sum()), decision.notes)

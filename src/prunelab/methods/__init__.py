@@ -1,3 +1,9 @@
-"""Pruning methods, one file each, registered by name (see `base.make_method`)."""
+"""Pruning methods, one file each, registered by name (see `make_method`).
 
-from prunelab.methods.base import list_methods, make_method  # noqa: F401
+Importing this package registers the built-in methods and statistics, so `make_method` and
+`list_methods` find them whichever module of the package was imported first.
+"""
+
+from prunelab.methods import statistics  # noqa: F401  (registers the built-in statistics)
+from prunelab.methods.registry import list_methods, make_method, option_help, register  # noqa: F401
+from prunelab.methods import magnitude, sparsegpt, wanda  # noqa: F401,E402  (register themselves)

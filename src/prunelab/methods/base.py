@@ -1,36 +1,78 @@
-"""What a pruning method is, and the registry that finds one by name.
+"""What a pruning method is.
 
 A method is a typed config plus pure tensor math. It never loops over layers or loads data:
-the engine (`prunelab.engine`) walks the model block by block, collects the statistic the
-method declares (`statistic`), and hands each layer's weight matrix to `prune_layer`.
+the engine (`prunelab.engine`) walks the model block by block, collects the statistics the
+method names, and calls its hooks, each of which has a default that suits one-shot pruners:
+- `plan(context)`: once, before any block is pruned, with every prunable weight matrix and,
+  if the method names `planning_statistics`, those statistics from a dense pass over the
+  calibration data (gradients included). It may return per-layer targets (non-uniform
+  sparsity, as OWL) or keep what it learned (a global threshold).
+- `prune_block(block, layers, stats, targets)`: each block (or group of its layers, with
+  `sequential_groups`), given the `statistics` collected on its inputs; the default hands
+  each layer to `prune_layer`. A block step may also rebuild modules (structured pruning).
+- `prune_layer(weight, stats, target)`: the pure math on one weight matrix.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-from prunelab.errors import PrunelabError
+from prunelab import arch
 from prunelab.methods.masks import NMPattern
+from prunelab.methods.registry import list_methods, make_method, option_help, register
+
+__all__ = ["LayerDecision", "LayerStats", "LayerTarget", "MethodConfig", "NoOptions",
+           "PlanContext", "PruningMethod", "Statistic", "list_methods", "make_method",
+           "option_help", "register", "working_copy"]
 
 
-class Statistic(str, enum.Enum):
-    """What the engine must collect from each layer's calibration inputs."""
-
-    NONE = "none"  # the weights alone decide
-    INPUT_SQ_SUM = "input_sq_sum"  # Σ over tokens of x_j², one value per input feature
-    HESSIAN = "hessian"  # (2/N) Σ x xᵀ over tokens, [in, in]
+def working_copy(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as a contiguous fp32 copy [out, in]: methods are free to compute on
+    it without touching the model."""
+    return arch.weight_matrix(layer).to(torch.float32, copy=True).contiguous()
 
 
-@dataclass
-class LayerStats:
-    n_tokens: int = 0
-    input_sq_sum: torch.Tensor | None = None
-    hessian: torch.Tensor | None = None
+class LayerStats(Mapping):
+    """One layer's statistics by name (read-only), and the number of tokens they came from.
+
+    `stats["hessian"]` and `stats.hessian` are the same. Layers that read one input tensor
+    share the tensors: never modify them.
+    """
+
+    def __init__(self, n_tokens: int = 0, values: Mapping[str, Any] | None = None, **named: Any):
+        self.n_tokens = n_tokens
+        self._values = {**(values or {}), **named}
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise KeyError(f"statistic {name!r} was not collected for this layer; name it in "
+                           f"the method's `statistics`") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"statistic {name!r} was not collected for this layer; name "
+                                 f"it in the method's `statistics`") from None
+
+    def __repr__(self) -> str:
+        return f"LayerStats(n_tokens={self.n_tokens}, names={list(self._values)})"
 
 
 @dataclass(frozen=True)
@@ -42,101 +84,91 @@ class LayerTarget:
 
 @dataclass
 class LayerDecision:
-    """A method's answer for one layer: the new weight and which entries are pruned."""
+    """A method's answer for one layer: the new weight and which entries are pruned.
+
+    With `pruned=None` the weight is written as given and no mask is kept (quantization:
+    the notes may record the bit width). Otherwise entries where `pruned` is True are set
+    to exactly zero.
+    """
 
     weight: torch.Tensor  # [out, in], may differ from the input (SparseGPT updates weights)
-    pruned: torch.Tensor  # bool [out, in], True = set to zero
+    pruned: torch.Tensor | None  # bool [out, in], True = set to zero
     notes: dict = dataclasses.field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PlanContext:
+    """What a method sees before any block is pruned."""
+
+    weights: Mapping[str, torch.Tensor]  # every prunable matrix [out, in] by full name
+    # (the model's own tensors, on their home device: read them, never write them)
+    sparsity: float
+    pattern: NMPattern | None
+    # The method's `planning_statistics` per layer by full name, gathered on the dense model
+    # (blocks are not pruned during that pass); empty when it names none.
+    statistics: Mapping[str, LayerStats] = dataclasses.field(default_factory=dict)
+
+
+class MethodConfig:
+    """Base of a method's config: a dataclass whose fields are the options (with `help` in
+    their metadata). `validate` refuses bad values when the method is made, before any work."""
+
+    def validate(self) -> None:
+        """Raise PrunelabError naming the option and what it may be."""
+
+
 @dataclass
-class NoOptions:
+class NoOptions(MethodConfig):
     """This method has no options."""
 
 
 class PruningMethod:
     name: ClassVar[str]
     summary: ClassVar[str]
-    statistic: ClassVar[Statistic] = Statistic.NONE
     Config: ClassVar[type] = NoOptions
     supports_nm: ClassVar[bool] = True
+    # Registered statistic names (prunelab.methods.statistics), collected for each block on
+    # the inputs the already-pruned blocks before it produce, and given to prune_block.
+    statistics: ClassVar[tuple[str, ...]] = ()
+    # Collected for every layer on the dense model before pruning, and given to plan. Names
+    # whose accumulator reads "weight_grad" cost one forward and backward pass per window.
+    planning_statistics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any):
         self.config = config
+        validate = getattr(config, "validate", None)
+        if validate is not None:
+            validate()
 
-    def prepare(self, layers: dict[str, torch.Tensor], sparsity: float,
-                pattern: NMPattern | None) -> None:
-        """Called once with every prunable weight matrix before any block is pruned.
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the engine needs calibration windows to run this method."""
+        return bool(self.statistics or self.planning_statistics)
 
-        Methods that decide globally (one threshold over the whole model) plan here.
-        """
+    def plan(self, context: PlanContext) -> Mapping[str, LayerTarget | float] | None:
+        """Called once before any block is pruned. Return per-layer targets (a LayerTarget or
+        a sparsity, by full layer name; layers left out keep the requested sparsity and
+        pattern), or None to keep them all."""
+        return None
 
     def sequential_groups(self) -> bool:
         """Whether to prune a block's layers group by group, re-collecting inputs in between."""
         return False
 
+    def prune_block(self, block: nn.Module, layers: Mapping[str, nn.Module],
+                    stats: Mapping[str, LayerStats], targets: Mapping[str, LayerTarget],
+                    ) -> Mapping[str, LayerDecision] | Iterable[tuple[str, LayerDecision]]:
+        """Decide the layers of one block (or group), named as inside the block.
+
+        Return decisions by layer name, as a mapping or as (name, decision) pairs; the engine
+        writes each one as it arrives, so a generator holds one layer's result at a time. A
+        block step may instead change modules itself (replace a linear by a smaller one) and
+        return no decision for them; the engine then records their new shapes.
+        """
+        for name, layer in layers.items():
+            # No local names: the copy and the decision are freed as soon as each is used.
+            yield name, self.prune_layer(working_copy(layer), stats[name], targets[name])
+
     def prune_layer(self, weight: torch.Tensor, stats: LayerStats,
                     target: LayerTarget) -> LayerDecision:
         raise NotImplementedError
-
-
-METHODS: dict[str, type[PruningMethod]] = {}
-
-
-def register(cls: type[PruningMethod]) -> type[PruningMethod]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def list_methods() -> list[type[PruningMethod]]:
-    _load_builtin()
-    return [METHODS[name] for name in sorted(METHODS)]
-
-
-def option_help(cls: type[PruningMethod]) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) for each option of a method's config."""
-    rows = []
-    for f in dataclasses.fields(cls.Config):
-        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        rows.append((f.name, type_name, f.default, f.metadata.get("help", "")))
-    return rows
-
-
-def make_method(name: str, options: dict[str, Any] | None = None) -> PruningMethod:
-    _load_builtin()
-    if name not in METHODS:
-        raise PrunelabError(f"unknown method {name!r}",
-                            f"use one of {', '.join(sorted(METHODS))} (see `prunelab methods`)")
-    cls = METHODS[name]
-    options = dict(options or {})
-    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-        valid = ", ".join(fields) or "none"
-        raise PrunelabError(f"method {name} has no option {', '.join(unknown)}",
-                            f"its options are: {valid}")
-    converted = {key: _convert(name, key, value, fields[key]) for key, value in options.items()}
-    return cls(cls.Config(**converted))
-
-
-def _convert(method: str, key: str, value: Any, field: dataclasses.Field) -> Any:
-    default = field.default
-    kind = type(default) if default is not None and default is not dataclasses.MISSING else None
-    if kind is None or isinstance(value, kind):
-        return value
-    try:
-        if kind is bool and isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        return kind(value)
-    except (TypeError, ValueError):
-        raise PrunelabError(f"option {key}={value!r} of method {method} is not a {kind.__name__}",
-                            f"give {key} as a {kind.__name__}") from None
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers them.
-    from prunelab.methods import magnitude, sparsegpt, wanda  # noqa: F401

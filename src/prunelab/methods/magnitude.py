@@ -16,8 +16,8 @@ import torch
 
 from prunelab.errors import PrunelabError
 from prunelab.methods import masks
-from prunelab.methods.base import (LayerDecision, LayerStats, LayerTarget, PruningMethod,
-                                   register)
+from prunelab.methods.base import (LayerDecision, LayerStats, LayerTarget, MethodConfig,
+                                   PlanContext, PruningMethod, register)
 
 
 @register
@@ -35,10 +35,11 @@ class GlobalMagnitude(PruningMethod):
     name = "magnitude-global"
     summary = "|W|, one threshold over all prunable weights of the model"
 
-    def prepare(self, layers, sparsity, pattern):
+    def plan(self, context: PlanContext):
         self._plan: dict[str, tuple[float, int]] = {}
-        if pattern is not None:
-            return  # N:M is decided per group; a global threshold has no meaning there
+        if context.pattern is not None:
+            return None  # N:M is decided per group; a global threshold has no meaning there
+        layers, sparsity = context.weights, context.sparsity
         total = sum(w.numel() for w in layers.values())
         k = int(total * sparsity)
         threshold = _kth_smallest_abs(list(layers.values()), k)
@@ -49,6 +50,7 @@ class GlobalMagnitude(PruningMethod):
             take = max(0, min(ties_left, ties_here))
             self._plan[name] = (threshold, take)
             ties_left -= take
+        return None
 
     def prune_layer(self, weight, stats, target):
         if target.pattern is not None:
@@ -86,11 +88,18 @@ def _kth_smallest_abs(matrices: list[torch.Tensor], k: int) -> float:
 
 
 @dataclass
-class BandConfig:
+class BandConfig(MethodConfig):
     band_low: float = field(default=0.0, metadata={
         "help": "lower edge of the |W| rank quantile band to prune, in [0, 1)"})
     band_high: float | None = field(default=None, metadata={
         "help": "upper edge (default band_low + sparsity)"})
+
+    def validate(self) -> None:
+        high = 1.0 if self.band_high is None else self.band_high
+        if not 0 <= self.band_low < high <= 1:
+            raise PrunelabError(f"magnitude band [{self.band_low}, {self.band_high}) is not "
+                                "within [0, 1] with band_low < band_high",
+                                "give 0 ≤ band_low < band_high ≤ 1")
 
 
 @register

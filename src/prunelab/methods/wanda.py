@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from prunelab.methods import masks
-from prunelab.methods.base import LayerDecision, PruningMethod, Statistic, register
+from prunelab.methods.base import LayerDecision, PruningMethod, register
 
 
 def wanda_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
@@ -21,9 +21,9 @@ def wanda_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tens
 class Wanda(PruningMethod):
     name = "wanda"
     summary = "|W|·‖X‖₂, lowest per output row (N:M: lowest per group)"
-    statistic = Statistic.INPUT_SQ_SUM
+    statistics = ("input_sq_sum",)
 
     def prune_layer(self, weight, stats, target):
-        scores = wanda_scores(weight, stats.input_sq_sum)
+        scores = wanda_scores(weight, stats["input_sq_sum"])
         return LayerDecision(weight, masks.select(scores, target.sparsity, target.pattern,
                                                   per_row=True))
