@@ -89,7 +89,7 @@ def test_exports_are_tidy(run_dir):
     assert len(examples) == 42 * 30 and examples[0]["value"] in (0.0, 1.0)
     path = export(run_dir, "json", "verdicts")
     verdicts = json.loads(path.read_text())
-    assert {"spearman_ci_low", "spearman_ci_high", "verdict"} <= set(verdicts[0])
+    assert {"slope_ci_low", "slope_ci_high", "p_holm", "verdict"} <= set(verdicts[0])
     pq = pytest.importorskip("pyarrow.parquet")
     path = export(run_dir, "parquet", "relative", run_dir / "rel.parquet")
     assert pq.read_table(path).num_rows == len(table(run_dir, "relative"))

@@ -57,12 +57,17 @@ def test_verdicts_recover_the_planted_answers(analysed):
     for arm in ("magnitude", "wanda"):
         harder = _verdict(analysed, arm, "digits")
         assert harder["verdict"] == "harder drops more"
-        assert harder["spearman_ci"][0] > 0 and harder["effect"] > 0.1
-        assert harder["effect_ci"][0] > 0
+        assert harder["slope_ci"][0] > 0 and harder["effect"] > 0.1 and harder["p_holm"] < 0.05
+        assert harder["effect_ci"][0] > 0 and harder["spearman"] > 0
         assert _verdict(analysed, arm, "reverse")["verdict"] == "opposite"
         flat = _verdict(analysed, arm, "flat")
         assert flat["verdict"] == "no evidence"
-        assert flat["spearman_ci"][0] <= 0 <= flat["spearman_ci"][1]
+        assert flat["slope_ci"][0] <= 0 <= flat["slope_ci"][1]
+        assert 0 < flat["effect_bound"] < 0.2  # what 400 items per level still rule out
+    # per sparsity: a rank interval only with four or more levels (digits has four)
+    for m in analysed.monotonicity:
+        has_ci = all(map(math.isfinite, m["spearman_ci"]))
+        assert has_ci == (m["levels_used"] >= 4), m
     # N:M patterns are their own arm, x = the pattern's sparsity
     assert _verdict(analysed, "wanda N:8", "digits")["sparsities"] == 1
 

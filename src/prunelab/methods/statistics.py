@@ -137,21 +137,11 @@ class InputMeanVar(_MeanVar):
 
 
 @register_statistic
-class OutputSqSum(Accumulator):
+class OutputSqSum(InputSqSum):
     """Σ over tokens of y_i², one value per output feature."""
 
     name = "output_sq_sum"
     reads = "output"
-
-    def __init__(self, width, device):
-        super().__init__(width, device)
-        self.total = torch.zeros(width, dtype=torch.float32, device=device)
-
-    def update(self, x):
-        self.total += (x * x).sum(dim=0)
-
-    def result(self):
-        return self.total
 
 
 @register_statistic

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 from prunelab.errors import PrunelabError

@@ -15,6 +15,13 @@ Every interval is a percentile bootstrap that resamples the items of each level 
 pruned results are paired: the same items, so the same resample is used for both) and, where a
 compression ran with several calibration seeds, the seeds. Levels where the dense model is at
 chance tell nothing about pruning: they are flagged and left out of every rank statistic.
+
+The verdict per family and arm comes from the slope of drop on level rank, pooled over the
+arm's sparsities, with a bootstrap p-value Holm-adjusted across the whole analysis
+(`prunelab.study.trend`): "harder drops more" / "opposite" when it is significant and no
+adjacent pair of levels is credibly reversed, "not monotonic" when one is, and otherwise
+"no evidence", with the largest extra drop of the hardest level the data still allow.
+Spearman's ρ and Kendall's τ are descriptive; with fewer than four levels they get no interval.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-VERDICTS = ("harder drops more", "no evidence", "opposite")
+from prunelab.study import trend
+
+VERDICTS = ("harder drops more", "no evidence", "opposite", "not monotonic")
 
 
 @dataclass
@@ -223,6 +232,7 @@ def analyse(points: list[dict], examples, *, n_boot: int = 1000, seed: int = 0,
                 _rank_rows(out, fb)
                 _threshold_rows(out, fb, thresholds)
     out.sweeps = [r for r in out.relative if r["arm"] not in amount_arms]
+    _decide(out.verdicts)
     return out
 
 
@@ -245,52 +255,91 @@ def _valid(fb: FamilyBoot) -> list[int]:
     return [i for i, lv in enumerate(fb.levels) if not lv.dense_at_chance]
 
 
+# With fewer levels a rank correlation takes so few values that its bootstrap interval
+# collapses onto one of them: it is then shown without an interval.
+MIN_LEVELS_FOR_RANK_CI = 4
+
+
 def _rank_rows(out: Analysis, fb: FamilyBoot) -> None:
+    """Per sparsity: slope of drop on level rank with its interval, and the rank correlations
+    as description; pooled over the arm's sparsities: the verdict's statistics (its p-value is
+    adjusted across the analysis afterwards, in `_decide`)."""
     valid = _valid(fb)
     excluded = [str(fb.levels[i].level) for i in range(len(fb.levels)) if i not in valid]
     base = {"model": fb.model, "arm": fb.arm, "family": fb.family,
             "levels_used": len(valid), "excluded_at_chance": excluded}
+    nan2 = (math.nan, math.nan)
+    empty = {"slope": math.nan, "slope_ci": nan2, "p": math.nan, "p_holm": math.nan,
+             "spearman": math.nan, "spearman_ci": nan2, "effect": math.nan, "effect_ci": nan2,
+             "reversals": []}
     if len(valid) < 2:
-        out.verdicts.append({**base, "verdict": "too few levels above chance",
-                             "spearman": math.nan, "spearman_ci": (math.nan, math.nan),
-                             "effect": math.nan, "effect_ci": (math.nan, math.nan)})
+        out.verdicts.append({**base, **empty, "verdict": "too few levels above chance"})
         return
     ranks = np.array([fb.levels[i].level_rank for i in valid], float)
     drop_point = 1 - fb.point[valid, :]  # [L, X]
     drop_boot = 1 - fb.boot[:, valid, :]  # [B, L, X]
     usable = [xi for xi in range(len(fb.xs)) if np.isfinite(drop_point[:, xi]).all()]
-    rho_boot_all = []
+    rank_ci = len(valid) >= MIN_LEVELS_FOR_RANK_CI
+    items = min(len(fb.levels[i].ids) for i in valid)
+    slope_boot_all, rho_all = [], []
     for xi in usable:
         finite = np.isfinite(drop_boot[:, :, xi]).all(axis=1)
-        rho_b = spearman(ranks, np.nan_to_num(drop_boot[:, :, xi]))
-        tau_b = kendall(ranks, np.nan_to_num(drop_boot[:, :, xi]))
-        rho_b[~finite], tau_b[~finite] = np.nan, np.nan
-        rho_boot_all.append(rho_b)
-        out.monotonicity.append({
-            **{k: base[k] for k in ("model", "arm", "family", "levels_used")},
-            "x": fb.xs[xi],
-            "spearman": float(spearman(ranks, drop_point[:, xi])[0]),
-            "spearman_ci": _ci(rho_b),
-            "kendall": float(kendall(ranks, drop_point[:, xi])[0]),
-            "kendall_ci": _ci(tau_b),
-            "drops": [float(d) for d in drop_point[:, xi]]})
+        slope_b = trend.slopes(ranks, drop_boot[:, :, xi])
+        slope_b[~finite] = np.nan
+        slope_boot_all.append(slope_b)
+        rho = float(spearman(ranks, drop_point[:, xi])[0])
+        rho_all.append(rho)
+        row = {**{k: base[k] for k in ("model", "arm", "family", "levels_used")},
+               "x": fb.xs[xi],
+               "slope": float(trend.slopes(ranks, drop_point[:, xi])),
+               "slope_ci": _ci(slope_b),
+               "p": trend.bootstrap_p(float(trend.slopes(ranks, drop_point[:, xi])), slope_b,
+                                      items),
+               "spearman": rho, "kendall": float(kendall(ranks, drop_point[:, xi])[0]),
+               "spearman_ci": nan2, "kendall_ci": nan2,
+               "drops": [float(d) for d in drop_point[:, xi]]}
+        if rank_ci:
+            rho_b = spearman(ranks, np.nan_to_num(drop_boot[:, :, xi]))
+            tau_b = kendall(ranks, np.nan_to_num(drop_boot[:, :, xi]))
+            rho_b[~finite], tau_b[~finite] = np.nan, np.nan
+            row["spearman_ci"], row["kendall_ci"] = _ci(rho_b), _ci(tau_b)
+        out.monotonicity.append(row)
     if not usable:
-        out.verdicts.append({**base, "verdict": "no usable sparsity", "spearman": math.nan,
-                             "spearman_ci": (math.nan, math.nan), "effect": math.nan,
-                             "effect_ci": (math.nan, math.nan)})
+        out.verdicts.append({**base, **empty, "verdict": "no usable sparsity"})
         return
-    # Pooled over sparsities: the mean rank correlation, and the effect size = how many points
-    # of dense performance more the hardest usable level loses than the easiest, on average.
-    rho_mean_boot = np.nanmean(np.stack(rho_boot_all), axis=0)
-    rho_mean = float(np.mean([r["spearman"] for r in out.monotonicity[-len(usable):]]))
+    # Pooled over sparsities within each replicate (the same items resampled at every x):
+    # the mean slope, and the effect = how much more of dense performance the hardest usable
+    # level loses than the easiest, on average over the sparsities.
+    slope_boot = np.nanmean(np.stack(slope_boot_all), axis=0)
+    slope = float(np.mean(trend.slopes(ranks, drop_point[:, usable].T)))
     hard, easy = -1, 0  # valid levels are ordered by level_rank
     effect_point = float(np.mean(drop_point[hard, usable] - drop_point[easy, usable]))
     effect_boot = np.mean(drop_boot[:, hard, usable] - drop_boot[:, easy, usable], axis=1)
-    low, high = _ci(rho_mean_boot)
-    verdict = VERDICTS[0] if low > 0 else VERDICTS[2] if high < 0 else VERDICTS[1]
-    out.verdicts.append({**base, "verdict": verdict, "spearman": rho_mean,
-                         "spearman_ci": (low, high), "effect": effect_point,
-                         "effect_ci": _ci(effect_boot), "sparsities": len(usable)})
+    out.verdicts.append({
+        **base, "verdict": None, "slope": slope, "slope_ci": _ci(slope_boot),
+        "p": trend.bootstrap_p(slope, slope_boot, items), "p_holm": math.nan,
+        "spearman": float(np.mean(rho_all)), "spearman_ci": nan2,
+        "effect": effect_point, "effect_ci": _ci(effect_boot), "sparsities": len(usable),
+        "reversals": [f"{fb.levels[valid[k]].level}→{fb.levels[valid[k + 1]].level}"
+                      for k in trend.adjacent_reversals(drop_boot[:, :, usable],
+                                                        np.sign(slope))]})
+
+
+def _decide(verdicts: list[dict], alpha: float = 0.05) -> None:
+    """Holm-adjust the verdicts' p-values together, then name each verdict."""
+    pending = [v for v in verdicts if v["verdict"] is None]
+    for v, adjusted in zip(pending, trend.holm([v["p"] for v in pending])):
+        v["p_holm"] = adjusted
+        if adjusted < alpha and v["reversals"]:
+            v["verdict"] = "not monotonic"
+        elif adjusted < alpha:
+            v["verdict"] = VERDICTS[0] if v["slope"] > 0 else VERDICTS[2]
+        else:
+            v["verdict"] = VERDICTS[1]
+        # What "no evidence" can still rule out: an extra drop of the hardest level beyond
+        # the effect interval's far end.
+        v["effect_bound"] = float(max(abs(x) for x in v["effect_ci"])) if all(
+            map(math.isfinite, v["effect_ci"])) else math.nan
 
 
 def crossing(xs: list[float], rel: list[float], threshold: float) -> float | None:
