@@ -189,7 +189,8 @@ def sections(run: Run) -> list[Section]:
     rows = []
     for c in run.compressions:
         cfg, res = c["config"], c["result"] or {}
-        rows.append([c["model"], describe_compression(cfg), "–" if cfg.get("seed") is None else str(cfg["seed"]),
+        seed = "–" if cfg.get("seed") is None else str(cfg["seed"])
+        rows.append([c["model"], describe_compression(cfg), seed,
                      _num(res.get("overall_sparsity"), 4), _num(c["perplexity"], 2),
                      _num(c["seconds"], 1)])
     comp.tables.append(Table("Compressions", ["model", "stages", "seed", "achieved sparsity",
