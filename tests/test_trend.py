@@ -85,3 +85,27 @@ def test_holm_controls_the_family_wise_rate():
     # Measured near 6% (7.3, 4.7 and 6.3% on three such simulations): the t reference
     # leaves a small excess at Holm's strictest threshold; 3 simulation errors above 5%.
     assert any_false / studies <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / studies)
+
+
+def test_the_dry_run_reports_what_the_item_count_can_detect(tmp_path):
+    from prunelab.study.recipe import parse_recipe
+    from prunelab.study.runner import dry_run, run_study
+    from prunelab.study.testing import FakeBackend
+
+    def recipe(limit):
+        return parse_recipe({"name": "p", "models": ["m"], "tasks": ["digits", "flat"],
+                             "compressions": [{"method": "magnitude", "sparsity": [0.5]}],
+                             "eval": {"limit": limit}, "analysis": {"n_boot": 50}})
+
+    small = {r["family"]: r for r in dry_run(recipe(50), FakeBackend(size=400))["power"]}
+    large = {r["family"]: r for r in dry_run(recipe(200), FakeBackend(size=400))["power"]}
+    assert set(small) == {"digits", "flat"} and small["digits"]["dense"] == "assumed 0.5"
+    # four times the items: half the detectable effect
+    assert large["flat"]["min_effect"] == pytest.approx(small["flat"]["min_effect"] / 2, rel=0.01)
+    assert not small["flat"]["ok"]
+    # a finished dense pass (the pilot) replaces the assumption with the measured scores
+    run_study(recipe(200), tmp_path, backend=FakeBackend(size=400), progress=False)
+    piloted = {r["family"]: r for r in dry_run(recipe(200), FakeBackend(size=400),
+                                               run_dir=tmp_path)["power"]}
+    assert piloted["flat"]["dense"] != "assumed 0.5"
+    assert piloted["flat"]["min_effect"] < large["flat"]["min_effect"]  # dense 0.9 > 0.5

@@ -30,6 +30,7 @@ def _overrides(sets: list[str] | None, models: list[str] | None, tasks: list[str
 
 
 def _print_dry_run(plan: dict) -> None:
+    from prunelab.study.runner import DETECTABLE_AIM
     from prunelab.tables import print_table
 
     print_table(plan["units"], ["model", "compression", "tasks", "pending", "est_seconds"])
@@ -40,6 +41,16 @@ def _print_dry_run(plan: dict) -> None:
                f"{g['points']} points; {plan['pending_points']} to run")
     typer.echo(f"estimated time: {_duration(plan['est_seconds'])} (rough: scaled from a 135M "
                "model's forward speed on 2 CPU cores)")
+    if plan["power"]:
+        typer.echo("\npower: the smallest extra drop of the hardest level over the easiest that "
+                   "these item counts detect with 80% power (dense scores from the run "
+                   "directory's dense points, else assumed)")
+        print_table(plan["power"], ["model", "family", "levels", "items", "dense", "min_effect"])
+        weak = list(dict.fromkeys(r["family"] for r in plan["power"] if not r["ok"]))
+        if weak:
+            typer.echo(f"warning: {', '.join(weak)} cannot see an effect below "
+                       f"{DETECTABLE_AIM} at these item counts: raise eval.limit "
+                       "(the effect shrinks as 1/sqrt(items))")
 
 
 def _duration(seconds: float) -> str:

@@ -312,4 +312,50 @@ def dry_run(recipe: Recipe, backend: Backend | None = None,
                      "est_seconds": round(compress + evaluate, 1)})
     return {"grid": grid_summary(recipe, study.units), "units": rows,
             "tasks": [t.name for t in study.units[0].tasks] if study.units else [],
-            "pending_points": sum(r["pending"] for r in rows), "est_seconds": round(total, 1)}
+            "pending_points": sum(r["pending"] for r in rows), "est_seconds": round(total, 1),
+            "power": power(study, run_dir)}
+
+
+# What a recipe should be able to see: an extra drop of the hardest level over the easiest of
+# this size or larger, with 80% power; a dry run warns about families that cannot.
+DETECTABLE_AIM = 0.15
+
+
+def power(study: Study, run_dir: str | Path | None = None) -> list[dict]:
+    """Per model and family with 0/1 items: the smallest extra drop of its hardest level over
+    its easiest that the recipe's item count detects with 80% power (`trend.
+    min_detectable_effect`, at one sparsity where half of the dense credit survives).
+
+    Each level's dense score comes from a finished dense point of `run_dir` (a pilot: run the
+    recipe with the dense model only, or any earlier run); without one, 0.5 is assumed."""
+    from prunelab.study.trend import min_detectable_effect
+
+    dense: dict[tuple[str, str], float] = {}
+    if run_dir is not None and (Path(run_dir) / STORE_FILE).is_file():
+        with Store.in_dir(run_dir) as store:
+            dense = {(p["model"], p["task"]): p["score"] for p in store.points()
+                     if p["method"] == "dense" and p["score"] is not None}
+    rows = []
+    for unit in study.units:
+        if not unit.compression.is_dense:
+            continue
+        families: dict[str, list[TaskInfo]] = {}
+        for task in unit.tasks:
+            if task.kind != "rolling":  # continuous measures: the 0/1 formula does not apply
+                families.setdefault(task.family, []).append(task)
+        for family, tasks in families.items():
+            if len({t.level_rank for t in tasks}) < 2:
+                continue
+            tasks = sorted(tasks, key=lambda t: t.level_rank)
+            limit = study.recipe.eval.limit
+            items = [min(limit, t.size) if limit and t.size else (t.size or limit or 100)
+                     for t in tasks]
+            scores = [dense.get((unit.model, t.name)) for t in tasks]
+            assumed = any(s is None for s in scores)
+            levels = [(n, 0.5 if s is None else s) for n, s in zip(items, scores)]
+            mde = min_detectable_effect(levels, ranks=[t.level_rank for t in tasks])
+            rows.append({"model": unit.model, "family": family, "levels": len(tasks),
+                         "items": min(items), "dense": "assumed 0.5" if assumed else
+                         " / ".join(f"{s:.2f}" for s in scores),
+                         "min_effect": round(mde, 3), "ok": mde <= DETECTABLE_AIM})
+    return rows

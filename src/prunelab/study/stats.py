@@ -320,9 +320,9 @@ def _rank_rows(out: Analysis, fb: FamilyBoot) -> None:
         "p": trend.bootstrap_p(slope, slope_boot, items), "p_holm": math.nan,
         "spearman": float(np.mean(rho_all)), "spearman_ci": nan2,
         "effect": effect_point, "effect_ci": _ci(effect_boot), "sparsities": len(usable),
-        "reversals": [f"{fb.levels[valid[k]].level}→{fb.levels[valid[k + 1]].level}"
-                      for k in trend.adjacent_reversals(drop_boot[:, :, usable],
-                                                        np.sign(slope))]})
+        "reversals": [f"{fb.levels[valid[a]].level}→{fb.levels[valid[b]].level}"
+                      for a, b in trend.adjacent_reversals(ranks, drop_boot[:, :, usable],
+                                                           np.sign(slope))]})
 
 
 def _decide(verdicts: list[dict], alpha: float = 0.05) -> None:

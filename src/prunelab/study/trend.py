@@ -63,28 +63,35 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def adjacent_reversals(drop_boot: np.ndarray, sign: float, level: float = 0.95) -> list[int]:
-    """Indices k where the drop of level k+1 is credibly on the other side of level k's from
-    the overall trend `sign` (its interval of differences, pooled over x, excludes 0).
+def adjacent_reversals(ranks: np.ndarray, drop_boot: np.ndarray, sign: float,
+                       level: float = 0.95) -> list[tuple[int, int]]:
+    """Pairs (a, b) of levels on neighbouring ranks (rank a < rank b, no rank between) where
+    b's drop is credibly on the other side of a's from the overall trend `sign`: the
+    interval of their difference, pooled over the sparsities, excludes 0. Levels sharing a
+    rank are not ordered, so they are never a reversal of each other.
 
-    `drop_boot` is [B, L, X]; pooled over the usable sparsities by averaging."""
-    diffs = np.nanmean(drop_boot[:, 1:, :] - drop_boot[:, :-1, :], axis=-1)  # [B, L-1]
+    `drop_boot` is [B, L, X], levels in rank order."""
     alpha = (1 - level) / 2
+    distinct = sorted(set(ranks.tolist()))
     out = []
-    for k in range(diffs.shape[1]):
-        col = diffs[:, k][np.isfinite(diffs[:, k])]
-        if col.size == 0:
-            continue
-        low, high = np.quantile(col, [alpha, 1 - alpha])
-        if (sign > 0 and high < 0) or (sign < 0 and low > 0):
-            out.append(k)
+    for low_rank, high_rank in zip(distinct, distinct[1:]):
+        for a in np.flatnonzero(ranks == low_rank):
+            for b in np.flatnonzero(ranks == high_rank):
+                diff = np.nanmean(drop_boot[:, b, :] - drop_boot[:, a, :], axis=-1)
+                diff = diff[np.isfinite(diff)]
+                if diff.size == 0:
+                    continue
+                low, high = np.quantile(diff, [alpha, 1 - alpha])
+                if (sign > 0 and high < 0) or (sign < 0 and low > 0):
+                    out.append((int(a), int(b)))
     return out
 
 
-def min_detectable_effect(levels: list[tuple[int, float]], *, kept: float = 0.5,
-                          alpha: float = 0.05, power: float = 0.8) -> float:
+def min_detectable_effect(levels: list[tuple[int, float]], *, ranks: list[float] | None = None,
+                          kept: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest extra drop of the hardest level over the easiest that the trend test
-    detects with `power`, for levels given as (items, dense score in [0, 1]) in rank order.
+    detects with `power`, for levels given as (items, dense score in [0, 1]) in rank order
+    (`ranks`: their level ranks, default 0, 1, 2, ...).
 
     Normal approximation at one sparsity where a share `kept` of the dense model's credit
     survives: an item keeps its credit with probability `kept`, so the level's relative
@@ -94,7 +101,7 @@ def min_detectable_effect(levels: list[tuple[int, float]], *, kept: float = 0.5,
     """
     from statistics import NormalDist
 
-    ranks = np.arange(len(levels), dtype=float)
+    ranks = np.asarray(ranks if ranks is not None else range(len(levels)), dtype=float)
     centred = ranks - ranks.mean()
     variances = np.array([kept * (1 - kept) / (max(n, 1) * max(p, 1e-9)) for n, p in levels])
     slope_se = float(np.sqrt((centred ** 2 * variances).sum()) / (centred ** 2).sum())
