@@ -313,3 +313,21 @@ def test_a_task_may_decide_by_sum_and_the_caller_may_override(loaded):
             scores = ex.choice_scores_sum if used == "sum" else ex.choice_scores
             assert ex.mc_score == used
             assert ex.prediction == items[0].choices[scores.index(max(scores))]
+
+
+def test_continuous_measures_of_an_example():
+    from prunelab.evaluate.metrics import continuous_metric, get_metric
+
+    mc = {"metric": "accuracy", "choices": ["a", "b", "c", "d"], "target": "b",
+          "choice_scores": [0.0, 0.0, -100.0, -100.0], "choice_scores_sum": [0.0, -1.0, 0, 0],
+          "mc_score": "mean", "correct": 1.0, "chance": 0.25}
+    metric = continuous_metric(mc)
+    assert metric.name == "gold_prob" and metric.chance(mc) == 0.25
+    assert metric.example(mc)[0] == pytest.approx(0.5)  # the decision's (mean) scores
+    assert metric.example({**mc, "mc_score": "sum"})[0] == pytest.approx(
+        math.exp(-1) / (1 + math.exp(-1) + 2))
+    generate = {"metric": "contains", "gold_logprob": -2.0, "correct": 0.0}
+    assert continuous_metric(generate).name == "gold_logprob"
+    assert get_metric("gold_logprob").relative(-3.0, -2.0) == pytest.approx(math.exp(-1))
+    assert get_metric("bits_per_byte").relative(2.0, 1.0) == pytest.approx(0.5)
+    assert get_metric("accuracy").relative(0.3, 0.6) == pytest.approx(0.5)

@@ -155,3 +155,21 @@ def test_reset_restores_a_model_whose_structure_changed():
     assert handle.loaded.model is restored
     with torch.no_grad():
         assert torch.equal(restored(ids).logits, before)
+
+
+def test_the_continuous_item_measure_scores_the_gold_choice_probability(tmp_path, task_file):
+    from prunelab.study.results import load_run
+
+    recipe = _tiny_recipe(tmp_path, task_file, analysis={"n_boot": 50,
+                                                         "item_measure": "continuous"})
+    run_study(recipe, tmp_path / "run", backend=TinyBackend(), progress=False)
+    run = load_run(tmp_path / "run")
+    try:
+        dense = {d["task"]: d for d in run.analysis.dense}
+        accuracy = {p["task"]: p["score"] for p in run.points if p["method"] == "dense"}
+        for task, row in dense.items():
+            # a probability over the choices, not the 0/1 accuracy of the same items
+            assert 0 < row["score"] < 1 and row["score"] != accuracy[task]
+        assert "probability of the gold choice" in build_report(tmp_path / "run")["md"].read_text()
+    finally:
+        run.store.close()

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from prunelab.evaluate.metrics import get_metric
 from prunelab.study import trend
 from prunelab.study.stats import Analysis, Level, _decide, _rank_rows, bootstrap_family
 
@@ -21,13 +22,16 @@ def test_slopes_holm_and_p():
     assert trend.bootstrap_p(0.0, rng.normal(0.0, 1.0, 100), 50) == pytest.approx(1.0)
 
 
+ACCURACY = get_metric("accuracy")
+
+
 def _family(rng, n, dense, kept, xs=(0.5,)):
     """One family: a level per entry of `kept` (share of dense credit kept at each x)."""
     levels = []
     for rank, keep in enumerate(kept):
         u = rng.random(n)
         d = (u < dense).astype(float)
-        lv = Level("m", f"t:{rank}", "fam", "axis", rank, rank, 0.25, False, False,
+        lv = Level("m", f"t:{rank}", "fam", "axis", rank, rank, 0.25, ACCURACY, False,
                    [str(i) for i in range(n)], (d, np.ones(n)))
         for x in xs:
             # Pruned credit is a subset of dense credit: each credited item survives with

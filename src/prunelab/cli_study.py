@@ -43,8 +43,9 @@ def _print_dry_run(plan: dict) -> None:
                "model's forward speed on 2 CPU cores)")
     if plan["power"]:
         typer.echo("\npower: the smallest extra drop of the hardest level over the easiest that "
-                   "these item counts detect with 80% power (dense scores from the run "
-                   "directory's dense points, else assumed)")
+                   "these item counts detect with 80% power when items are scored 0/1 (dense "
+                   "scores from the run directory's dense points, else assumed; the continuous "
+                   "item measure sees smaller effects)")
         print_table(plan["power"], ["model", "family", "levels", "items", "dense", "min_effect"])
         weak = list(dict.fromkeys(r["family"] for r in plan["power"] if not r["ok"]))
         if weak:

@@ -110,6 +110,15 @@ class Metric:
         """(value, weight) of one example record; the score is sum(value) / sum(weight)."""
         raise NotImplementedError
 
+    def chance(self, record: dict) -> float | None:
+        """What guessing would score on this example (None where no chance applies)."""
+        return record.get("chance") if self.chance_applies else None
+
+    def relative(self, pruned, dense):
+        """Pruned performance as a fraction of dense (1 = nothing lost), elementwise on
+        scores or arrays of bootstrap scores."""
+        return pruned / dense if self.higher_is_better else dense / pruned
+
     def summarise(self, values: np.ndarray, weights: np.ndarray,
                   seed: int) -> tuple[float, float, float]:
         """(score, 95% low, 95% high) over the examples of one task level."""
@@ -151,6 +160,72 @@ class BitsPerByte(Metric):
         return score, low, high
 
 
+class GoldChoiceProbability(Metric):
+    """Multiple choice: the probability of the gold choice(s), normalised over the choices,
+    from the scores that decide the answer (mean or summed log-probability per choice).
+    Continuous where accuracy is 0/1, so tens of items carry information; chance is 1/k."""
+
+    name = "gold_prob"
+    description = "probability of the gold choice, normalised over the choices"
+
+    def example(self, record):
+        scores = record.get("choice_scores_sum" if record.get("mc_score") == "sum"
+                            else "choice_scores")
+        gold = _gold_indices(record)
+        if not scores or not gold:
+            return None, 1.0
+        logits = np.asarray(scores, float)
+        probs = np.exp(logits - logits.max())
+        return float(probs[gold].sum() / probs.sum()), 1.0
+
+    def chance(self, record):
+        choices = record.get("choices") or []
+        return len(_gold_indices(record)) / len(choices) if choices else None
+
+    def summarise(self, values, weights, seed):
+        return (float(values.mean()), *bootstrap(values, seed=seed))
+
+
+class GoldLogProb(Metric):
+    """Generation: the gold answer's mean log-probability per token (higher is better). Its
+    relative performance is the ratio of per-token probabilities, exp(pruned − dense)."""
+
+    name = "gold_logprob"
+    chance_applies = False
+    description = "mean log-probability per token of the gold answer"
+
+    def example(self, record):
+        value = record.get("gold_logprob")
+        return (None if value is None else float(value)), 1.0
+
+    def summarise(self, values, weights, seed):
+        return (float(values.mean()), *bootstrap(values, seed=seed))
+
+    def relative(self, pruned, dense):
+        return np.exp(pruned - dense)
+
+
+def _gold_indices(record: dict) -> list[int]:
+    choices, target = record.get("choices") or [], record.get("target")
+    golds = target if isinstance(target, (list, tuple)) else [target]
+    return [i for i, c in enumerate(choices) if c in golds]
+
+
+# The continuous measure that goes with each kind of task's own metric.
+CONTINUOUS = {"mc": "gold_prob", "generate": "gold_logprob", "rolling": "bits_per_byte"}
+
+
+def continuous_metric(record: dict) -> Metric:
+    """The continuous measure for an example record (by what the record holds)."""
+    if record.get("choice_scores") is not None:
+        return METRICS[CONTINUOUS["mc"]]
+    if record.get("loglik") is not None:
+        return METRICS[CONTINUOUS["rolling"]]
+    if record.get("gold_logprob") is not None:
+        return METRICS[CONTINUOUS["generate"]]
+    return get_metric(record.get("metric"))
+
+
 METRICS: dict[str, Metric] = {}
 
 
@@ -164,7 +239,7 @@ for _metric in (ShareCorrect("accuracy", "share of items answered correctly"),
                                          "in one (the Junk DNA paper's lenient match)"),
                 ShareCorrect("exact_match", "share of answers equal to a target (normalised)"),
                 ShareCorrect("f1", "mean best token-overlap F1 against the targets"),
-                BitsPerByte()):
+                BitsPerByte(), GoldChoiceProbability(), GoldLogProb()):
     register_metric(_metric)
 
 

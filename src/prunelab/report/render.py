@@ -24,6 +24,18 @@ MEASURES = {
 }
 
 
+ITEM_MEASURES = {
+    "task": "each task's own metric (0/1 accuracy for multiple choice, the answer match for "
+            "generation, bits per byte for text); at chance = the dense score's 95% interval "
+            "reaches chance",
+    "continuous": "the probability of the gold choice normalised over the choices (multiple "
+                  "choice), the gold answer's mean log-probability per token (generation; "
+                  "relative = the ratio of per-token probabilities), bits per byte (text); at "
+                  "chance = the 95% interval of the dense model's mean margin over each item's "
+                  "chance (1/choices) reaches 0",
+}
+
+
 @dataclass
 class Table:
     title: str
@@ -92,6 +104,7 @@ def sections(run: Run) -> list[Section]:
                       + f". Run directory: {run.run_dir}.")
     if recipe.description:
         intro.text.append(recipe.description)
+    intro.text.append("Per item: " + ITEM_MEASURES[recipe.analysis.item_measure] + ".")
     intro.text.append("Measure: " + MEASURES[a.measure] + "; drop = 1 − relative performance. "
                       "Intervals are 95% percentile bootstraps over the items of each level "
                       "(dense and pruned paired) and over calibration seeds. Levels where the "

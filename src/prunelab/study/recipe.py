@@ -144,6 +144,11 @@ class Analysis(_Strict):
     # the dense model's above-chance skill that is kept, (pruned - chance) / (dense - chance),
     # which does not reward a collapsed level for having a high chance floor.
     measure: Literal["relative", "above_chance"] = "relative"
+    # "task": each item as its task's metric scores it (0/1 for multiple choice). "continuous":
+    # the gold choice's probability over the choices (multiple choice), the gold answer's
+    # log-probability per token (generation), bits per byte (text): tens of items then carry
+    # information that 0/1 scores do not.
+    item_measure: Literal["task", "continuous"] = "task"
     n_boot: int = Field(1000, ge=50, description="bootstrap replicates for every interval")
     thresholds: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
         default_factory=lambda: [0.9, 0.5])

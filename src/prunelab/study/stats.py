@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from prunelab.evaluate.metrics import Metric, continuous_metric, get_metric
 from prunelab.study import trend
 
 VERDICTS = ("harder drops more", "no evidence", "opposite", "not monotonic")
@@ -48,7 +49,7 @@ class Level:
     level: object
     level_rank: int
     chance: float | None
-    lower_better: bool
+    metric: Metric  # how item values aggregate and compare with dense
     dense_at_chance: bool
     ids: list[str]
     dense: tuple[np.ndarray, np.ndarray]  # (values, weights) aligned with ids
@@ -61,31 +62,65 @@ def arm_of(point: dict) -> tuple[str, float]:
     return point["arm"], float(point["x"])
 
 
-def collect(points: list[dict], examples) -> list[Level]:
-    """Build Levels from store points; `examples(key)` returns that point's example rows."""
+def collect(points: list[dict], examples, records=None) -> list[Level]:
+    """Build Levels from store points; `examples(key)` returns that point's example rows
+    (value and weight as the task's own metric scored them).
+
+    With `records(key)` (the full example records), every level is measured instead with the
+    continuous measure of its kind (`prunelab.evaluate.metrics.continuous_metric`: the gold
+    choice's probability for multiple choice, the gold answer's log-probability for
+    generation), and the dense model is at chance when the 95% interval of its mean margin
+    over each item's chance reaches 0."""
     dense = {(p["model"], p["task"]): p for p in points if p["method"] == "dense"}
     levels: dict[tuple[str, str], Level] = {}
+    rows_of = examples if records is None else (lambda key: _continuous_rows(records(key)))
     for (model, task), p in dense.items():
-        rows = {r["example_id"]: r for r in examples(p["key"]) if r["value"] is not None}
+        rows = {r["example_id"]: r for r in rows_of(p["key"]) if r["value"] is not None}
         ids = list(rows)
-        at_chance = p["at_chance"]
-        if at_chance is None:  # no interval stored: at chance if the score is not above it
-            at_chance = p["chance"] is not None and (p["score"] or 0) <= p["chance"]
+        if records is None:
+            metric = get_metric(p["metric"])
+            at_chance = p["at_chance"]
+            if at_chance is None:  # no interval stored: at chance if the score is not above it
+                at_chance = p["chance"] is not None and (p["score"] or 0) <= p["chance"]
+        else:
+            metric = next((r["metric"] for r in rows.values()), get_metric(p["metric"]))
+            at_chance = _at_chance([rows[i] for i in ids])
         levels[(model, task)] = Level(
             model, task, p["family"], p["axis"], p["level"], p["level_rank"], p["chance"],
-            p["lower_better"], bool(at_chance), ids,
+            metric, bool(at_chance), ids,
             (np.array([rows[i]["value"] for i in ids], float),
              np.array([rows[i]["weight"] for i in ids], float)))
     for p in points:
         if p["method"] == "dense" or (p["model"], p["task"]) not in levels:
             continue
         lv = levels[(p["model"], p["task"])]
-        rows = {r["example_id"]: r for r in examples(p["key"])}
+        rows = {r["example_id"]: r for r in rows_of(p["key"])}
         # Pair by example id; an item the pruned run lacks (should not happen) counts as wrong.
         v = np.array([(rows[i]["value"] or 0.0) if i in rows else 0.0 for i in lv.ids], float)
         w = np.array([rows[i]["weight"] if i in rows else 1.0 for i in lv.ids], float)
         lv.pruned.setdefault(arm_of(p), {})[p["seed"]] = (v, w)
     return sorted(levels.values(), key=lambda lv: (lv.model, lv.family, lv.level_rank))
+
+
+def _continuous_rows(records: list[dict]) -> list[dict]:
+    rows = []
+    for record in records:
+        metric = continuous_metric(record)
+        value, weight = metric.example(record)
+        rows.append({"example_id": str(record.get("example_id")), "value": value,
+                     "weight": weight, "chance": metric.chance(record), "metric": metric})
+    return rows
+
+
+def _at_chance(rows: list[dict]) -> bool:
+    """Whether the mean of value − chance over the items is not credibly above 0 (normal
+    approximation; a continuous measure varies smoothly, unlike a 0/1 count at 40 items)."""
+    margins = np.array([r["value"] / r["weight"] - r["chance"] for r in rows
+                        if r["chance"] is not None], float)
+    if margins.size < 2:
+        return False
+    low = margins.mean() - 1.959964 * margins.std(ddof=1) / math.sqrt(margins.size)
+    return bool(low <= 0)
 
 
 # -- rank correlations, vectorised over bootstrap replicates --------------------------------------
@@ -148,11 +183,9 @@ def _relative(lv: Level, key, idx, seed_pick, measure: str) -> np.ndarray:
         pick = seed_pick[:, : per_seed.shape[0]] % per_seed.shape[0]  # [B, R]
         pruned = per_seed[pick, np.arange(per_seed.shape[1])[:, None]].mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        if lv.lower_better:
-            return dense / pruned
-        if measure == "above_chance" and lv.chance is not None:
+        if measure == "above_chance" and lv.chance is not None and lv.metric.chance_applies:
             return (pruned - lv.chance) / (dense - lv.chance)
-        return pruned / dense
+        return lv.metric.relative(pruned, dense)
 
 
 @dataclass
@@ -208,9 +241,9 @@ class Analysis:
     sweeps: list[dict]  # `relative` rows of arms whose x is not an amount (e.g. band start)
 
 
-def analyse(points: list[dict], examples, *, n_boot: int = 1000, seed: int = 0,
+def analyse(points: list[dict], examples, *, records=None, n_boot: int = 1000, seed: int = 0,
             measure: str = "relative", thresholds=(0.9, 0.5)) -> Analysis:
-    levels = collect(points, examples)
+    levels = collect(points, examples, records)
     families: dict[tuple[str, str], list[Level]] = defaultdict(list)
     for lv in levels:
         families[(lv.model, lv.family)].append(lv)
