@@ -57,6 +57,10 @@ def test_overrides_change_fields_and_reject_bad_paths():
         parse_recipe(GOOD, overrides=["compressions[3].sparsity=[0.5]"])
     with pytest.raises(PrunelabError, match="PATH=VALUE"):
         parse_recipe(GOOD, overrides=["eval.limit"])
+    with pytest.raises(PrunelabError, match="not valid YAML"):
+        parse_recipe(GOOD, overrides=["compressions[0].sweep={stages[2].sparsity: [0.5]}"])
+    swept = parse_recipe(GOOD, overrides=['compressions[0].sweep={"options.percdamp": [0.1]}'])
+    assert swept.compressions[0].sweep == {"options.percdamp": [0.1]}
     with pytest.raises(PrunelabError, match=r"eval.limit: .*greater than or equal to 1"):
         parse_recipe(GOOD, overrides=["eval.limit=0"])
 

@@ -238,7 +238,13 @@ def apply_override(data: dict, assignment: str) -> None:
                             "write e.g. --set eval.limit=20 or --set compressions[0].sparsity=[0.5]")
     parts = [m.group(1) if m.group(1) is not None else int(m.group(2))
              for m in _SEGMENT.finditer(path.strip())]
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise PrunelabError(f"override {assignment!r}: the value is not valid YAML",
+                            "quote keys with brackets, e.g. "
+                            "--set 'compressions[0].sweep={\"stages[1].sparsity\": [0.5]}'"
+                            ) from None
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
