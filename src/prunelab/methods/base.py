@@ -28,7 +28,7 @@ from prunelab.methods.masks import NMPattern
 from prunelab.methods.registry import list_methods, make_method, option_help, register
 
 __all__ = ["LayerDecision", "LayerStats", "LayerTarget", "MethodConfig", "NoOptions",
-           "PlanContext", "PruningMethod", "Statistic", "list_methods", "make_method",
+           "PlanContext", "PruningMethod", "list_methods", "make_method",
            "option_help", "register", "working_copy"]
 
 
