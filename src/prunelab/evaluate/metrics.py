@@ -119,6 +119,10 @@ class Metric:
         scores or arrays of bootstrap scores."""
         return pruned / dense if self.higher_is_better else dense / pruned
 
+    def score(self, values: np.ndarray, weights: np.ndarray) -> float:
+        """The level's score in the metric's own unit, from its items' values and weights."""
+        return float(values.sum() / weights.sum())
+
     def summarise(self, values: np.ndarray, weights: np.ndarray,
                   seed: int) -> tuple[float, float, float]:
         """(score, 95% low, 95% high) over the examples of one task level."""
@@ -154,8 +158,11 @@ class BitsPerByte(Metric):
     def example(self, record):
         return -float(record["loglik"]), float(record["n_bytes"])  # nats, bytes
 
+    def score(self, values, weights):
+        return float(values.sum() / weights.sum() / LN2)  # values are nats
+
     def summarise(self, values, weights, seed):
-        score = float(values.sum() / weights.sum() / LN2)
+        score = self.score(values, weights)
         low, high = (v / LN2 for v in bootstrap(values, weights, seed=seed))
         return score, low, high
 

@@ -255,7 +255,7 @@ def analyse(points: list[dict], examples, *, records=None, n_boot: int = 1000, s
             dv, dw = lv.dense
             out.dense.append({"model": model, "family": family, "task": lv.task,
                               "level": lv.level, "level_rank": lv.level_rank, "n": len(lv.ids),
-                              "score": float(dv.sum() / dw.sum()) if len(lv.ids) else math.nan,
+                              "score": lv.metric.score(dv, dw) if len(lv.ids) else math.nan,
                               "chance": lv.chance, "at_chance": lv.dense_at_chance})
         arms = list(dict.fromkeys(a for lv in lvs for (a, _) in lv.pruned))
         for arm in arms:
