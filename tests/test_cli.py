@@ -143,15 +143,20 @@ def test_a_bad_allocator_setting_is_one_line(tiny_dir, tmp_path, monkeypatch):
     assert not out.exists()
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Loading the model would answer with a different error: the argument's error must win."""
+def _refuse(monkeypatch, target: str, what: str) -> None:
+    """Make `target` fail with a user error naming `what`, so that reaching it shows."""
     from prunelab.errors import PrunelabError
 
     def refuse(*args, **kwargs):
-        raise PrunelabError("the model was loaded")
+        raise PrunelabError(what)
 
-    monkeypatch.setattr("prunelab.zoo.models.load_model", refuse)
+    monkeypatch.setattr(target, refuse)
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading the model would answer with a different error: the argument's error must win."""
+    _refuse(monkeypatch, "prunelab.zoo.models.load_model", "the model was loaded")
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -200,12 +205,7 @@ def test_a_bad_allocator_setting_comes_before_loading(tmp_path, no_model_load, m
 
 @pytest.fixture
 def no_dense_perplexity(monkeypatch):
-    from prunelab.errors import PrunelabError
-
-    def refuse(*args, **kwargs):
-        raise PrunelabError("the dense perplexity was measured")
-
-    monkeypatch.setattr("prunelab.api.eval_windows", refuse)
+    _refuse(monkeypatch, "prunelab.api.eval_windows", "the dense perplexity was measured")
 
 
 @pytest.mark.parametrize("args,fragment", [
