@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunelab.study.recipe import Compression, Recipe
+from prunelab.study.recipe import Compression, Recipe, problems_of, yaml_path
 from prunelab.study.stages import Stage, chain_label, parse_stage
 
 
@@ -204,8 +204,7 @@ def check_compressions(recipe: Recipe) -> list[tuple[str, str]]:
                                      "number: sweep a numeric field, or name it with x:")
         except ValidationError as exc:
             problems.append((f"compressions[{i}]", "; ".join(
-                f"{e['loc'][-1] if e['loc'] else ''}: {e['msg'].removeprefix('Value error, ')}"
-                for e in exc.errors())))
+                f"{yaml_path(loc)}: {msg}" if loc else msg for loc, msg in problems_of(exc))))
         except ValueError as exc:
             problems.append((f"compressions[{i}]", str(exc)))
     return problems

@@ -69,7 +69,8 @@ class Compression(_Strict):
             try:
                 parse_stage(stage)
             except ValidationError as exc:
-                problems += [f"stages[{i}].{yaml_path(loc)}: {msg}" for loc, msg in _problems_of(exc)]
+                problems += [f"stages[{i}].{yaml_path(loc)}: {msg}"
+                             for loc, msg in problems_of(exc)]
             except ValueError as exc:
                 problems.append(f"stages[{i}]: {exc}")
         if problems:
@@ -201,7 +202,7 @@ def yaml_path(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def _problems_of(exc: ValidationError) -> list[tuple[tuple, str]]:
+def problems_of(exc: ValidationError) -> list[tuple[tuple, str]]:
     found = []
     for err in exc.errors():
         # Drop pydantic's tagged-union / function-validator markers from the path.
@@ -217,7 +218,7 @@ def _problems_of(exc: ValidationError) -> list[tuple[tuple, str]]:
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:
-    return [(yaml_path(loc), msg) for loc, msg in _problems_of(exc)]
+    return [(yaml_path(loc), msg) for loc, msg in problems_of(exc)]
 
 
 def recipe_error(source: str, problems: list[tuple[str, str]]) -> PrunelabError:
