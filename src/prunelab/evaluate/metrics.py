@@ -90,7 +90,7 @@ def bootstrap(values: np.ndarray, weights: np.ndarray | None = None, *, n_boot: 
     return (float(low), float(high))
 
 
-# -- the registry of metrics ------------------------------------------------------------------------
+# -- the registry of metrics ----------------------------------------------------------------
 #
 # What a task kind yields per example, how examples aggregate into a score with an interval,
 # whether a chance level applies, and which direction is better. The evaluation summary, the

@@ -59,7 +59,9 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def parse_stage(data: Any) -> Stage:
-    """A stage config from recipe data; `kind` defaults to prune. Raises ValueError/ValidationError."""
+    """A stage config from recipe data; `kind` defaults to prune.
+
+    Raises ValueError (unknown kind) or pydantic's ValidationError (bad fields)."""
     if not isinstance(data, dict):
         raise ValueError("a stage must be a mapping with a kind (e.g. kind: prune)")
     kind = data.get("kind", "prune")
