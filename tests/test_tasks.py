@@ -11,7 +11,7 @@ from prunelab.errors import PrunelabError
 from prunelab.tasks.base import Item, Task, Template, split_whitespace
 from prunelab.tasks.local import load_task_file
 from prunelab.tasks.registry import get_tasks, list_tasks
-from prunelab.tasks.suite import restrict_options
+from prunelab.tasks.suite import builtin_tasks, restrict_options
 
 
 # These read the real BIG-bench archive (fetched from PyPI and extracted on first use), so they
@@ -148,6 +148,18 @@ def test_local_spec_with_levels_and_bigbench_rows(tmp_path):
     assert [(t.name, t.level_rank, t.axis) for t in tasks] == [("fam:easy", 0, "size"),
                                                                ("fam:hard", 1, "size")]
     assert tasks[1].items[0].gold == (2,)
+    assert not tasks[0].paired_levels
+    spec.write_text(spec.read_text() + "paired_levels: true\n")
+    paired = load_task_file(spec)
+    assert all(t.paired_levels for t in paired)
+    # declared paired: part of what the study keys a point by
+    assert paired[0].content_digest != tasks[0].content_digest
+
+
+def test_builtin_families_that_ask_the_same_items_are_paired():
+    paired = {t.family for t in builtin_tasks() if t.paired_levels}
+    assert paired == {"arithmetic_shots", "options", "multiemo", "multiemo_ppl", "wikidata",
+                      "squad_book", "squad_context"}
 
 
 @pytest.mark.parametrize("rows, spec, words", [
@@ -161,6 +173,8 @@ def test_local_spec_with_levels_and_bigbench_rows(tmp_path):
     ([{"input": "q", "targets": "x"}], {"kind": "nonsense"}, "kind 'nonsense'"),
     ([{"input": "q", "targets": "x"}], {"kind": "generate", "metric": "bleu"}, "metric 'bleu'"),
     ([{"input": "q", "choices": ["a", "b"], "answer": 0}], {"colour": "red"}, "unknown key"),
+    ([{"input": "q", "choices": ["a", "b"], "answer": 0}], {"paired_levels": "yes"},
+     "'paired_levels' must be true or false"),
 ])
 def test_malformed_task_files_raise(tmp_path, rows, spec, words):
     path = write_spec(tmp_path, rows, **spec)

@@ -115,6 +115,10 @@ class Task:
     # Items sharing this key are one "question" in another guise (e.g. same facts as MC and
     # as generation); used to pick the same items at every level of a family.
     selection_key: str = ""
+    # Every level of this family asks the same items (by id) in another guise: more options,
+    # fewer demonstrations, another language. The study then resamples an item at all levels
+    # together, so the comparison between levels is paired item by item.
+    paired_levels: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -144,6 +148,7 @@ class Task:
         content = {"kind": self.kind, "metric": self.metric, "shots": self.shots,
                    "max_new_tokens": self.max_new_tokens, "mc_score": self.mc_score,
                    "selection_key": self.selection_key, "template": asdict(self.template),
+                   **({"paired_levels": True} if self.paired_levels else {}),
                    "items": [asdict(i) for i in self.items],
                    "demos": None if self.demo_loader is None else
                    [asdict(i) for i in self.demo_pool]}

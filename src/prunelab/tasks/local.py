@@ -8,9 +8,11 @@ A minimal spec, `capitals.yaml`, beside `capitals.jsonl`:
     fields: {input: question, choices: options, answer: answer}
 
 Optional keys: family, axis, level, level_rank, shots, metric (generate: contains |
-exact_match | f1), max_new_tokens, mc_score (mean | sum), license, source, description, template (input_format,
-answer_format, prefix, separator), and `levels`: a list of mappings, each one level of the
-family overriding any key above (e.g. its own `data`).
+exact_match | f1), max_new_tokens, mc_score (mean | sum), license, source, description,
+template (input_format, answer_format, prefix, separator), paired_levels (true when every
+level holds the same items, by id, in another guise: the study then compares levels item by
+item), and `levels`: a list of mappings, each one level of the family overriding any key
+above (e.g. its own `data`).
 
 Rows: "mc" needs input, choices (non-empty list) and answer (index, the correct choice's
 text, or a list of either); a BIG-bench row with "target_scores" works as is. "generate"
@@ -32,7 +34,7 @@ from prunelab.tasks.loaders import read_rows
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 _SPEC_KEYS = {"name", "kind", "data", "fields", "family", "axis", "level", "level_rank", "shots",
               "metric", "max_new_tokens", "license", "source", "description", "template", "levels",
-              "mc_score"}
+              "mc_score", "paired_levels"}
 _DEFAULT_FIELDS = {"id": "id", "input": "input", "choices": "choices", "answer": "answer",
                    "targets": "targets", "text": "text", "context": "context"}
 
@@ -117,10 +119,18 @@ def _build(path: Path, spec: dict, default_rank: int, several: bool) -> Task:
         level_rank=int(spec.get("level_rank", default_rank)), kind=kind,
         loader=lambda: items, template=Template(**template), metric=metric,
         shots=int(spec.get("shots", 0)), max_new_tokens=int(spec.get("max_new_tokens", 16)),
-        mc_score=mc_score,
+        mc_score=mc_score, paired_levels=_flag(path, spec, "paired_levels"),
         license=str(spec.get("license", "unknown (local file)")),
         source=str(spec.get("source", data)), description=str(spec.get("description", "")))
     return task
+
+
+def _flag(path: Path, spec: dict, key: str) -> bool:
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        raise PrunelabError(f"{path}: {key!r} must be true or false, got {value!r}",
+                            f"write {key}: true or leave it out")
+    return value
 
 
 def _items(data: Path, kind: str, fields: dict[str, str]) -> list[Item]:

@@ -68,7 +68,7 @@ def squad_items(distractors: int | None) -> list[Item]:
 
 def squad_tasks() -> list[Task]:
     common = dict(kind="generate", metric="contains", max_new_tokens=24, license=SQUAD_LICENSE,
-                  source=SQUAD_SOURCE, selection_key="squad")
+                  source=SQUAD_SOURCE, selection_key="squad", paired_levels=True)
     tasks = [
         Task(name="squad_book:open", family="squad_book", axis="book", level="open", level_rank=0,
              loader=lambda: squad_items(0), template=OPEN,

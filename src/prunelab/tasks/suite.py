@@ -92,6 +92,7 @@ def shots_tasks() -> list[Task]:
              level_rank=rank, kind="mc", shots=k, loader=lambda: arithmetic_items(2),
              template=Template(separator="\n"), license=APACHE,
              source=f"{BIGBENCH}: arithmetic/2_digit_*", selection_key="arithmetic_shots",
+             paired_levels=True,
              description=f"2-digit arithmetic with {k} seeded demonstrations")
         for rank, k in enumerate(SHOTS)
     ]
@@ -126,7 +127,7 @@ def options_tasks() -> list[Task]:
     levels = ((2, 2), (4, 4), ("all", None))
     return [
         Task(name=f"options:{label}", family="options", axis="options", level=label,
-             level_rank=rank, kind="mc",
+             level_rank=rank, kind="mc", paired_levels=True,
              loader=lambda k=k: restrict_options(arithmetic_items(1), k),
              template=Template(), license=APACHE,
              source=f"{BIGBENCH}: arithmetic/1_digit_{{addition,subtraction,multiplication}}",
@@ -159,6 +160,7 @@ def multiemo_tasks() -> list[Task]:
         tasks.append(Task(
             name=f"multiemo:{lang}", family="multiemo", axis="language", level=lang,
             level_rank=0 if lang == "en" else 1, kind="mc", mc_score="sum",
+            paired_levels=True,
             loader=lambda lang=lang: multiemo_items(lang),
             template=Template(input_format="Opinion: {input}\nSentiment:", prefix=MULTIEMO_PREFIX),
             license=MULTIEMO_LICENSE, source=f"{BIGBENCH}: multiemo/all_sentence_{lang}",
@@ -168,6 +170,7 @@ def multiemo_tasks() -> list[Task]:
         tasks.append(Task(
             name=f"multiemo_ppl:{lang}", family="multiemo_ppl", axis="language", level=lang,
             level_rank=0 if lang == "en" else 1, kind="rolling", metric="bits_per_byte",
+            paired_levels=True,
             loader=lambda lang=lang: [Item(id=it.id, text=it.input) for it in multiemo_items(lang)],
             license=MULTIEMO_LICENSE, source=f"{BIGBENCH}: multiemo/all_sentence_{lang}",
             description="bits per UTF-8 byte of the same sentences (comparable across tokenizers"
@@ -215,7 +218,7 @@ def wikidata_facts() -> tuple[tuple[Item, ...], tuple[Item, ...]]:
 
 
 def wikidata_tasks() -> list[Task]:
-    common = dict(family="wikidata", axis="format", shots=2, license=(
+    common = dict(family="wikidata", axis="format", shots=2, paired_levels=True, license=(
         "Apache-2.0 (BIG-bench); facts from Wikidata (CC0)"), source=f"{BIGBENCH}: qa_wikidata",
         template=Template(input_format="{input}", answer_format=" {answer}", separator="\n"))
     return [
