@@ -117,3 +117,33 @@ def test_above_chance_measure_differs_from_relative(tmp_path):
     pruned = next(p["score"] for p in run.points if p["method"] == "magnitude")
     assert row["relative"] == pytest.approx((pruned - 1 / 3) / (dense - 1 / 3))
     run.store.close()
+
+
+def test_at_chance_is_decided_on_the_continuous_margin_whatever_the_measure():
+    """A 0/1 count of 40 items whose interval reaches chance, but whose gold probabilities
+    sit clearly above it, is not at chance; and the other way round."""
+    from prunelab.study.stats import collect
+
+    def point(task, stored_at_chance):
+        return {"model": "m", "task": task, "method": "dense", "key": task, "family": "f",
+                "axis": "a", "level": task, "level_rank": int(task[-1]), "chance": 0.25,
+                "metric": "accuracy", "at_chance": stored_at_chance, "score": 0.3,
+                "config": {}, "arm": "dense", "x": 0.0, "seed": None}
+
+    def record(i, gold):
+        rest = math.log((1 - gold) / 3)
+        return {"example_id": str(i), "choices": ["a", "b", "c", "d"], "target": "a",
+                "choice_scores": [math.log(gold), rest, rest, rest]}
+
+    gold = {"t0": [0.45] * 40, "t1": [0.25 + 0.01 * ((-1) ** i) for i in range(40)]}
+    points = [point("t0", True), point("t1", False)]
+    examples = lambda key: [{"example_id": str(i), "value": float(i < 12), "weight": 1.0}
+                            for i in range(40)]
+    records = lambda key: [record(i, g) for i, g in enumerate(gold[key])]
+    for measure in ("task", "continuous"):
+        at_chance = {lv.task: lv.dense_at_chance for lv in collect(points, examples, records,
+                                                                   measure)}
+        assert at_chance == {"t0": False, "t1": True}
+    # without the records, the stored 0/1 decision stands
+    assert {lv.task: lv.dense_at_chance for lv in collect(points, examples)} == {
+        "t0": True, "t1": False}

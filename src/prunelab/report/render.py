@@ -26,14 +26,16 @@ MEASURES = {
 
 ITEM_MEASURES = {
     "task": "each task's own metric (0/1 accuracy for multiple choice, the answer match for "
-            "generation, bits per byte for text); at chance = the dense score's 95% interval "
-            "reaches chance",
+            "generation, bits per byte for text)",
     "continuous": "the probability of the gold choice normalised over the choices (multiple "
                   "choice), the gold answer's mean log-probability per token (generation; "
-                  "relative = the ratio of per-token probabilities), bits per byte (text); at "
-                  "chance = the 95% interval of the dense model's mean margin over each item's "
-                  "chance (1/choices) reaches 0",
+                  "relative = the ratio of per-token probabilities), bits per byte (text)",
 }
+AT_CHANCE = ("A level is at chance when the 95% interval of the dense model's mean margin of "
+             "gold-choice probability over each item's chance (1/choices) reaches 0 (the "
+             "continuous margin, whichever measure the verdicts use: a 0/1 count at a few tens "
+             "of items flips with sampling noise); such levels are flagged and left out of "
+             "every rank statistic.")
 
 
 @dataclass
@@ -107,9 +109,9 @@ def sections(run: Run) -> list[Section]:
     intro.text.append("Per item: " + ITEM_MEASURES[recipe.analysis.item_measure] + ".")
     intro.text.append("Measure: " + MEASURES[a.measure] + "; drop = 1 − relative performance. "
                       "Intervals are 95% percentile bootstraps over the items of each level "
-                      "(dense and pruned paired) and over calibration seeds. Levels where the "
-                      "dense model is at chance (its 95% interval reaches chance) are flagged "
-                      "and left out of every rank statistic.")
+                      "(dense and pruned paired) and over calibration seeds; where a family's "
+                      "levels ask the same items in another guise (options, languages, "
+                      "shots), an item is resampled at all its levels together. " + AT_CHANCE)
     for model, info in run.models.items():
         if info.get("dequantized"):
             intro.text.append(f"Caveat for {model}: {info.get('caveat') or 'dequantized weights'}."

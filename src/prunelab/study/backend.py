@@ -115,7 +115,7 @@ class PrunelabBackend:
             for task in tasks:  # tasks from local spec files: findable by name from now on
                 register(task)
         return [TaskInfo(t.name, t.family, t.axis, t.level, t.level_rank, t.chance, t.size,
-                         t.kind, t.content_digest) for t in tasks]
+                         t.kind, t.content_digest, t.paired_levels) for t in tasks]
 
     def uses_calibration(self, stage: Stage) -> bool:
         return stage.needs_calibration()

@@ -36,6 +36,7 @@ class TaskInfo:
     size: int | None = None
     kind: str = "mc"
     digest: str | None = None  # of the task's content (items, template, scoring)
+    paired: bool = False  # every level of the family asks the same items (Task.paired_levels)
 
 
 @dataclass(frozen=True, eq=False)

@@ -47,10 +47,9 @@ def load_run(run_dir: str | Path, analyse_results: bool = True) -> Run:
     analysis = None
     if analyse_results:
         a = recipe.analysis
-        analysis = analyse(points, store.examples, n_boot=a.n_boot, measure=a.measure,
-                            thresholds=tuple(a.thresholds),
-                            records=store.example_records if a.item_measure == "continuous"
-                            else None)
+        analysis = analyse(points, store.examples, records=store.example_records,
+                           item_measure=a.item_measure, n_boot=a.n_boot, measure=a.measure,
+                           thresholds=tuple(a.thresholds))
     return Run(run_dir, recipe, record, store, points, compressions, analysis)
 
 

@@ -13,8 +13,14 @@ Vocabulary:
 
 Every interval is a percentile bootstrap that resamples the items of each level (dense and
 pruned results are paired: the same items, so the same resample is used for both) and, where a
-compression ran with several calibration seeds, the seeds. Levels where the dense model is at
-chance tell nothing about pruning: they are flagged and left out of every rank statistic.
+compression ran with several calibration seeds, the seeds. Where a family's levels ask the
+same items in another guise (`Task.paired_levels`: more options, another language), an item
+is resampled at every level together, so levels are compared item by item. Levels where the
+dense model is at chance tell nothing about pruning: they are flagged and left out of every
+rank statistic. At chance is decided on the continuous measure whichever measure the verdicts
+use: the 95% interval of the dense model's mean margin of gold probability over each item's
+chance reaches 0. A 0/1 count at a few tens of items flips with sampling noise; the margin
+moves smoothly.
 
 The verdict per family and arm comes from the slope of drop on level rank, pooled over the
 arm's sparsities, with a bootstrap p-value Holm-adjusted across the whole analysis
@@ -27,6 +33,7 @@ Spearman's ρ and Kendall's τ are descriptive; with fewer than four levels they
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -55,6 +62,7 @@ class Level:
     dense: tuple[np.ndarray, np.ndarray]  # (values, weights) aligned with ids
     pruned: dict[tuple[str, float], dict[object, tuple[np.ndarray, np.ndarray]]] = field(
         default_factory=dict)
+    paired: bool = False  # its family's levels ask the same items (see the module docstring)
 
 
 def arm_of(point: dict) -> tuple[str, float]:
@@ -62,34 +70,44 @@ def arm_of(point: dict) -> tuple[str, float]:
     return point["arm"], float(point["x"])
 
 
-def collect(points: list[dict], examples, records=None) -> list[Level]:
+def collect(points: list[dict], examples, records=None,
+            item_measure: str = "task") -> list[Level]:
     """Build Levels from store points; `examples(key)` returns that point's example rows
     (value and weight as the task's own metric scored them).
 
-    With `records(key)` (the full example records), every level is measured instead with the
-    continuous measure of its kind (`prunelab.evaluate.metrics.continuous_metric`: the gold
-    choice's probability for multiple choice, the gold answer's log-probability for
-    generation), and the dense model is at chance when the 95% interval of its mean margin
-    over each item's chance reaches 0."""
+    With `records(key)` (the full example records), the dense model is at chance when the 95%
+    interval of its mean margin over each item's chance reaches 0 (`_at_chance`); without
+    them, the stored flag of the dense point decides. With item_measure "continuous" every
+    level is measured with the continuous measure of its kind
+    (`prunelab.evaluate.metrics.continuous_metric`: the gold choice's probability for multiple
+    choice, the gold answer's log-probability for generation)."""
+    if item_measure not in ("task", "continuous"):
+        raise ValueError(f"item_measure {item_measure!r}")
+    if item_measure == "continuous" and records is None:
+        raise ValueError("the continuous measure needs the example records")
     dense = {(p["model"], p["task"]): p for p in points if p["method"] == "dense"}
     levels: dict[tuple[str, str], Level] = {}
-    rows_of = examples if records is None else (lambda key: _continuous_rows(records(key)))
+    continuous = item_measure == "continuous"
+    rows_of = (lambda key: _continuous_rows(records(key))) if continuous else examples
     for (model, task), p in dense.items():
         rows = {r["example_id"]: r for r in rows_of(p["key"]) if r["value"] is not None}
         ids = list(rows)
-        if records is None:
-            metric = get_metric(p["metric"])
+        metric = (next((r["metric"] for r in rows.values()), get_metric(p["metric"]))
+                  if continuous else get_metric(p["metric"]))
+        margins = ({} if records is None else rows if continuous else
+                   {r["example_id"]: r for r in _continuous_rows(records(p["key"]), mc_only=True)})
+        if margins:
+            at_chance = _at_chance([margins[i] for i in ids if i in margins])
+        else:  # no choice probabilities recorded: the stored 0/1 decision
             at_chance = p["at_chance"]
             if at_chance is None:  # no interval stored: at chance if the score is not above it
                 at_chance = p["chance"] is not None and (p["score"] or 0) <= p["chance"]
-        else:
-            metric = next((r["metric"] for r in rows.values()), get_metric(p["metric"]))
-            at_chance = _at_chance([rows[i] for i in ids])
         levels[(model, task)] = Level(
             model, task, p["family"], p["axis"], p["level"], p["level_rank"], p["chance"],
             metric, bool(at_chance), ids,
             (np.array([rows[i]["value"] for i in ids], float),
-             np.array([rows[i]["weight"] for i in ids], float)))
+             np.array([rows[i]["weight"] for i in ids], float)),
+            paired=bool((p.get("config") or {}).get("paired_levels")))
     for p in points:
         if p["method"] == "dense" or (p["model"], p["task"]) not in levels:
             continue
@@ -102,9 +120,11 @@ def collect(points: list[dict], examples, records=None) -> list[Level]:
     return sorted(levels.values(), key=lambda lv: (lv.model, lv.family, lv.level_rank))
 
 
-def _continuous_rows(records: list[dict]) -> list[dict]:
+def _continuous_rows(records: list[dict], mc_only: bool = False) -> list[dict]:
     rows = []
     for record in records:
+        if mc_only and record.get("choice_scores") is None:
+            continue
         metric = continuous_metric(record)
         value, weight = metric.example(record)
         rows.append({"example_id": str(record.get("example_id")), "value": value,
@@ -209,14 +229,31 @@ def bootstrap_family(levels: list[Level], arm: str, n_boot: int, seed: int,
     seed_pick = rng.integers(0, max_seeds, size=(n_boot, max_seeds)) if max_seeds > 1 else None
     point = np.full((len(levels), len(xs)), np.nan)
     boot = np.full((n_boot, len(levels), len(xs)), np.nan)
-    for li, lv in enumerate(levels):
+    for li, (lv, idx) in enumerate(zip(levels, resamples(levels, n_boot, rng))):
         n = len(lv.ids)
-        idx = rng.integers(0, n, size=(n_boot, n)) if n else None
         for xi, x in enumerate(xs):
             if (arm, x) in lv.pruned and n:
                 point[li, xi] = _relative(lv, (arm, x), None, None, measure)[0]
                 boot[:, li, xi] = _relative(lv, (arm, x), idx, seed_pick, measure)
     return FamilyBoot(levels[0].model, levels[0].family, arm, levels, xs, point, boot)
+
+
+def resamples(levels: list[Level], n_boot: int, rng) -> list[np.ndarray | None]:
+    """Item indices [n_boot, n] of each level's bootstrap replicates. Levels of a paired family
+    that hold the same item ids share one draw (mapped to each level's own order of ids), so
+    a replicate keeps every item's results at all levels together; otherwise (and for a
+    family whose levels hold different ids) each level is resampled on its own."""
+    first = levels[0].ids if levels else []
+    if (len(levels) > 1 and first and all(lv.paired for lv in levels)
+            and all(len(lv.ids) == len(first) and set(lv.ids) == set(first) for lv in levels)):
+        shared = rng.integers(0, len(first), size=(n_boot, len(first)))
+        out = []
+        for lv in levels:
+            position = {item: k for k, item in enumerate(lv.ids)}
+            out.append(np.array([position[item] for item in first])[shared])
+        return out
+    return [rng.integers(0, len(lv.ids), size=(n_boot, len(lv.ids))) if lv.ids else None
+            for lv in levels]
 
 
 def _ci(samples: np.ndarray) -> tuple[float, float]:
@@ -241,9 +278,10 @@ class Analysis:
     sweeps: list[dict]  # `relative` rows of arms whose x is not an amount (e.g. band start)
 
 
-def analyse(points: list[dict], examples, *, records=None, n_boot: int = 1000, seed: int = 0,
-            measure: str = "relative", thresholds=(0.9, 0.5)) -> Analysis:
-    levels = collect(points, examples, records)
+def analyse(points: list[dict], examples, *, records=None, item_measure: str = "task",
+            n_boot: int = 1000, seed: int = 0, measure: str = "relative",
+            thresholds=(0.9, 0.5)) -> Analysis:
+    levels = collect(points, examples, records, item_measure)
     families: dict[tuple[str, str], list[Level]] = defaultdict(list)
     for lv in levels:
         families[(lv.model, lv.family)].append(lv)
@@ -343,7 +381,9 @@ def _rank_rows(out: Analysis, fb: FamilyBoot) -> None:
     # Pooled over sparsities within each replicate (the same items resampled at every x):
     # the mean slope, and the effect = how much more of dense performance the hardest usable
     # level loses than the easiest, on average over the sparsities.
-    slope_boot = np.nanmean(np.stack(slope_boot_all), axis=0)
+    with warnings.catch_warnings():  # a replicate with no finite slope stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        slope_boot = np.nanmean(np.stack(slope_boot_all), axis=0)
     slope = float(np.mean(trend.slopes(ranks, drop_point[:, usable].T)))
     hard, easy = -1, 0  # valid levels are ordered by level_rank
     effect_point = float(np.mean(drop_point[hard, usable] - drop_point[easy, usable]))

@@ -8,14 +8,19 @@ sparsity s lowers every level's above-chance skill by a factor that depends on s
 - flat     (levels a-c, chance 0.25): every level drops alike (no evidence either way)
 - reverse  (levels 1-3, chance 0.25): easier drops more (the opposite)
 - objects  (levels 3/5/7, chance 1/n): the 7-object level is at chance when dense
+- shared   (levels a-c, chance 0.25): harder drops a little more; its levels ask the same
+           items (a paired family, like the options or language levels of the real suite)
 
-Whether an example is answered correctly is `u < p`, with `u` a fixed hash of the example,
-so dense and pruned results pair example by example, as in a real run.
+Whether an example is answered correctly is `u < p`, with `u` a fixed hash of the example
+(of the family's item, for a paired family), so dense and pruned results pair example by
+example, as in a real run. Each record also holds choice scores whose gold probability
+falls with `u` and averages about `p`, for the continuous item measure.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 
 from prunelab.errors import PrunelabError
@@ -28,7 +33,9 @@ FAMILIES = {
     "flat": [(x, r, 0.25, 0.9, 1.0) for r, x in enumerate("abc")],
     "reverse": [(d, d - 1, 0.25, 0.9, 2.0 - 0.6 * (d - 1)) for d in (1, 2, 3)],
     "objects": [(n, r, 1 / n, acc, 1.0) for r, (n, acc) in enumerate([(3, 0.9), (5, 0.7), (7, 0.14)])],
+    "shared": [(x, r, 0.25, 0.9 - 0.05 * r, 1.0 + 0.25 * r) for r, x in enumerate("abc")],
 }
+PAIRED = {"shared"}
 METHODS = {"magnitude": 1.3, "magnitude-global": 1.4, "wanda": 1.0, "sparsegpt": 0.9,
            "magnitude-band": 1.0}
 SIZE = 60
@@ -83,7 +90,7 @@ class FakeBackend:
             for lv, rank, chance, _, _ in FAMILIES[family]:
                 if not level or str(lv) == level:
                     out.append(TaskInfo(f"{family}:{lv}", family, "difficulty", lv, rank, chance,
-                                        self.size, "mc"))
+                                        self.size, "mc", paired=family in PAIRED))
         return out
 
     def uses_calibration(self, stage) -> bool:
@@ -137,12 +144,20 @@ class FakeBackend:
         p = chance + (dense_acc - chance) * self.keep(handle.point, fragility, handle.name)
         n = min(limit or self.size, self.size)
         examples = []
+        choices = [f"c{k}" for k in range(round(1 / chance))]
         for i in range(n):
-            correct = float(_u(handle.name, task.name, seed, i) < p)
+            u = _u(handle.name, task.name, seed, i)
+            if family in PAIRED:  # mostly the item's own difficulty, shared by its levels
+                u = 0.8 * _u(handle.name, family, seed, i) + 0.2 * u
+            correct = float(u < p)
+            gold = min(max(chance + (p - chance) * 2 * (1 - u), 0.01), 0.99)
+            rest = math.log((1 - gold) / (len(choices) - 1))
             examples.append({"example_id": f"ex{i}", "value": correct, "weight": 1.0,
                              "margin": None,
                              "data": {"example_id": f"ex{i}", "correct": correct,
-                                      "prediction": "<b>&fake</b>", "target": "x"}})
+                                      "prediction": "<b>&fake</b>", "target": choices[0],
+                                      "choices": choices, "choice_scores":
+                                      [math.log(gold)] + [rest] * (len(choices) - 1)}})
         score = sum(e["value"] for e in examples) / n
         from prunelab.evaluate.metrics import wilson
 
