@@ -43,11 +43,12 @@ def _print_dry_run(plan: dict) -> None:
                "model's forward speed on 2 CPU cores)")
     if plan["power"]:
         typer.echo("\npower: the smallest extra drop of the hardest level over the easiest that "
-                   "these item counts detect with 80% power when items are scored 0/1 (dense "
-                   "scores from the run directory's dense points, else assumed; the continuous "
-                   "item measure sees smaller effects)")
+                   "these item counts detect with 80% power, at a sparsity keeping 80% of the "
+                   "dense score (from the run directory's dense points, the pilot: 0/1 scores "
+                   "need their means, else 0.5 is assumed; continuous measures need their "
+                   "per-item values)")
         print_table(plan["power"], ["model", "family", "levels", "items", "dense", "min_effect"])
-        weak = list(dict.fromkeys(r["family"] for r in plan["power"] if not r["ok"]))
+        weak = list(dict.fromkeys(r["family"] for r in plan["power"] if r["ok"] is False))
         if weak:
             typer.echo(f"warning: {', '.join(weak)} cannot see an effect below "
                        f"{DETECTABLE_AIM} at these item counts: raise eval.limit "

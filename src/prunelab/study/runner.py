@@ -20,6 +20,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_file, write_json_atomic
 from prunelab.study.backend import Backend, PrunelabBackend, timed
@@ -197,7 +199,8 @@ def point_row(work: PointWork, summary: dict, seconds: float) -> dict:
         "score": summary.get("score"), "ci_low": summary.get("ci_low"),
         "ci_high": summary.get("ci_high"),
         "chance": summary.get("chance", task.chance), "at_chance": summary.get("at_chance"),
-        "config": {"compression": comp.config(), "task": task.name, "task_digest": task.digest},
+        "config": {"compression": comp.config(), "task": task.name, "task_digest": task.digest,
+                   "paired_levels": task.paired},
         "seconds": round(seconds, 3),
     }
 
@@ -319,30 +322,40 @@ def dry_run(recipe: Recipe, backend: Backend | None = None,
 # What a recipe should be able to see: an extra drop of the hardest level over the easiest of
 # this size or larger, with 80% power; a dry run warns about families that cannot.
 DETECTABLE_AIM = 0.15
+# The sparsity at which power is computed: one where a fifth of the dense score is lost,
+# the middle of the range a pooled verdict spans.
+POWER_AT_KEPT = 0.8
+BINARY_METRICS = ("accuracy", "contains", "exact_match")
 
 
 def power(study: Study, run_dir: str | Path | None = None) -> list[dict]:
-    """Per model and family with 0/1 items: the smallest extra drop of its hardest level over
-    its easiest that the recipe's item count detects with 80% power (`trend.
-    min_detectable_effect`, at one sparsity where half of the dense credit survives).
+    """Per model and family: the smallest extra drop of its hardest level over its easiest
+    that the recipe's item count detects with 80% power (`trend.detectable_effect`), at a
+    sparsity where a share POWER_AT_KEPT of the dense score survives.
 
-    Each level's dense score comes from a finished dense point of `run_dir` (a pilot: run the
-    recipe with the dense model only, or any earlier run); without one, 0.5 is assumed."""
-    from prunelab.study.trend import min_detectable_effect
+    The pilot is a finished dense point of each level in `run_dir` (run the recipe with the
+    dense model only, or point at any earlier run). Levels scored 0/1 need only its scores
+    (without a pilot, 0.5 is assumed); the continuous measure, and tasks whose own metric is
+    continuous (bits per byte, F1), need its per-item values, their spread and, for a family
+    whose levels ask the same items, their correlation across levels
+    (`trend.continuous_covariance`); without a pilot they get no estimate."""
+    from prunelab.study import trend
+    from prunelab.study.stats import collect
 
-    dense: dict[tuple[str, str], float] = {}
+    measure = study.recipe.analysis.item_measure
+    pilot: dict[tuple[str, str], Any] = {}
     if run_dir is not None and (Path(run_dir) / STORE_FILE).is_file():
         with Store.in_dir(run_dir) as store:
-            dense = {(p["model"], p["task"]): p["score"] for p in store.points()
-                     if p["method"] == "dense" and p["score"] is not None}
+            dense = [p for p in store.points() if p["method"] == "dense"]
+            pilot = {(lv.model, lv.task): lv for lv in
+                     collect(dense, store.examples, store.example_records, measure)}
     rows = []
     for unit in study.units:
         if not unit.compression.is_dense:
             continue
         families: dict[str, list[TaskInfo]] = {}
         for task in unit.tasks:
-            if task.kind != "rolling":  # continuous measures: the 0/1 formula does not apply
-                families.setdefault(task.family, []).append(task)
+            families.setdefault(task.family, []).append(task)
         for family, tasks in families.items():
             if len({t.level_rank for t in tasks}) < 2:
                 continue
@@ -350,12 +363,42 @@ def power(study: Study, run_dir: str | Path | None = None) -> list[dict]:
             limit = study.recipe.eval.limit
             items = [min(limit, t.size) if limit and t.size else (t.size or limit or 100)
                      for t in tasks]
-            scores = [dense.get((unit.model, t.name)) for t in tasks]
-            assumed = any(s is None for s in scores)
-            levels = [(n, 0.5 if s is None else s) for n, s in zip(items, scores)]
-            mde = min_detectable_effect(levels, ranks=[t.level_rank for t in tasks])
-            rows.append({"model": unit.model, "family": family, "levels": len(tasks),
-                         "items": min(items), "dense": "assumed 0.5" if assumed else
-                         " / ".join(f"{s:.2f}" for s in scores),
-                         "min_effect": round(mde, 3), "ok": mde <= DETECTABLE_AIM})
+            levels = [pilot.get((unit.model, t.name)) for t in tasks]
+            row = {"model": unit.model, "family": family, "levels": len(tasks),
+                   "items": min(items)}
+            ranks = [t.level_rank for t in tasks]
+            if measure == "task" and all(lv is None or lv.metric.name in BINARY_METRICS
+                                         for lv in levels) and tasks[0].kind != "rolling":
+                scores = [None if lv is None else lv.metric.score(*lv.dense) for lv in levels]
+                row["dense"] = ("assumed 0.5" if None in scores else
+                                " / ".join(f"{s:.2f}" for s in scores))
+                covariance = trend.binary_covariance(
+                    [(n, 0.5 if s is None else s) for n, s in zip(items, scores)], POWER_AT_KEPT)
+            elif any(lv is None for lv in levels):
+                rows.append({**row, "dense": "needs a dense pilot", "min_effect": None,
+                             "ok": None})
+                continue
+            else:
+                row["dense"] = " / ".join(f"{lv.metric.score(*lv.dense):.2f}" for lv in levels)
+                paired, values = _pilot_values(levels, all(t.paired for t in tasks))
+                covariance = trend.continuous_covariance(levels[0].metric, values, items,
+                                                         paired=paired, kept=POWER_AT_KEPT)
+            mde = float(trend.detectable_effect(ranks, covariance))
+            rows.append({**row, "min_effect": round(mde, 3), "ok": bool(mde <= DETECTABLE_AIM)})
     return rows
+
+
+def _pilot_values(levels, paired: bool) -> tuple[bool, list[tuple]]:
+    """Each pilot level's (values, weights); for a paired family, restricted to the items
+    every level holds and aligned item by item (unpaired when fewer than two are shared)."""
+    if paired:
+        shared = set(levels[0].ids).intersection(*(lv.ids for lv in levels[1:]))
+        if len(shared) >= 2:
+            order = [i for i in levels[0].ids if i in shared]
+            out = []
+            for lv in levels:
+                position = {item: k for k, item in enumerate(lv.ids)}
+                pick = np.array([position[i] for i in order])
+                out.append((lv.dense[0][pick], lv.dense[1][pick]))
+            return True, out
+    return False, [lv.dense for lv in levels]

@@ -27,8 +27,10 @@ def slopes(ranks: np.ndarray, drops: np.ndarray) -> np.ndarray:
     """Least-squares slope of drops [..., L] on ranks [L], along the last axis."""
     r = np.asarray(ranks, float)
     r = r - r.mean()
-    d = drops - drops.mean(axis=-1, keepdims=True)
-    return (d * r).sum(axis=-1) / (r * r).sum()
+    # a replicate whose dense score resampled to 0 has an infinite drop: its slope is NaN
+    with np.errstate(invalid="ignore"):
+        d = drops - drops.mean(axis=-1, keepdims=True)
+        return (d * r).sum(axis=-1) / (r * r).sum()
 
 
 def bootstrap_p(estimate: float, samples: np.ndarray, items: int) -> float:
@@ -87,23 +89,87 @@ def adjacent_reversals(ranks: np.ndarray, drop_boot: np.ndarray, sign: float,
     return out
 
 
-def min_detectable_effect(levels: list[tuple[int, float]], *, ranks: list[float] | None = None,
-                          kept: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> float:
+def detectable_effect(ranks, covariance: np.ndarray, *, alpha: float = 0.05,
+                      power: float = 0.8) -> float:
     """The smallest extra drop of the hardest level over the easiest that the trend test
-    detects with `power`, for levels given as (items, dense score in [0, 1]) in rank order
-    (`ranks`: their level ranks, default 0, 1, 2, ...).
-
-    Normal approximation at one sparsity where a share `kept` of the dense model's credit
-    survives: an item keeps its credit with probability `kept`, so the level's relative
-    score P̄/D̄ has variance kept·(1 − kept) / (n · dense) (delta method). The slope's
-    variance follows from the levels' (independent) variances; the effect is the slope times
-    the span of ranks. Pooling several sparsities shrinks it little: they share the items.
-    """
+    detects with `power` (two-sided, level `alpha`; normal approximation), given the
+    covariance [L, L] of the levels' relative scores at one sparsity: the slope's standard
+    error times the span of the ranks. Pooling several sparsities shrinks it little: they
+    share the items."""
     from statistics import NormalDist
 
-    ranks = np.asarray(ranks if ranks is not None else range(len(levels)), dtype=float)
+    ranks = np.asarray(ranks, dtype=float)
     centred = ranks - ranks.mean()
-    variances = np.array([kept * (1 - kept) / (max(n, 1) * max(p, 1e-9)) for n, p in levels])
-    slope_se = float(np.sqrt((centred ** 2 * variances).sum()) / (centred ** 2).sum())
+    slope_se = float(np.sqrt(max(centred @ covariance @ centred, 0.0)) / (centred @ centred))
     z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
-    return z * slope_se * (ranks[-1] - ranks[0])
+    return z * slope_se * (ranks.max() - ranks.min())
+
+
+def binary_covariance(levels: list[tuple[int, float]], kept: float = 0.5) -> np.ndarray:
+    """Covariance of the relative scores of 0/1-scored levels given as (items, dense score),
+    at a sparsity where a share `kept` of the dense credit survives: each credited item keeps
+    its credit with probability `kept`, so P̄/D̄ has variance kept·(1 − kept) / (n · dense)
+    (delta method). Levels are independent."""
+    return np.diag([kept * (1 - kept) / (max(n, 1) * max(p, 1e-9)) for n, p in levels])
+
+
+def pruned_dense_correlation(kept: float) -> float:
+    """How closely a pruned model's per-item values follow the dense model's where a share
+    `kept` of the dense score survives, for the power of continuous measures: the
+    correlation falls as damage grows, about 1 − 1.5 · (1 − kept) on a finished demo run
+    (`bench/power_check.py` measures it and compares predicted with bootstrap errors)."""
+    return float(np.clip(1 - 1.5 * (1 - kept), 0.0, 1.0))
+
+
+def continuous_covariance(metric, dense: list[tuple[np.ndarray, np.ndarray]], items: list[int],
+                          *, paired: bool, kept: float = 0.8,
+                          rho: float | None = None) -> np.ndarray:
+    """Covariance of the relative scores of levels measured on a continuous scale, from a
+    dense pilot: `dense[l]` = (values, weights) of level l's pilot items (for a paired family:
+    aligned item by item), `items[l]` = how many items the recipe evaluates.
+
+    Model: at the sparsity where relative performance is `kept`, the pruned score S_P solves
+    relative(S_P, S_D) = kept; each item's influence on the score (z_i = (v_i − S w_i) / w̄)
+    spreads as the dense one does and correlates `rho` with it (default
+    `pruned_dense_correlation(kept)`); for a paired family the levels' influences correlate
+    as the dense ones do. Delta method on `metric.relative`."""
+    from scipy.optimize import brentq
+
+    rho = pruned_dense_correlation(kept) if rho is None else rho
+    influences, gradients = [], []
+    for values, weights in dense:
+        score = float(values.sum() / weights.sum())
+        influences.append((values - score * weights) / weights.mean())
+        span = 1e3 * max(abs(score), 1.0)
+        low, high = (score - span, score) if metric.higher_is_better else (score, score + span)
+        pruned = brentq(lambda s: float(metric.relative(s, score)) - kept, low, high)
+        step = 1e-6 * max(abs(score), 1.0)
+        grad_pruned = (metric.relative(pruned + step, score)
+                       - metric.relative(pruned - step, score)) / (2 * step)
+        grad_dense = (metric.relative(pruned, score + step)
+                      - metric.relative(pruned, score - step)) / (2 * step)
+        gradients.append((float(grad_pruned), float(grad_dense)))
+    size = len(dense)
+    covariance = np.zeros((size, size))
+    for a in range(size):
+        for b in range(size):
+            if a != b and not paired:
+                continue
+            za, zb = influences[a], influences[b]
+            if za.size < 2 or za.size != zb.size:
+                continue
+            shared = float(np.cov(za, zb)[0, 1])  # dense-dense; pruned-pruned alike
+            (pa, da), (pb, db) = gradients[a], gradients[b]
+            # Var/Cov of g_P·z_P + g_D·z_D, with corr(z_P, z_D) = rho on the same item
+            # and the cross-level structure of the dense influences.
+            covariance[a, b] = shared * (pa * pb + da * db + rho * (pa * db + da * pb)) / (
+                min(items[a], items[b]) if a != b else items[a])
+    return covariance
+
+
+def min_detectable_effect(levels: list[tuple[int, float]], *, ranks: list[float] | None = None,
+                          kept: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> float:
+    """`detectable_effect` for 0/1-scored levels given as (items, dense score) in rank order
+    (`ranks`: their level ranks, default 0, 1, 2, ...)."""
+    ranks = list(ranks) if ranks is not None else list(range(len(levels)))
+    return detectable_effect(ranks, binary_covariance(levels, kept), alpha=alpha, power=power)
