@@ -117,3 +117,21 @@ def test_cli_results_report_and_errors(run_dir, tmp_path, capsys):
     assert "compressions[0].sparsity[0]" in err and "what: unknown key" in err
     code, _, err = _cli(["report", str(tmp_path)], capsys)
     assert code == 2 and "not a prunelab run directory" in err
+
+
+def test_dry_run_without_a_pilot_says_how_to_get_one(tmp_path, capsys):
+    rows = "".join(json.dumps({"input": f"q{i}", "choices": ["a", "b"], "answer": i % 2}) + "\n"
+                   for i in range(20))
+    (tmp_path / "easy.jsonl").write_text(rows)
+    (tmp_path / "hard.jsonl").write_text(rows)
+    (tmp_path / "fam.yaml").write_text(
+        "name: fam\nkind: mc\npaired_levels: true\nlevels:\n"
+        "  - {level: easy, data: easy.jsonl}\n  - {level: hard, data: hard.jsonl}\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nmodels: [smollm2-135m]\ntasks: ['{tmp_path / 'fam.yaml'}']\n"
+                      "compressions:\n  - {method: magnitude, sparsity: [0.5]}\n"
+                      "analysis: {item_measure: continuous}\n")
+    main(["study", str(recipe), "--dry-run", "--run-dir", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert "needs a dense pilot" in out and "dry-run again with that --run-dir" in out
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing

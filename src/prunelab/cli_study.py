@@ -47,7 +47,13 @@ def _print_dry_run(plan: dict) -> None:
                    "dense score (from the run directory's dense points, the pilot: 0/1 scores "
                    "need their means, else 0.5 is assumed; continuous measures need their "
                    "per-item values)")
-        print_table(plan["power"], ["model", "family", "levels", "items", "dense", "min_effect"])
+        shown = [{**r, "min_effect": "–" if r["min_effect"] is None else r["min_effect"]}
+                 for r in plan["power"]]
+        print_table(shown, ["model", "family", "levels", "items", "dense", "min_effect"])
+        if any(r["min_effect"] is None for r in plan["power"]):
+            typer.echo("for the missing estimates, run the recipe until its dense points are done "
+                       "(they run first; stop it there if you like) and dry-run again with that "
+                       "--run-dir")
         weak = list(dict.fromkeys(r["family"] for r in plan["power"] if r["ok"] is False))
         if weak:
             typer.echo(f"warning: {', '.join(weak)} cannot see an effect below "
