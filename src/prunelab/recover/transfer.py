@@ -1,0 +1,101 @@
+"""The Junk DNA paper's four transfer settings, as invariants held around every optimiser step.
+
+Given a pre-trained model and a pruning mask (True = the weight pruning removes):
+
+- `dense`: nothing is pruned; every weight trains (the 100% of "% of Dense Transfer").
+- `sparse`: pruned weights are zeroed before training and stay exactly zero through every
+  step, the last included: their gradients are zeroed before each step, so Adam's moments
+  never move them, and they are zeroed again after it (which also covers weight decay).
+- `sparse-to-dense`: pruned weights are zeroed once; then all weights train and may regrow.
+- `freeze`: nothing is zeroed; the weights pruning would remove keep their pre-trained
+  values bit for bit (gradients zeroed before each step, values restored after it, since
+  decoupled weight decay would otherwise shrink them); the rest train.
+
+The paper's own loop skipped re-applying the mask after the final step; here `after_step`
+runs after every step, so no step is exempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from prunelab.arch import as_out_in
+from prunelab.errors import PrunelabError
+
+SETTINGS = ("dense", "sparse", "sparse-to-dense", "freeze")
+
+
+def check_setting(setting: str) -> str:
+    if setting not in SETTINGS:
+        raise PrunelabError(f"unknown transfer setting {setting!r}",
+                            f"use one of {', '.join(SETTINGS)}")
+    return setting
+
+
+def parameter_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]
+                    ) -> dict[str, tuple[nn.Parameter, torch.Tensor]]:
+    """Each layer mask (by layer name, [out, in] as the engine keeps them) on its weight
+    parameter, in the parameter's own layout (Conv1D stores [in, out])."""
+    modules = dict(model.named_modules())
+    out = {}
+    for name, mask in masks.items():
+        layer = modules.get(name)
+        if layer is None or not isinstance(getattr(layer, "weight", None), nn.Parameter):
+            raise PrunelabError(f"the mask names layer {name!r}, which this model does not have",
+                                "use masks made for this model (same architecture and names)")
+        mask = as_out_in(layer, mask.to(torch.bool))
+        if tuple(mask.shape) != tuple(layer.weight.shape):
+            raise PrunelabError(
+                f"the mask of {name} has shape {tuple(mask.shape)}, its weight "
+                f"{tuple(layer.weight.shape)}", "use masks made for this model")
+        out[f"{name}.weight"] = (layer.weight, mask.to(layer.weight.device))
+    return out
+
+
+class TransferSetting:
+    """Holds one setting's invariant on a model's masked weights through training.
+
+    Call `start()` once before training, `before_step()` after the backward pass and before
+    the optimiser step (and before gradient clipping, so clipping sees the gradients that
+    will be applied), and `after_step()` right after every optimiser step."""
+
+    def __init__(self, setting: str, model: nn.Module, masks: Mapping[str, torch.Tensor]):
+        self.setting = check_setting(setting)
+        self.masked = parameter_masks(model, masks) if setting != "dense" else {}
+        self._pretrained: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def start(self) -> None:
+        for name, (weight, mask) in self.masked.items():
+            if self.setting in ("sparse", "sparse-to-dense"):
+                weight.masked_fill_(mask, 0.0)
+            elif self.setting == "freeze":
+                # only the frozen entries, not a second copy of the whole model
+                self._pretrained[name] = weight[mask].clone()
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        if self.setting not in ("sparse", "freeze"):
+            return
+        for weight, mask in self.masked.values():
+            if weight.grad is not None:
+                weight.grad.masked_fill_(mask, 0.0)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.setting == "sparse":
+            for weight, mask in self.masked.values():
+                weight.masked_fill_(mask, 0.0)
+        elif self.setting == "freeze":
+            for name, (weight, mask) in self.masked.items():
+                weight[mask] = self._pretrained[name]
+
+    def summary(self) -> dict:
+        """How many weights the setting holds, and how many of them are nonzero now."""
+        held = sum(int(mask.sum()) for _, mask in self.masked.values())
+        nonzero = sum(int((weight.detach()[mask] != 0).sum())
+                      for weight, mask in self.masked.values())
+        return {"setting": self.setting, "masked_weights": held, "masked_nonzero": nonzero}

@@ -1,0 +1,163 @@
+"""The transfer settings' invariants, checked weight by weight after real training steps, and
+cheap retraining (biases/norms/head, LoRA, MaskLoRA) on tiny random models."""
+
+import pytest
+import torch
+
+from prunelab.api import prune
+from prunelab.errors import PrunelabError
+from prunelab.recover import (TrainConfig, TransferSetting, add_adapters, fine_tune,
+                              merge_adapters, select_trainable)
+from prunelab.testing import tiny_loaded, tiny_model
+
+# A large learning rate and weight decay: every weight that is allowed to move does.
+FAST = dict(lr=5e-2, epochs=2, weight_decay=0.1, warmup=0.0, batch_size=4, seed=0)
+
+
+def _examples(n=24, length=12, vocab=260, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (length,), generator=generator) for _ in range(n)]
+
+
+def _lm_loss(model, batch):
+    return model(input_ids=batch, labels=batch).loss
+
+
+def _magnitude_masks(model, sparsity=0.5):
+    loaded = tiny_loaded()
+    loaded.model.load_state_dict(model.state_dict())
+    result = prune(loaded, method="magnitude", sparsity=sparsity, keep_masks=True,
+                   progress=False)
+    return result.masks
+
+
+def _train(setting_name, steps=None):
+    model = tiny_model()
+    masks = _magnitude_masks(model)
+    pretrained = {k: v.clone() for k, v in model.state_dict().items()}
+    setting = TransferSetting(setting_name, model, masks)
+    result = fine_tune(model, _examples(), torch.stack, _lm_loss,
+                       TrainConfig(**FAST, max_steps=steps), setting=setting, progress=False)
+    return model, masks, pretrained, result
+
+
+def _masked(model, masks):
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        yield name, modules[name].weight.detach(), mask
+
+
+def test_sparse_keeps_every_pruned_weight_at_zero_through_the_last_step():
+    model, masks, _, result = _train("sparse")
+    assert result.steps == 12  # 24 examples / 4 per batch x 2 epochs, the last included
+    assert result.setting["masked_weights"] > 0 and result.setting["masked_nonzero"] == 0
+    for name, weight, mask in _masked(model, masks):
+        assert int((weight[mask] != 0).sum()) == 0, name
+        assert int((weight[~mask] == 0).sum()) < mask.numel() // 100, name  # the rest trains
+
+
+def test_freeze_keeps_every_frozen_weight_bit_identical():
+    model, masks, pretrained, _ = _train("freeze")
+    for name, weight, mask in _masked(model, masks):
+        before = pretrained[f"{name}.weight"]
+        assert torch.equal(weight[mask], before[mask]), name
+        assert not torch.equal(weight[~mask], before[~mask]), name  # the large ones moved
+
+
+def test_sparse_to_dense_regrows_and_dense_ignores_the_mask():
+    model, masks, _, _ = _train("sparse-to-dense")
+    regrown = sum(int((w[m] != 0).sum()) for _, w, m in _masked(model, masks))
+    assert regrown > 0.9 * sum(int(m.sum()) for m in masks.values())
+    model, masks, pretrained, _ = _train("dense")
+    for name, weight, mask in _masked(model, masks):
+        assert not torch.equal(weight[mask], pretrained[f"{name}.weight"][mask])
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    masks = _magnitude_masks(tiny_model())
+    config = TrainConfig(**FAST, checkpoint_every=5)
+    straight = tiny_model()
+    fine_tune(straight, _examples(), torch.stack, _lm_loss, config,
+              setting=TransferSetting("sparse", straight, masks), progress=False)
+
+    class Killed(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def dies_at_step_seven(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise Killed
+        return _lm_loss(model, batch)
+
+    checkpoint = tmp_path / "ft" / "state.pt"
+    interrupted = tiny_model()
+    with pytest.raises(Killed):
+        fine_tune(interrupted, _examples(), torch.stack, dies_at_step_seven, config,
+                  setting=TransferSetting("sparse", interrupted, masks), checkpoint=checkpoint,
+                  progress=False)
+    assert checkpoint.is_file() and not list(checkpoint.parent.glob("*.tmp"))
+    resumed = tiny_model()
+    result = fine_tune(resumed, _examples(), torch.stack, _lm_loss, config,
+                       setting=TransferSetting("sparse", resumed, masks), checkpoint=checkpoint,
+                       progress=False)
+    assert result.resumed_from == 5 and result.steps == 12 and not checkpoint.exists()
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_masklora_merges_without_filling_a_single_zero_and_plain_lora_does():
+    for masked, expect_zeros_kept in ((True, True), (False, False)):
+        model = tiny_model()
+        masks = _magnitude_masks(model)
+        TransferSetting("sparse", model, masks).start()
+        select_trainable(model, [])
+        adapters = add_adapters(model, list(masks), rank=4, alpha=8, masked=masked)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert trainable == adapters and 0 < trainable < 0.5 * sum(
+            p.numel() for p in model.parameters())
+        fine_tune(model, _examples(), torch.stack, _lm_loss, TrainConfig(**FAST),
+                  progress=False)
+        assert merge_adapters(model) == len(masks)
+        zeros = sum(int((w[m] == 0).sum()) for _, w, m in _masked(model, masks))
+        kept = zeros == sum(int(m.sum()) for m in masks.values())
+        assert kept == expect_zeros_kept
+
+
+def test_perp_subsets_train_only_what_they_name():
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    count = select_trainable(model, ["norms", "head"])
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all("norm" in n or "lm_head" in n or "embed_tokens" in n for n in names)
+    assert count == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fine_tune(model, _examples(), torch.stack, _lm_loss, TrainConfig(**FAST), progress=False)
+    after = model.state_dict()
+    for name in before:
+        if "proj" in name:  # attention and MLP matrices are not in the subset
+            assert torch.equal(before[name], after[name]), name
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(lr=0), "learning rate 0"), (dict(epochs=0), "epochs 0"),
+    (dict(warmup=1.5), "warm-up share"), (dict(batch_size=0), "batch size"),
+])
+def test_bad_training_configs_are_refused(change, words):
+    with pytest.raises(PrunelabError, match=words):
+        TrainConfig(**change).validate()
+
+
+def test_bad_settings_and_masks_are_refused():
+    model = tiny_model()
+    with pytest.raises(PrunelabError, match="unknown transfer setting 'sparser'"):
+        TransferSetting("sparser", model, {})
+    with pytest.raises(PrunelabError, match="does not have"):
+        TransferSetting("sparse", model, {"model.layers.99.mlp.up_proj": torch.zeros(2, 2)})
+    name = "model.layers.0.mlp.up_proj"
+    with pytest.raises(PrunelabError, match="has shape"):
+        TransferSetting("sparse", model, {name: torch.zeros(3, 3, dtype=torch.bool)})
+    with pytest.raises(PrunelabError, match="unknown trainable subset"):
+        select_trainable(model, ["everything"])
+    with pytest.raises(PrunelabError, match="no training examples"):
+        fine_tune(model, [], torch.stack, _lm_loss, TrainConfig())
