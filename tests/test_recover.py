@@ -161,3 +161,47 @@ def test_bad_settings_and_masks_are_refused():
         select_trainable(model, ["everything"])
     with pytest.raises(PrunelabError, match="no training examples"):
         fine_tune(model, [], torch.stack, _lm_loss, TrainConfig())
+
+
+def _local_task(tmp_path, n=40):
+    import json
+
+    from prunelab.tasks.local import load_task_file
+    from prunelab.tasks.registry import register
+
+    rows = [{"id": str(i), "input": f"{i} plus 1?", "choices": [str(i + 1), str(i + 2)],
+             "answer": 0} for i in range(n)]
+    (tmp_path / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "sums.yaml").write_text("name: sums\nkind: mc\ndata: sums.jsonl\n")
+    (task,) = load_task_file(tmp_path / "sums.yaml")
+    register(task)
+    return task
+
+
+@pytest.mark.parametrize("setting", ["sparse", "freeze"])
+def test_transfer_trains_only_on_items_the_evaluation_does_not_test(tmp_path, setting):
+    from prunelab.recover.data import training_items
+    from prunelab.recover.run import TransferPlan, transfer
+
+    task = _local_task(tmp_path)
+    tested = {item.id for item in task.select(10, 0)}
+    assert not tested & {item.id for item in training_items(task, 10, 0)}
+    loaded = tiny_loaded()
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    plan = TransferPlan(setting, method="magnitude", sparsity=0.5, train_on=["sums"],
+                        train=TrainConfig(**{**FAST, "epochs": 1}))
+    record = transfer(loaded, plan, eval_limit=10, eval_seed=0, progress=False)
+    assert record["train_examples"] == 30 and record["steps"] == 8
+    assert record["masked_weights"] > 0 and record["trainable_fraction"] == 1.0
+    name = "model.layers.0.mlp.up_proj.weight"
+    weight = loaded.model.state_dict()[name]
+    if setting == "sparse":
+        assert record["masked_nonzero"] == 0
+    else:  # freeze: nothing zeroed, the small weights kept, the rest trained
+        small = before[name].abs() <= before[name].abs().median()
+        assert torch.equal(weight[small], before[name][small]) and not torch.equal(weight,
+                                                                                  before[name])
+    with pytest.raises(PrunelabError, match="no training split"):
+        transfer(tiny_loaded(), plan, eval_limit=None, progress=False)
+    with pytest.raises(PrunelabError, match="leaves 0 items"):
+        transfer(tiny_loaded(), plan, eval_limit=40, progress=False)

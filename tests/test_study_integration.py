@@ -173,3 +173,29 @@ def test_the_continuous_item_measure_scores_the_gold_choice_probability(tmp_path
         assert "probability of the gold choice" in build_report(tmp_path / "run")["md"].read_text()
     finally:
         run.store.close()
+
+
+def test_transfer_stages_run_for_real_and_report_percent_of_dense_transfer(tmp_path, task_file):
+    train = {"lr": 1e-3, "epochs": 1, "batch_size": 2, "max_steps": 3}
+    stage = {"kind": "transfer", "train_on": ["toy:2"], "train": train}
+    recipe = parse_recipe({
+        "name": "transfer", "models": ["tiny-llama"], "tasks": [str(task_file)],
+        "compressions": [
+            {"stages": [{**stage, "setting": "dense"}]},
+            {"stages": [{**stage, "setting": "sparse", "method": "magnitude", "sparsity": 0.5}]},
+            {"stages": [{**stage, "setting": "freeze", "method": "magnitude", "sparsity": 0.5}]}],
+        "seeds": [41], "eval": {"limit": 6, "batch_size": 4}, "analysis": {"n_boot": 50}})
+    out = run_study(recipe, tmp_path / "run", backend=TinyBackend(), progress=False)
+    assert out.points_run == 4 * 3
+    with Store.in_dir(tmp_path / "run") as store:
+        results = {c["config"]["stages"][0]["setting"]: c["result"]
+                   for c in store.compressions() if c["config"]["stages"]}
+        # the study's own evaluation settings decide the training split: 12 items - 6 tested
+        assert {r["train_examples"] for r in results.values()} == {6}
+        assert all(r["steps"] == 3 for r in results.values())
+        assert results["sparse"]["masked_weights"] > 0 and results["sparse"]["masked_nonzero"] == 0
+        assert results["freeze"]["masked_nonzero"] > 0  # nothing zeroed, small weights kept
+        stages = store.compressions()[-1]["config"]["stages"][0]
+        assert stages["holdout_limit"] == 6 and stages["holdout_seed"] == 0
+    report = build_report(tmp_path / "run")["md"].read_text()
+    assert "Can fine-tuning bring it back?" in report and "% of Dense Transfer" in report

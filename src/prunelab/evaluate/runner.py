@@ -29,7 +29,7 @@ class Plan:
     windows: list[list[tuple[list[int], list[int]]]] = field(default_factory=list)  # rolling
 
 
-def _prefix_id(loaded) -> int:
+def prefix_id(loaded) -> int:
     tok = loaded.tokenizer
     prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     if prefix is None:
@@ -38,7 +38,7 @@ def _prefix_id(loaded) -> int:
     return prefix
 
 
-def _pad_id(loaded) -> int:
+def pad_id(loaded) -> int:
     tok = loaded.tokenizer
     for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
         if candidate is not None:
@@ -46,14 +46,14 @@ def _pad_id(loaded) -> int:
     return 0
 
 
-def _encode_context(loaded, text: str) -> list[int]:
+def encode_context(loaded, text: str) -> list[int]:
     ids = loaded.encode(text)
     if loaded.add_bos or not ids:
-        ids = [_prefix_id(loaded)] + ids
+        ids = [prefix_id(loaded)] + ids
     return ids
 
 
-def _encode_continuation(loaded, context: str, continuation: str) -> list[int]:
+def encode_continuation(loaded, context: str, continuation: str) -> list[int]:
     """The continuation's tokens as they fall in the whole text (as lm-eval splits them):
     encode context + continuation and drop as many tokens as the context alone has."""
     n_context = len(loaded.encode(context))
@@ -73,14 +73,14 @@ def plan_task(loaded, task: Task, limit: int | None, seed: int) -> Plan:
     max_length = loaded.max_length
     for item in items:
         if task.kind == "rolling":
-            plan.windows.append(rolling_windows(loaded.encode(item.text), _prefix_id(loaded),
+            plan.windows.append(rolling_windows(loaded.encode(item.text), prefix_id(loaded),
                                                 max_length))
             continue
         prompt = task.prompt(item, seed)
         if task.kind == "mc":
             pieces = [split_whitespace(prompt, task.template.continuation(c)) for c in item.choices]
-            context = _encode_context(loaded, pieces[0][0])
-            continuations = [_encode_continuation(loaded, ctx, cont) for ctx, cont in pieces]
+            context = encode_context(loaded, pieces[0][0])
+            continuations = [encode_continuation(loaded, ctx, cont) for ctx, cont in pieces]
             if any(not c for c in continuations):
                 raise PrunelabError(f"task {task.name}, item {item.id}: a choice encodes to no "
                                     "tokens", "remove empty choices from the task data")
@@ -89,15 +89,15 @@ def plan_task(loaded, task: Task, limit: int | None, seed: int) -> Plan:
                 raise _too_long(task, item, longest, max_length, loaded.name)
             plan.groups.append(Group(context, continuations))
         else:
-            context = _encode_context(loaded, prompt.rstrip(" "))
+            context = encode_context(loaded, prompt.rstrip(" "))
             if len(context) + task.max_new_tokens > max_length:
                 raise _too_long(task, item, len(context) + task.max_new_tokens, max_length,
                                 loaded.name)
             plan.prompts.append(context)
             gold_prompt, gold = split_whitespace(prompt, task.template.continuation(item.targets[0]))
-            gold_ids = _encode_continuation(loaded, gold_prompt, gold)
+            gold_ids = encode_continuation(loaded, gold_prompt, gold)
             if gold_ids and len(context) + len(gold_ids) <= max_length:
-                plan.groups.append(Group(_encode_context(loaded, gold_prompt), [gold_ids]))
+                plan.groups.append(Group(encode_context(loaded, gold_prompt), [gold_ids]))
             else:
                 plan.groups.append(None)  # type: ignore[arg-type]
     return plan
@@ -153,7 +153,7 @@ def _base(task: Task, item: Item, seed: int) -> dict:
 def _run(loaded, plan: Plan, *, seed: int, batch_size: int, mc_score: str, packing,
          progress) -> list[ExampleResult]:
     task, model = plan.task, loaded.model
-    pad = _pad_id(loaded)
+    pad = pad_id(loaded)
     if task.kind == "mc":
         sums = score_groups(model, plan.groups, batch_size=batch_size, pad_id=pad,
                             packing=packing, progress=progress)

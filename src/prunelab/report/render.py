@@ -87,6 +87,12 @@ def _pct(x) -> str:
     return "–" if x is None or not math.isfinite(x) else f"{x:.0%}"
 
 
+def _pct_ci(pair) -> str:
+    if pair is None or not all(math.isfinite(v) for v in pair):
+        return "–"
+    return f"[{_pct(pair[0])}, {_pct(pair[1])}]"
+
+
 def _by_x_field(rows: list[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in rows:
@@ -200,6 +206,9 @@ def sections(run: Run) -> list[Section]:
                                     _ci((r["ci_low"], r["ci_high"]))] for r in rows]))
         out.append(sweep)
 
+    if a.transfer:
+        out.append(_transfer_section(a))
+
     comp = Section("Compressed models")
     rows = []
     for c in run.compressions:
@@ -218,6 +227,38 @@ def sections(run: Run) -> list[Section]:
     prov.pre = recipe.to_yaml()
     out.append(prov)
     return out
+
+
+def _transfer_section(a) -> Section:
+    section = Section("Can fine-tuning bring it back?")
+    section.text.append(
+        "Each transfer setting's score as a share of Dense Transfer (the dense model fine-tuned "
+        "the same way), per task level and sparsity, with 95% bootstrap intervals over items "
+        "and seeds. sparse: pruned weights held at zero while fine-tuning; sparse-to-dense: "
+        "pruned once, then all weights train and may regrow; freeze: the weights pruning "
+        "would remove keep their pre-trained values, the rest train.")
+    section.tables.append(Table("% of Dense Transfer", ["model", "task", "setting", "arm",
+                                                        "sparsity", "of dense transfer",
+                                                        "95% CI"],
+                                [[r["model"], r["task"], r["setting"], r["arm"], _pct(r["x"]),
+                                  _pct(r["of_dense_transfer"]),
+                                  _pct_ci(r["ci"])]
+                                 for r in a.transfer]))
+    if a.recovery:
+        section.text.append(
+            "Irreversibility: the share of sparse transfer's loss that sparse-to-dense gives "
+            "back ((s2d − sparse) / (1 − sparse), on shares of Dense Transfer; shown only where "
+            "sparse transfer credibly lost something), and what freeze keeps.")
+        section.tables.append(Table("Irreversibility", ["model", "task", "sparsity",
+                                                        "gap closed by sparse-to-dense",
+                                                        "95% CI", "freeze keeps", "95% CI"],
+                                    [[r["model"], r["task"], _pct(r["x"]),
+                                      _pct(r.get("gap_closed")),
+                                      _pct_ci(r.get("gap_closed_ci")),
+                                      _pct(r.get("freeze_keeps")),
+                                      _pct_ci(r.get("freeze_keeps_ci"))]
+                                     for r in a.recovery]))
+    return section
 
 
 # -- HTML -------------------------------------------------------------------------------------------

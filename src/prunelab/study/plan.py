@@ -74,7 +74,8 @@ class CompressionPoint:
         if self.is_dense:
             return {"method": "dense", "sparsity": 0.0, "pattern": None, "options": {}}
         data = self.stages[0].model_dump()
-        return {"method": data.get("method", data["kind"]), "sparsity": data.get("sparsity") or 0.0,
+        return {"method": data.get("method") or data["kind"],
+                "sparsity": data.get("sparsity") or 0.0,
                 "pattern": data.get("pattern"), "options": data.get("options", {})}
 
     def config(self) -> dict:
@@ -251,6 +252,7 @@ def compressions(recipe: Recipe, uses_calibration) -> list[CompressionPoint]:
     labels: dict[str, str] = {}  # arm label -> the arm's identity, to keep labels unique
     for comp in entries:
         for stages, x_path in expand(comp):
+            stages = [stage.bind(recipe) for stage in stages]
             x = get_path(stages, x_path)
             x = float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0.0
             match = _STAGE_FIELD.fullmatch(x_path)
@@ -260,7 +262,8 @@ def compressions(recipe: Recipe, uses_calibration) -> list[CompressionPoint]:
             if labels.setdefault(arm, identity) != identity:
                 arm = f"{arm} #{identity[:6]}"
             calibration = tuple(resolve_calibration(recipe, s, uses_calibration) for s in stages)
-            seeds = recipe.seeds if any(c is not None for c in calibration) else [None]
+            seeded = any(c is not None for c in calibration) or any(s.seeded() for s in stages)
+            seeds = recipe.seeds if seeded else [None]
             for seed in seeds:
                 out.append(CompressionPoint(tuple(stages), calibration, seed, arm, x, x_path))
     # A recipe may list the same compression twice; keep the first.

@@ -45,6 +45,15 @@ class Stage(BaseModel):
     def needs_calibration(self) -> bool:
         return False
 
+    def seeded(self) -> bool:
+        """Whether the stage's result depends on the point's seed even without calibration
+        data (fine-tuning's data order): then the recipe's seeds repeat the point."""
+        return False
+
+    def bind(self, recipe) -> Stage:
+        """This stage with fields the recipe decides filled in (default: unchanged)."""
+        return self
+
     def run(self, loaded, calibration: dict | None, seed: int | None) -> dict:
         """Apply this stage to `loaded` (a `prunelab.LoadedModel`) in place; return a record."""
         raise NotImplementedError
@@ -152,6 +161,114 @@ def _calibration_config(calibration: dict | None, seed: int | None):
 
     fields = {k: calibration[k] for k in ("source", "n_samples", "seqlen")}
     return CalibrationConfig(**fields, **({} if seed is None else {"seed": seed}))
+
+
+@register_stage
+class TransferStage(Stage):
+    """Fine-tuning in one of the Junk DNA paper's transfer settings (`prunelab.recover`):
+    the mask comes from a pruning method at a sparsity or pattern (none for `dense`), and the
+    model trains on the named tasks' items that the study's evaluation does not test."""
+
+    kind: Literal["transfer"] = "transfer"
+    setting: Literal["dense", "sparse", "sparse-to-dense", "freeze"]
+    method: str | None = None
+    sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    pattern: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    calibration: CalibrationPatch | None = None
+    train_on: list[str] = Field(min_length=1)
+    trainable: list[str] = Field(default_factory=lambda: ["all"])
+    lora_rank: int | None = Field(None, ge=1)
+    masked_lora: bool = False
+    train: dict[str, Any] = Field(default_factory=dict)  # `prunelab.recover.TrainConfig` fields
+    max_items: int | None = Field(None, ge=1)
+    # The evaluation's item choice, so training never sees a tested item (from the recipe's
+    # `eval` when left out).
+    holdout_limit: int | None = None
+    holdout_seed: int | None = None
+
+    amount_fields: ClassVar[tuple[str, ...]] = ("sparsity",)
+
+    @model_validator(mode="after")
+    def _mask_source(self) -> TransferStage:
+        if self.setting != "dense" and self.method is None:
+            raise ValueError(f"setting {self.setting} needs a pruning method for its mask")
+        if self.setting == "dense":
+            if self.method or self.sparsity or self.pattern:
+                raise ValueError("setting dense prunes nothing: leave out method, sparsity and "
+                                 "pattern")
+            self.sparsity = 0.0  # its place on the sparsity axis: the 100% of dense transfer
+        return self
+
+    def _prune_stage(self) -> PruneStage | None:
+        if self.setting == "dense":
+            return None
+        return PruneStage(method=self.method, sparsity=self.sparsity, pattern=self.pattern,
+                          options=self.options, calibration=self.calibration)
+
+    def train_config(self, seed: int | None):
+        from prunelab.recover.loop import TrainConfig
+
+        fields = dict(self.train)
+        if seed is not None:
+            fields["seed"] = seed
+        return TrainConfig(**fields)
+
+    def problems(self, calibration):
+        from prunelab.errors import PrunelabError
+        from prunelab.recover.perp import check_subsets
+
+        out = self._prune_stage().problems(calibration) if self._prune_stage() else []
+        try:
+            self.train_config(None).validate()
+            check_subsets(self.trainable)
+        except TypeError as exc:
+            out.append(f"train: {exc}")
+        except PrunelabError as exc:
+            out.append(str(exc))
+        if self.masked_lora and not self.lora_rank:
+            out.append("masked_lora needs a lora_rank")
+        return out
+
+    def needs_calibration(self) -> bool:
+        prune = self._prune_stage()
+        return prune is not None and prune.needs_calibration()
+
+    def seeded(self) -> bool:
+        return True
+
+    def bind(self, recipe) -> TransferStage:
+        if self.holdout_limit is not None:
+            return self
+        return self.model_copy(update={"holdout_limit": recipe.eval.limit,
+                                       "holdout_seed": recipe.eval.seed})
+
+    def run(self, loaded, calibration, seed):
+        from prunelab.recover.run import TransferPlan, transfer
+
+        plan = TransferPlan(self.setting, self.method, self.sparsity, self.pattern,
+                            dict(self.options), list(self.train_on), list(self.trainable),
+                            self.lora_rank, self.masked_lora, self.train_config(seed),
+                            self.max_items)
+        return transfer(loaded, plan, calibration=_calibration_config(calibration, seed),
+                        eval_limit=self.holdout_limit, eval_seed=self.holdout_seed or 0,
+                        progress=False)
+
+    def label(self, omit: frozenset[str] = frozenset()) -> str:
+        prune = self._prune_stage()
+        parts = [f"{self.setting} transfer"]
+        if prune is not None:
+            parts.append(prune.label(omit))
+        elif "sparsity" not in omit:
+            parts.append("0%")
+        parts.append("on " + ",".join(self.train_on))
+        if self.trainable != ["all"]:
+            parts.append("training " + "+".join(self.trainable))
+        if self.lora_rank:
+            parts.append(f"{'mask' if self.masked_lora else ''}lora r={self.lora_rank}")
+        parts += [f"{k}={_number(v)}" for k, v in sorted(self.train.items())
+                  if f"train.{k}" not in omit and k != "seed"]
+        return " ".join(parts)
 
 
 def chain_label(stages: list[Stage], omit: dict[int, frozenset[str]] | None = None) -> str:

@@ -276,6 +276,8 @@ class Analysis:
     thresholds: list[dict]  # one row per model, arm, family, level
     dense: list[dict]  # one row per model, family, level
     sweeps: list[dict]  # `relative` rows of arms whose x is not an amount (e.g. band start)
+    transfer: list[dict] = field(default_factory=list)  # % of Dense Transfer (study.transfer)
+    recovery: list[dict] = field(default_factory=list)  # gap closed, freeze keeps
 
 
 def analyse(points: list[dict], examples, *, records=None, item_measure: str = "task",
@@ -299,11 +301,16 @@ def analyse(points: list[dict], examples, *, records=None, item_measure: str = "
         for arm in arms:
             fb = bootstrap_family(lvs, arm, n_boot, seed, measure)
             _relative_rows(out, fb, x_fields.get(arm))
-            if arm in amount_arms:
+            if arm in amount_arms and any(x > 0 for x in fb.xs):  # not dense transfer alone
                 _rank_rows(out, fb)
                 _threshold_rows(out, fb, thresholds)
     out.sweeps = [r for r in out.relative if r["arm"] not in amount_arms]
     _decide(out.verdicts)
+    from prunelab.study.transfer import analyse_transfer, transfer_settings
+
+    settings = transfer_settings(points)
+    if settings:
+        out.transfer, out.recovery = analyse_transfer(levels, settings, n_boot=n_boot, seed=seed)
     return out
 
 

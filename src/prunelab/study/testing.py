@@ -70,6 +70,8 @@ class FakeBackend:
         for i, comp in enumerate(recipe.compressions):
             methods = [s.get("method") for s in comp.stages] or [comp.method]
             for method in methods:
+                if method is None and comp.stages:  # a stage that prunes nothing (dense transfer)
+                    continue
                 if method not in METHODS:
                     problems.append((f"compressions[{i}].method", f"unknown method {method!r}"))
             for j, p in enumerate(comp.patterns):
@@ -130,6 +132,9 @@ class FakeBackend:
         damage = 0.0
         for stage in point.stages:
             s = stage.sparsity or 0.0
+            # fine-tuning after pruning: sparse transfer keeps the damage, regrowing gives a
+            # little back, freezing the small weights keeps most of the skill
+            s *= {"sparse-to-dense": 0.8, "freeze": 0.2}.get(getattr(stage, "setting", ""), 1.0)
             if "band_low" in stage.options:  # bands of larger weights hurt more
                 s = 0.3 + 1.2 * stage.options["band_low"]
             damage += METHODS.get(stage.method, 1.0) * fragility * max(0.0, s - 0.2 + jitter) * 1.6

@@ -1,0 +1,116 @@
+"""Prune (or only mark) and fine-tune a loaded causal LM in one of the transfer settings:
+the Python API behind the study's transfer stage and `prunelab transfer`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from prunelab.arch import find_blocks, prunable_layers
+from prunelab.errors import PrunelabError
+from prunelab.recover.data import collate_lm, lm_examples, lm_loss, pad_token
+from prunelab.recover.loop import TrainConfig, fine_tune
+from prunelab.recover.perp import add_adapters, check_subsets, merge_adapters, select_trainable
+from prunelab.recover.transfer import TransferSetting, check_setting
+
+
+@dataclass
+class TransferPlan:
+    """What to do: the setting, the mask's source (a method at a sparsity or N:M pattern, or
+    masks given), what trains, and on which tasks' training items."""
+
+    setting: str
+    method: str | None = None
+    sparsity: float | None = None
+    pattern: str | None = None
+    options: dict = field(default_factory=dict)
+    train_on: Sequence[str] = ()
+    trainable: Sequence[str] = ("all",)
+    lora_rank: int | None = None  # adapters on the pruned linears (PERP's LoRA)
+    masked_lora: bool = False  # MaskLoRA: the adapters' update keeps the mask
+    train: TrainConfig = field(default_factory=TrainConfig)
+    max_items: int | None = None  # training items per task (all by default)
+
+    def check(self) -> TransferPlan:
+        check_setting(self.setting)
+        check_subsets(self.trainable)
+        self.train.validate()
+        if not self.train_on:
+            raise PrunelabError("no task to fine-tune on", "name one or more tasks to train on")
+        if self.setting != "dense" and self.method is None:
+            raise PrunelabError(f"setting {self.setting} needs a mask",
+                                "give a pruning method and a sparsity or pattern")
+        if self.masked_lora and not self.lora_rank:
+            raise PrunelabError("MaskLoRA needs adapters", "give a LoRA rank")
+        return self
+
+
+def transfer(loaded, plan: TransferPlan, *, calibration=None, eval_limit: int | None = None,
+             eval_seed: int = 0, masks: dict[str, torch.Tensor] | None = None,
+             checkpoint: str | Path | None = None, progress: bool = True) -> dict:
+    """Apply `plan` to `loaded` in place and return a record of it. The training items of each
+    task are those its evaluation (`eval_limit`, `eval_seed`) does not test."""
+    from prunelab.api import prune
+    from prunelab.tasks.registry import get_tasks
+
+    plan.check()
+    tasks = get_tasks(list(plan.train_on))
+    examples = [e for task in tasks for e in lm_examples(
+        loaded, task, eval_limit=eval_limit, eval_seed=eval_seed, max_items=plan.max_items)]
+    record: dict = {"setting": plan.setting, "train_on": [t.name for t in tasks],
+                    "train_examples": len(examples)}
+    if plan.setting != "dense" and masks is None:
+        # freeze zeroes nothing: the mask is computed on a copy of the weights' values and
+        # the pre-trained values are put back
+        saved = _prunable_weights(loaded.model) if plan.setting == "freeze" else None
+        result = prune(loaded, plan.method, None if plan.pattern else plan.sparsity,
+                       pattern=plan.pattern, calibration=calibration, progress=progress,
+                       keep_masks=True, **plan.options)
+        masks = result.masks
+        record["pruned"] = {"method": plan.method, "sparsity": result.sparsity,
+                            "pattern": result.pattern, "overall_sparsity":
+                            result.to_dict().get("overall_sparsity")}
+        if saved is not None:
+            _restore(loaded.model, saved)
+    setting = TransferSetting(plan.setting, loaded.model, masks or {})
+    setting.start()
+    select_trainable(loaded.model, plan.trainable if not plan.lora_rank else
+                     [s for s in plan.trainable if s != "all"])
+    if plan.lora_rank:
+        add_adapters(loaded.model, list(masks or _linear_names(loaded.model)),
+                     rank=plan.lora_rank, masked=plan.masked_lora)
+    result = fine_tune(loaded.model, examples, collate_lm(pad_token(loaded)), lm_loss,
+                       plan.train, setting=setting, checkpoint=checkpoint, progress=progress)
+    if plan.lora_rank:
+        # a plain LoRA merge fills pruned weights in (masked_nonzero says how many); MaskLoRA's
+        # does not
+        merge_adapters(loaded.model)
+    for p in loaded.model.parameters():
+        p.requires_grad_(False)
+    record.update({"steps": result.steps, "seconds": round(result.seconds, 2),
+                   "final_loss": result.losses[-1] if result.losses else None,
+                   "trainable": result.trainable, "trainable_fraction":
+                   result.trainable_fraction, **setting.summary()})
+    return record
+
+
+def _prunable_weights(model) -> dict[str, torch.Tensor]:
+    return {f"{i}.{name}": layer.weight.detach().clone()
+            for i, block in enumerate(find_blocks(model).blocks)
+            for name, layer in prunable_layers(block).items()}
+
+
+@torch.no_grad()
+def _restore(model, saved: dict[str, torch.Tensor]) -> None:
+    for i, block in enumerate(find_blocks(model).blocks):
+        for name, layer in prunable_layers(block).items():
+            layer.weight.copy_(saved[f"{i}.{name}"])
+
+
+def _linear_names(model) -> list[str]:
+    found = find_blocks(model)
+    return [f"{found.path}.{i}.{name}" for i, block in enumerate(found.blocks)
+            for name in prunable_layers(block)]

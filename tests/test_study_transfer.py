@@ -1,0 +1,55 @@
+"""Transfer arms in a study (fake backend): planning, % of Dense Transfer, irreversibility."""
+
+import pytest
+
+from prunelab.study.recipe import parse_recipe
+from prunelab.study.results import load_run
+from prunelab.study.runner import dry_run, run_study
+from prunelab.study.testing import FakeBackend
+
+
+def _recipe(**changes):
+    stage = {"kind": "transfer", "train_on": ["digits:1"]}
+    return parse_recipe({
+        "name": "t", "models": ["m"], "tasks": ["digits"], "seeds": [41, 42],
+        "compressions": [
+            {"stages": [{**stage, "setting": "dense"}]},
+            *[{"stages": [{**stage, "setting": s, "method": "wanda"}],
+               "sweep": {"stages[0].sparsity": [0.5, 0.7]}}
+              for s in ("sparse", "sparse-to-dense", "freeze")]],
+        "eval": {"limit": 150}, "analysis": {"n_boot": 200}, **changes})
+
+
+def test_transfer_points_repeat_per_seed_and_hold_out_the_evaluated_items():
+    plan = dry_run(_recipe(), FakeBackend(size=300))
+    labels = [u["compression"] for u in plan["units"]]
+    assert "dense transfer 0% on digits:1 seed 41" in labels
+    assert "freeze transfer wanda 70% on digits:1 seed 42" in labels
+    assert len(labels) == 1 + 2 * (1 + 3 * 2)  # dense, then every transfer point per seed
+
+
+def test_percent_of_dense_transfer_and_irreversibility(tmp_path):
+    run_study(_recipe(), tmp_path, backend=FakeBackend(size=300), progress=False)
+    analysis = load_run(tmp_path).analysis
+    share = {(r["task"], r["setting"], r["x"]): r for r in analysis.transfer}
+    # the fake's freeze keeps what dense transfer has; sparse loses more at harder levels
+    assert share[("digits:1", "freeze", 0.5)]["of_dense_transfer"] == pytest.approx(1.0)
+    sparse = [share[(f"digits:{d}", "sparse", 0.7)]["of_dense_transfer"] for d in (1, 2, 3, 4)]
+    assert sparse == sorted(sparse, reverse=True) and sparse[-1] < 0.5
+    low, high = share[("digits:4", "sparse", 0.7)]["ci"]
+    assert low < sparse[-1] < high
+    recovery = {(r["task"], r["x"]): r for r in analysis.recovery}
+    hard = recovery[("digits:2", 0.5)]
+    assert 0 < hard["gap_closed"] < 1 and hard["freeze_keeps"] == pytest.approx(1.0)
+    # dense transfer is the reference, not an arm with a verdict of its own
+    assert {v["arm"].split()[0] for v in analysis.verdicts} == {"sparse", "sparse-to-dense",
+                                                                 "freeze"}
+
+
+def test_a_transfer_stage_without_a_mask_source_is_refused():
+    from prunelab.errors import PrunelabError
+
+    with pytest.raises(PrunelabError, match="needs a pruning method"):
+        parse_recipe({"name": "t", "models": ["m"], "tasks": ["digits"], "compressions": [
+            {"stages": [{"kind": "transfer", "setting": "sparse", "sparsity": 0.5,
+                         "train_on": ["digits:1"]}]}]})
