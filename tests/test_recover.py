@@ -205,3 +205,38 @@ def test_transfer_trains_only_on_items_the_evaluation_does_not_test(tmp_path, se
         transfer(tiny_loaded(), plan, eval_limit=None, progress=False)
     with pytest.raises(PrunelabError, match="leaves 0 items"):
         transfer(tiny_loaded(), plan, eval_limit=40, progress=False)
+
+
+def test_masks_from_a_pruned_directory_and_their_bad_shapes(tmp_path):
+    from prunelab.api import save
+    from prunelab.recover.transfer import masks_from_directory
+
+    pruned = tiny_loaded()
+    result = prune(pruned, method="magnitude", sparsity=0.5, keep_masks=True, progress=False)
+    save(pruned, tmp_path / "pruned", result)
+    masks = masks_from_directory(tiny_model(), tmp_path / "pruned")
+    assert masks.keys() == result.masks.keys()
+    assert all(torch.equal(masks[k], result.masks[k]) for k in masks)
+    other = tiny_model()
+    other.model.layers[0].mlp.up_proj = torch.nn.Linear(32, 48, bias=False)
+    with pytest.raises(PrunelabError, match="has shape"):
+        masks_from_directory(other, tmp_path / "pruned")
+    with pytest.raises(PrunelabError, match="no .safetensors"):
+        masks_from_directory(tiny_model(), tmp_path)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--setting", "sparser"], "unknown transfer setting"),
+    (["--setting", "sparse"], "needs a mask"),
+    (["--setting", "sparse", "--method", "magnitude", "--sparsity", "1.5"], "sparsity"),
+    (["--setting", "dense", "--lr", "0"], "learning rate 0"),
+    (["--setting", "dense", "--epochs", "0"], "epochs 0"),
+    (["--setting", "dense", "--trainable", "weights"], "unknown trainable subset"),
+])
+def test_transfer_cli_refuses_bad_input_in_one_line(tmp_path, args, words):
+    from tests.test_cli import run
+
+    result = run("transfer", "smollm2-135m", "--out", str(tmp_path / "o"), "--train-on",
+                 "arithmetic:1", *args)
+    assert result.returncode == 2 and words in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "o").exists()

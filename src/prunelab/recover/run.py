@@ -34,15 +34,16 @@ class TransferPlan:
     train: TrainConfig = field(default_factory=TrainConfig)
     max_items: int | None = None  # training items per task (all by default)
 
-    def check(self) -> TransferPlan:
+    def check(self, masks_given: bool = False) -> TransferPlan:
         check_setting(self.setting)
         check_subsets(self.trainable)
         self.train.validate()
         if not self.train_on:
             raise PrunelabError("no task to fine-tune on", "name one or more tasks to train on")
-        if self.setting != "dense" and self.method is None:
+        if self.setting != "dense" and self.method is None and not masks_given:
             raise PrunelabError(f"setting {self.setting} needs a mask",
-                                "give a pruning method and a sparsity or pattern")
+                                "give a pruning method and a sparsity or pattern, or a "
+                                "pruned model directory to take the mask from")
         if self.masked_lora and not self.lora_rank:
             raise PrunelabError("MaskLoRA needs adapters", "give a LoRA rank")
         return self
@@ -56,7 +57,7 @@ def transfer(loaded, plan: TransferPlan, *, calibration=None, eval_limit: int | 
     from prunelab.api import prune
     from prunelab.tasks.registry import get_tasks
 
-    plan.check()
+    plan.check(masks_given=masks is not None)
     tasks = get_tasks(list(plan.train_on))
     examples = [e for task in tasks for e in lm_examples(
         loaded, task, eval_limit=eval_limit, eval_seed=eval_seed, max_items=plan.max_items)]

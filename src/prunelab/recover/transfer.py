@@ -99,3 +99,40 @@ class TransferSetting:
         nonzero = sum(int((weight.detach()[mask] != 0).sum())
                       for weight, mask in self.masked.values())
         return {"setting": self.setting, "masked_weights": held, "masked_nonzero": nonzero}
+
+
+def masks_from_directory(model: nn.Module, directory) -> dict[str, torch.Tensor]:
+    """The masks of a pruned model directory (`prunelab prune --out`): every zero of its
+    prunable layers' weights, by layer name, checked against `model`'s shapes."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from prunelab.arch import find_blocks, prunable_layers
+
+    directory = Path(directory)
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise PrunelabError(f"{directory} holds no .safetensors weights",
+                            "give a directory written by `prunelab prune --out`")
+    found = find_blocks(model)
+    wanted = {f"{found.path}.{i}.{name}": layer for i, block in enumerate(found.blocks)
+              for name, layer in prunable_layers(block).items()}
+    masks = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as weights:
+            for key in weights.keys():
+                name = key.removesuffix(".weight")
+                if key.endswith(".weight") and name in wanted:
+                    weight = weights.get_tensor(key)
+                    if tuple(weight.shape) != tuple(wanted[name].weight.shape):
+                        raise PrunelabError(
+                            f"{directory}: {key} has shape {tuple(weight.shape)}, the model's "
+                            f"{tuple(wanted[name].weight.shape)}",
+                            "use a directory pruned from this model")
+                    masks[name] = as_out_in(wanted[name], weight == 0)
+    missing = sorted(set(wanted) - set(masks))
+    if missing:
+        raise PrunelabError(f"{directory} lacks the weights of {len(missing)} prunable layers "
+                            f"(e.g. {missing[0]})", "use a directory pruned from this model")
+    return masks

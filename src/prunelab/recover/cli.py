@@ -1,0 +1,72 @@
+"""`prunelab transfer`: prune (or only mark) a model and fine-tune it in a transfer setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="transfer")(transfer_command)
+
+
+def transfer_command(
+    model: str = typer.Argument(..., help="zoo name or local model dir (the pre-trained model)"),
+    out: Path = typer.Option(..., "--out", help="directory to write the fine-tuned model to"),
+    setting: str = typer.Option(..., help="dense | sparse | sparse-to-dense | freeze"),
+    train_on: list[str] = typer.Option(..., "--train-on", help="task (family:level) to train on;"
+                                       " repeatable"),
+    method: Optional[str] = typer.Option(None, help="pruning method whose mask to use"),
+    sparsity: Optional[float] = typer.Option(None, help="fraction to remove, in [0, 1)"),
+    pattern: Optional[str] = typer.Option(None, help="N:M pattern, e.g. 2:4"),
+    mask_from: Optional[Path] = typer.Option(None, help="take the mask (its zeros) from a "
+                                             "directory written by `prunelab prune`"),
+    eval_limit: int = typer.Option(200, help="test items per task kept out of training (the "
+                                   "evaluation's --limit)"),
+    eval_seed: int = typer.Option(0, help="the evaluation's seed (which items it tests)"),
+    lr: float = typer.Option(2e-5, help="peak learning rate (AdamW, linear schedule)"),
+    epochs: int = typer.Option(3, help="passes over the training items"),
+    batch_size: int = typer.Option(16, help="examples per step"),
+    warmup: float = typer.Option(0.06, help="share of steps warming up"),
+    max_steps: Optional[int] = typer.Option(None, help="stop after this many steps"),
+    seed: int = typer.Option(42, help="seed of the data order"),
+    trainable: str = typer.Option("all", help="what trains: all, or biases/norms/head joined "
+                                  "by '+' (PERP)"),
+    lora_rank: Optional[int] = typer.Option(None, help="LoRA adapters of this rank on the "
+                                            "pruned linears (PERP)"),
+    masked_lora: bool = typer.Option(False, help="MaskLoRA: the adapters keep the mask"),
+) -> None:
+    """Fine-tune MODEL in a Junk DNA transfer setting and save it."""
+    from prunelab import api
+    from prunelab.errors import PrunelabError
+    from prunelab.recover.loop import TrainConfig
+    from prunelab.recover.run import TransferPlan, transfer
+    from prunelab.recover.transfer import masks_from_directory
+    from prunelab.tasks.registry import get_tasks
+    from prunelab.zoo.models import load_model
+
+    if mask_from is not None and method is not None:
+        raise PrunelabError("give either --method or --mask-from, not both",
+                            "drop one of them")
+    plan = TransferPlan(setting, method, sparsity,
+                        pattern, {}, train_on, trainable.split("+"), lora_rank, masked_lora,
+                        TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, warmup=warmup,
+                                    max_steps=max_steps, seed=seed))
+    plan.check(masks_given=mask_from is not None)
+    if method is not None and setting != "dense":
+        api.check_prune_args(method, None if pattern else sparsity, pattern, None, {})
+    get_tasks(list(train_on))  # unknown tasks fail before the model loads
+    if out.exists():
+        raise PrunelabError(f"output directory {out} already exists",
+                            "choose a new --out, or remove the old one")
+    loaded = load_model(model)
+    masks = masks_from_directory(loaded.model, mask_from) if mask_from is not None else None
+    record = transfer(loaded, plan, eval_limit=eval_limit, eval_seed=eval_seed, masks=masks)
+    api.save(loaded, out, extra={"transfer": record})
+    typer.echo(f"{setting} transfer on {', '.join(train_on)}: {record['steps']} steps, final "
+               f"loss {record['final_loss']:.4f}, {record['trainable_fraction']:.2%} of "
+               f"parameters trained; masked weights {record.get('masked_weights', 0)}, of "
+               f"them nonzero now {record.get('masked_nonzero', 0)}")
+    typer.echo(f"saved to {out}")
