@@ -1,4 +1,6 @@
-"""`prunelab transfer`: prune (or only mark) a model and fine-tune it in a transfer setting."""
+"""`prunelab transfer` (a causal LM on the suite's tasks) and `prunelab transfer-encoder` (an
+encoder with a new classification head): prune, or only mark, and fine-tune in a transfer
+setting."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     app.command(name="transfer")(transfer_command)
+    app.command(name="transfer-encoder")(encoder_command)
 
 
 def transfer_command(
@@ -70,3 +73,45 @@ def transfer_command(
                f"parameters trained; masked weights {record.get('masked_weights', 0)}, of "
                f"them nonzero now {record.get('masked_nonzero', 0)}")
     typer.echo(f"saved to {out}")
+
+
+def encoder_command(
+    model: str = typer.Argument("minilm-l6", help="an encoder: zoo name or local dir"),
+    task: str = typer.Option("multiemo-en", help="classification task (see "
+                             "prunelab.recover.encoder.CLASSIFICATION_TASKS)"),
+    setting: str = typer.Option(..., help="dense | sparse | sparse-to-dense | freeze"),
+    sparsity: float = typer.Option(0.0, help="fraction removed by global magnitude"),
+    method: str = typer.Option("magnitude-global", help="pruning method for the mask"),
+    adequacy: float = typer.Option(1.0, help="share of the training split to train on"),
+    n_train: int = typer.Option(2000, help="training split size"),
+    n_test: int = typer.Option(500, help="held-out test split size"),
+    lr: float = typer.Option(2e-5, help="peak learning rate"),
+    epochs: int = typer.Option(3, help="passes over the training items"),
+    batch_size: int = typer.Option(32, help="examples per step"),
+    seed: int = typer.Option(42, help="seed of the head and the data order"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result (with every test "
+                                       "item's correctness) as JSON here"),
+) -> None:
+    """Fine-tune an encoder with a new head in a transfer setting; print test accuracy."""
+    from prunelab.errors import PrunelabError
+    from prunelab.evaluate.metrics import wilson
+    from prunelab.paths import write_json_atomic
+    from prunelab.recover.encoder import CLASSIFICATION_TASKS, encoder_transfer
+    from prunelab.recover.loop import TrainConfig
+    from prunelab.recover.transfer import check_setting
+
+    check_setting(setting)
+    if task not in CLASSIFICATION_TASKS:
+        raise PrunelabError(f"unknown classification task {task!r}",
+                            f"use one of {', '.join(CLASSIFICATION_TASKS)}")
+    train = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed).validate()
+    if out is not None and out.exists():
+        raise PrunelabError(f"{out} already exists", "choose a new --out")
+    record = encoder_transfer(model, task, setting, sparsity=sparsity, method=method,
+                              adequacy=adequacy, n_train=n_train, n_test=n_test, train=train)
+    low, high = wilson(sum(record["correct"]), len(record["correct"]))
+    typer.echo(f"{task} {setting} {sparsity:.0%}: accuracy {record['accuracy']:.3f} "
+               f"[{low:.3f}, {high:.3f}] on {record['test_items']} held-out items, trained on "
+               f"{record['train_items']} ({record['steps']} steps, {record['seconds']:.0f} s)")
+    if out is not None:
+        write_json_atomic(out, record)
