@@ -240,3 +240,17 @@ def test_transfer_cli_refuses_bad_input_in_one_line(tmp_path, args, words):
                  "arithmetic:1", *args)
     assert result.returncode == 2 and words in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_perp_retrains_on_text_windows(tmp_path):
+    from prunelab.recover.run import TransferPlan, transfer
+
+    text = tmp_path / "t.txt"
+    text.write_text("Pruned models can be retrained cheaply on plain text. " * 60)
+    loaded = tiny_loaded()
+    plan = TransferPlan("sparse", method="magnitude", sparsity=0.5, train_on=[f"text:{text}"],
+                        trainable=["biases", "norms"], max_items=8,
+                        train=TrainConfig(**{**FAST, "epochs": 1}))
+    record = transfer(loaded, plan, progress=False)
+    assert record["train_examples"] == 8 and record["steps"] == 2
+    assert 0 < record["trainable_fraction"] < 0.05 and record["masked_nonzero"] == 0

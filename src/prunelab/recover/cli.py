@@ -19,8 +19,8 @@ def transfer_command(
     model: str = typer.Argument(..., help="zoo name or local model dir (the pre-trained model)"),
     out: Path = typer.Option(..., "--out", help="directory to write the fine-tuned model to"),
     setting: str = typer.Option(..., help="dense | sparse | sparse-to-dense | freeze"),
-    train_on: list[str] = typer.Option(..., "--train-on", help="task (family:level) to train on;"
-                                       " repeatable"),
+    train_on: list[str] = typer.Option(..., "--train-on", help="task (family:level) to train on,"
+                                       " or text:SOURCE for language modelling; repeatable"),
     method: Optional[str] = typer.Option(None, help="pruning method whose mask to use"),
     sparsity: Optional[float] = typer.Option(None, help="fraction to remove, in [0, 1)"),
     pattern: Optional[str] = typer.Option(None, help="N:M pattern, e.g. 2:4"),
@@ -60,7 +60,9 @@ def transfer_command(
     plan.check(masks_given=mask_from is not None)
     if method is not None and setting != "dense":
         api.check_prune_args(method, None if pattern else sparsity, pattern, None, {})
-    get_tasks(list(train_on))  # unknown tasks fail before the model loads
+    tasks = [t for t in train_on if not t.startswith("text:")]
+    if tasks:
+        get_tasks(tasks)  # unknown tasks fail before the model loads
     if out.exists():
         raise PrunelabError(f"output directory {out} already exists",
                             "choose a new --out, or remove the old one")

@@ -56,6 +56,19 @@ def lm_examples(loaded, task: Task, *, eval_limit: int | None, eval_seed: int,
     return out
 
 
+TEXT_PREFIX = "text:"  # train_on "text:SOURCE": language modelling on a text (PERP's setup)
+
+
+def text_examples(loaded, source: str, *, n_samples: int = 256, seqlen: int = 256,
+                  seed: int = 0) -> list[LMExample]:
+    """Seeded random windows of a text source (a name from `prunelab.data` or a file), every
+    token a target: the plain language-modelling loss PERP retrains with."""
+    from prunelab.data.corpora import CalibrationConfig, calibration_windows
+
+    windows = calibration_windows(loaded, CalibrationConfig(source, n_samples, seqlen, seed))
+    return [LMExample(tuple(row), tuple(row)) for row in windows.tolist()]
+
+
 def collate_lm(pad: int):
     """Right-padded batches of `LMExample`s: input_ids, attention_mask, labels."""
     def collate(examples: list[LMExample]) -> dict[str, torch.Tensor]:

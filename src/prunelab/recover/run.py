@@ -11,7 +11,8 @@ import torch
 
 from prunelab.arch import find_blocks, prunable_layers
 from prunelab.errors import PrunelabError
-from prunelab.recover.data import collate_lm, lm_examples, lm_loss, pad_token
+from prunelab.recover.data import (TEXT_PREFIX, collate_lm, lm_examples, lm_loss, pad_token,
+                                   text_examples)
 from prunelab.recover.loop import TrainConfig, fine_tune
 from prunelab.recover.perp import add_adapters, check_subsets, merge_adapters, select_trainable
 from prunelab.recover.transfer import TransferSetting, check_setting
@@ -58,10 +59,15 @@ def transfer(loaded, plan: TransferPlan, *, calibration=None, eval_limit: int | 
     from prunelab.tasks.registry import get_tasks
 
     plan.check(masks_given=masks is not None)
-    tasks = get_tasks(list(plan.train_on))
+    texts = [t[len(TEXT_PREFIX):] for t in plan.train_on if t.startswith(TEXT_PREFIX)]
+    names = [t for t in plan.train_on if not t.startswith(TEXT_PREFIX)]
+    tasks = get_tasks(names) if names else []
     examples = [e for task in tasks for e in lm_examples(
         loaded, task, eval_limit=eval_limit, eval_seed=eval_seed, max_items=plan.max_items)]
-    record: dict = {"setting": plan.setting, "train_on": [t.name for t in tasks],
+    for source in texts:  # a text is not a task: it has no test items to keep out
+        examples += text_examples(loaded, source, n_samples=plan.max_items or 256,
+                                  seed=plan.train.seed)
+    record: dict = {"setting": plan.setting, "train_on": list(plan.train_on),
                     "train_examples": len(examples)}
     if plan.setting != "dense" and masks is None:
         # freeze zeroes nothing: the mask is computed on a copy of the weights' values and
