@@ -53,3 +53,20 @@ def test_a_transfer_stage_without_a_mask_source_is_refused():
         parse_recipe({"name": "t", "models": ["m"], "tasks": ["digits"], "compressions": [
             {"stages": [{"kind": "transfer", "setting": "sparse", "sparsity": 0.5,
                          "train_on": ["digits:1"]}]}]})
+
+
+def test_a_killed_study_resumes_fine_tuning_from_a_checkpoint_of_its_own(tmp_path, monkeypatch):
+    from prunelab.study.stages import parse_stage
+
+    monkeypatch.setenv("PRUNELAB_HOME", str(tmp_path))
+    stage = parse_stage({"kind": "transfer", "setting": "sparse", "method": "wanda",
+                         "sparsity": 0.5, "train_on": ["digits:1"]})
+    calibration = {"source": "x", "n_samples": 2, "seqlen": 16}
+    path = stage.checkpoint_path("m", calibration, 41)
+    assert path.parent == tmp_path / "checkpoints"
+    assert path == stage.checkpoint_path("m", calibration, 41)  # found again after a kill
+    others = {stage.checkpoint_path("m", calibration, 42), stage.checkpoint_path("n", calibration,
+                                                                                 41),
+              parse_stage({**stage.model_dump(), "sparsity": 0.7}).checkpoint_path(
+                  "m", calibration, 41)}
+    assert path not in others and len(others) == 3

@@ -252,7 +252,20 @@ class TransferStage(Stage):
                             self.max_items)
         return transfer(loaded, plan, calibration=_calibration_config(calibration, seed),
                         eval_limit=self.holdout_limit, eval_seed=self.holdout_seed or 0,
+                        checkpoint=self.checkpoint_path(loaded.name, calibration, seed),
                         progress=False)
+
+    def checkpoint_path(self, model: str, calibration: dict | None, seed: int | None):
+        """Where a killed study's fine-tuning resumes from: one file per model, stage config,
+        calibration and seed, in the cache (removed when the training ends)."""
+        import hashlib
+        import json
+
+        from prunelab.paths import cache_dir
+
+        key = json.dumps([model, self.model_dump(mode="json"), calibration, seed],
+                         sort_keys=True, default=str)
+        return cache_dir("checkpoints") / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
 
     def label(self, omit: frozenset[str] = frozenset()) -> str:
         prune = self._prune_stage()
