@@ -27,7 +27,7 @@ from prunelab.allocator import compact_heap, mmap_threshold_from_env, release_fr
 from prunelab.data.corpora import (DEFAULT_EVAL_SOURCE, TEXT_SOURCES, CalibrationConfig,
                                    calibration_windows, eval_windows, tokens_digest)
 from prunelab.data.corpora import _check_seqlen as check_seqlen
-from prunelab.engine import LayerRecord, check_pattern, prune_blocks
+from prunelab.engine import LayerRecord, check_layers, check_pattern, prune_blocks
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.perplexity import perplexity_of_windows
 from prunelab.methods.base import PruningMethod, make_method
@@ -52,6 +52,9 @@ class PruneResult:
     # With `prune(..., keep_masks=True)`: full layer name -> bool mask (True = pruned), on the
     # CPU, for what comes after pruning (sparse fine-tuning keeps exactly these zeros).
     masks: dict = field(default_factory=dict, repr=False)
+    # Quantized layers: full layer name -> QuantizedWeight (codes, scales, zero points, on the
+    # CPU), what a packed checkpoint is written from (`save(..., format=...)`).
+    quantized: dict = field(default_factory=dict, repr=False)
 
     @property
     def overall_sparsity(self) -> float:
@@ -101,6 +104,12 @@ def check_prune_args(method: str = "wanda", sparsity: float | None = None,
     if nm is not None and not chosen.supports_nm:
         raise PrunelabError(f"method {method} does not support N:M patterns",
                             "leave out --pattern, or choose magnitude, wanda or sparsegpt")
+    if chosen.quantizes and (nm is not None or sparsity):
+        raise PrunelabError(f"method {method} quantizes weights and prunes none",
+                            "leave out --sparsity and --pattern (prune first with a method "
+                            "that prunes, or use sparsegpt --option bits=4 for both at once)")
+    if sparsity is None and chosen.quantizes:
+        sparsity = 0.0
     if sparsity is None:
         if nm is None:
             raise PrunelabError("no sparsity given", "pass --sparsity 0.5 or --pattern 2:4")
@@ -128,6 +137,7 @@ def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,
     draws the windows itself, inside its heap-compaction block (prunelab.allocator).
     """
     check_pattern(loaded.model, args.method, args.pattern)
+    check_layers(loaded.model, args.method)
     if not args.method.needs_calibration:
         return
     if calibration_text:
@@ -168,7 +178,7 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
     return PruneResult(method=method, options=_plain(chosen.config), sparsity=sparsity,
                        pattern=str(nm) if nm else None, calibration=calib_record,
                        layers=list(records), seconds=time.perf_counter() - start,
-                       masks=records.masks)
+                       masks=records.masks, quantized=records.quantized)
 
 
 def check_perplexity_args(source: str = DEFAULT_EVAL_SOURCE, seqlen: int = 512,
