@@ -314,12 +314,21 @@ def versions() -> dict:
 
 
 def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = None,
-         overwrite: bool = False, extra: dict | None = None) -> Path:
-    """Write `save_pretrained` output (safetensors) plus prunelab.json, atomically."""
+         overwrite: bool = False, extra: dict | None = None,
+         format: str = "dequantized") -> Path:
+    """Write `save_pretrained` output (safetensors) plus prunelab.json, atomically.
+
+    With `format="compressed-tensors"` the quantized layers of `result` are written packed
+    (`prunelab.quant_export`); prunelab.json records the size on disk either way."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise PrunelabError(f"output directory {out} already exists",
                             "choose a new --out, or remove the old one")
+    if format != "dequantized":
+        from prunelab.quant_export import check_format, check_model_for_format
+
+        check_format(format)
+        check_model_for_format(loaded.model, format)
     provenance = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"source": loaded.name, "dequantized": loaded.dequantized,
@@ -329,10 +338,24 @@ def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = 
         **(extra or {}),
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        if format == "compressed-tensors":
+            from prunelab.quant_export import write_compressed_tensors
+
+            write_compressed_tensors(loaded.model, result.quantized if result else {}, tmp)
+        else:
+            loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
+        provenance["storage"] = storage_record(loaded.model, tmp, format)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out
+
+
+def storage_record(model, directory: Path, format: str) -> dict:
+    """Bytes of the saved weights beside what the same parameters take in fp32 and bf16."""
+    on_disk = sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"format": format, "safetensors_bytes": on_disk, "parameters": parameters,
+            "fp32_bytes": 4 * parameters, "bf16_bytes": 2 * parameters}
 
 
 def read_provenance(directory: str | Path) -> dict:

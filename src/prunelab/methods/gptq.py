@@ -164,7 +164,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
             group_index = torch.empty(cols, dtype=torch.long)
             group_index[order] = torch.arange(cols) // size
     quantized = QuantizedWeight(codes.to(torch.uint8), scales, zeros.to(torch.uint8), bits,
-                                size, symmetric, act_order, group_index=group_index)
+                                size, symmetric, act_order, group_index=group_index,
+                                per_channel=group_size is None)
     return new_weight, quantized, dead, damp
 
 

@@ -50,10 +50,8 @@ class QuantizedWeight:
     # without static groups); None: column j is in group j // group_size.
     group_index: torch.Tensor | None = None
     notes: dict = field(default_factory=dict)
-
-    @property
-    def per_channel(self) -> bool:
-        return self.group_size == self.codes.shape[1]
+    per_channel: bool = False  # one grid per output channel (asked for, not a group size
+    # that happens to equal the width)
 
     def dequantize(self) -> torch.Tensor:
         return dequantize(self.codes, self.scales, self.zeros, self.group_size,
@@ -63,7 +61,8 @@ class QuantizedWeight:
         index = self.group_index.to(device) if self.group_index is not None else None
         return QuantizedWeight(self.codes.to(device), self.scales.to(device),
                                self.zeros.to(device), self.bits, self.group_size,
-                               self.symmetric, self.act_order, index, dict(self.notes))
+                               self.symmetric, self.act_order, index, dict(self.notes),
+                               self.per_channel)
 
 
 def check_bits(bits: int, who: str) -> None:
@@ -150,7 +149,8 @@ def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int | None,
     codes = codes_of(groups, scale[:, None], zero[:, None], bits)
     return QuantizedWeight(codes.reshape(rows, cols).to(torch.uint8),
                            scale.reshape(rows, -1).contiguous(),
-                           zero.reshape(rows, -1).to(torch.uint8), bits, size, symmetric)
+                           zero.reshape(rows, -1).to(torch.uint8), bits, size, symmetric,
+                           per_channel=group_size is None)
 
 
 # -- storage cost: the study's bits-per-weight axis -----------------------------------------------
