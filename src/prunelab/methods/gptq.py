@@ -147,7 +147,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
         align = math.lcm(align, size)
     blocksize = max(align, blocksize - blocksize % align)
     keep_zero = None
-    if keep_zeros and prune is None:
+    if keep_zeros and prune is None and bool((W == 0).any()):
         keep_zero = W == 0
         if order is not None:
             keep_zero = keep_zero[:, order]
