@@ -119,8 +119,8 @@ def test_rtn_keeps_pruned_weights_exactly_zero(symmetric):
         assert (out[W == 0] == 0).all()
 
 
-@pytest.mark.parametrize("group_size,actorder", [(None, False), (32, False), (None, True),
-                                                 (32, True)])
+@pytest.mark.parametrize("group_size,actorder", [(None, False), (32, False), (16, False),
+                                                 (None, True), (32, True)])
 def test_gptq_equals_the_reference_loop(group_size, actorder):
     W, _, H = _layer(rows=16, cols=96, seed=5)
     expected = _reference_gptq(W, H, 4, group_size, 32, 0.01, actorder, False)

@@ -6,7 +6,7 @@ dampening and upper Cholesky factor of H⁻¹, lazy batches of 128 columns); the
 each column to its grid value and the sweep spreads the rounding error onto the columns not
 yet quantized. Grids (`prunelab.methods.quant`) are per output channel, found on the whole
 row before the sweep, or per group of input columns, found when the sweep reaches the group
-(on the weights as updated so far). With act-order the columns go by decreasing diag H;
+(on the block's weights as they stood when the block began, as in the reference code). With act-order the columns go by decreasing diag H;
 static groups fix every group's grid before the sweep, so the saved scales stay in column
 order. SparseGPT's joint mode (`--method sparsegpt --option bits=4`) passes its pruning
 rule in: pruned weights take the target 0, which is on every grid, so they stay exactly zero.
@@ -63,7 +63,9 @@ class RoundToGrid:
 
     Codes are written in sweep order into `codes`. `group_of` is each swept column's group;
     grids not given up front (`static`) are found when the sweep reaches their group's first
-    column, on the weights as updated so far; the blocks must then hold whole groups.
+    column, as the reference code does: on the weights as they stood when the block began
+    (the matrix it reads has not yet received the block's own updates); the blocks must then
+    hold whole groups.
     """
 
     def __init__(self, rows: int, cols: int, bits: int, group_size: int, symmetric: bool,
@@ -80,6 +82,8 @@ class RoundToGrid:
         self.start = columns.start
         self.diag = diag
         self.targets = torch.empty_like(W1)
+        if not self.static:
+            self.at_start = W1.clone()
         if self.prune is not None:
             self.prune.begin_block(W1, diag, columns)
 
@@ -87,7 +91,8 @@ class RoundToGrid:
         j = self.start + i
         group = self.group_of[j]
         if not self.static and j % self.group_size == 0:
-            scale, zero = grid(W1[:, i:i + self.group_size], self.bits, self.symmetric)
+            scale, zero = grid(self.at_start[:, i:i + self.group_size], self.bits,
+                               self.symmetric)
             self.scales[:, group], self.zeros[:, group] = scale, zero
         w = W1[:, i]
         if self.prune is not None:
