@@ -255,3 +255,12 @@ def test_a_group_size_that_does_not_divide_a_width_fails_before_any_work():
     with pytest.raises(PrunelabError, match="group size 48 does not divide the input width 64"):
         prune(loaded, "rtn", bits=4, group_size=48, progress=False)
     assert all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
+
+
+def test_the_python_api_quantizes_and_keeps_the_codes():
+    import prunelab
+
+    loaded = tiny_loaded("llama")
+    result = prunelab.quantize(loaded, "rtn", bits=8, group_size=None, progress=False)
+    assert result.method == "rtn" and result.options["bits"] == 8
+    assert all(q.per_channel and q.bits == 8 for q in result.quantized.values())

@@ -181,6 +181,20 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
                        masks=records.masks, quantized=records.quantized)
 
 
+def quantize(loaded: LoadedModel, method: str = "gptq", bits: int = 4,
+             group_size: int | None = 128, symmetric: bool = False, *,
+             calibration: CalibrationConfig | str | None = None, seed: int | None = None,
+             batch_size: int = 8, device: str | None = None, progress: bool = True,
+             **options) -> PruneResult:
+    """Quantize the weights of `loaded.model` in place with a registered quantizer (rtn, gptq);
+    `prune` with the quantization options spelled out. The model keeps the dequantized float
+    weights; `result.quantized` holds each layer's codes, scales and zero points, which
+    `save(..., format="compressed-tensors")` packs."""
+    return prune(loaded, method, None, calibration=calibration, seed=seed,
+                 batch_size=batch_size, device=device, progress=progress, bits=bits,
+                 group_size=group_size, symmetric=symmetric, **options)
+
+
 def check_perplexity_args(source: str = DEFAULT_EVAL_SOURCE, seqlen: int = 512,
                           n_windows: int | None = 32, batch_size: int = 4) -> None:
     """Check a perplexity measurement's arguments without the model (the CLI does, first)."""
