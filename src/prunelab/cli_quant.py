@@ -23,7 +23,8 @@ def _group_size(text: str) -> str:
 def register(app: typer.Typer) -> None:
     @app.command()
     def quantize(
-        model: str = typer.Argument(..., help="zoo name (see `prunelab models`) or local model dir"),
+        model: str = typer.Argument(..., help="zoo name (see `prunelab models`) or local "
+                                    "model dir"),
         out: Path = typer.Option(..., "--out", help="directory to write the quantized model to"),
         method: str = typer.Option("gptq", help="rtn or gptq (see `prunelab methods`)"),
         bits: int = typer.Option(4, help="bits per weight: 8, 6, 4, 3 or 2"),

@@ -6,9 +6,9 @@ dampening and upper Cholesky factor of H⁻¹, lazy batches of 128 columns); the
 each column to its grid value and the sweep spreads the rounding error onto the columns not
 yet quantized. Grids (`prunelab.methods.quant`) are per output channel, found on the whole
 row before the sweep, or per group of input columns, found when the sweep reaches the group
-(on the block's weights as they stood when the block began, as in the reference code). With act-order the columns go by decreasing diag H;
-static groups fix every group's grid before the sweep, so the saved scales stay in column
-order. SparseGPT's joint mode (`--method sparsegpt --option bits=4`) passes its pruning
+(on the block's weights as they stood when the block began, as in the reference code). With
+act-order the columns go by decreasing diag H; static groups fix every group's grid before
+the sweep, so the saved scales stay in column order. SparseGPT's joint mode (`--method sparsegpt --option bits=4`) passes its pruning
 rule in: pruned weights take the target 0, which is on every grid, so they stay exactly zero.
 """
 
