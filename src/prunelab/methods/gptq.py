@@ -8,8 +8,9 @@ yet quantized. Grids (`prunelab.methods.quant`) are per output channel, found on
 row before the sweep, or per group of input columns, found when the sweep reaches the group
 (on the block's weights as they stood when the block began, as in the reference code). With
 act-order the columns go by decreasing diag H; static groups fix every group's grid before
-the sweep, so the saved scales stay in column order. SparseGPT's joint mode (`--method sparsegpt --option bits=4`) passes its pruning
-rule in: pruned weights take the target 0, which is on every grid, so they stay exactly zero.
+the sweep, so the saved scales stay in column order. SparseGPT's joint mode
+(`--method sparsegpt --option bits=4`) passes its pruning rule in: pruned weights take the
+target 0, which is on every grid, so they stay exactly zero.
 """
 
 from __future__ import annotations
