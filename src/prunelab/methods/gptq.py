@@ -23,7 +23,7 @@ import torch
 from prunelab.errors import PrunelabError
 from prunelab.methods.base import LayerDecision, LayerStats, LayerTarget, register
 from prunelab.methods.obs import ColumnRule, obs_solve
-from prunelab.methods.quant import QuantizedWeight, codes_of, grid
+from prunelab.methods.quant import QuantizedWeight, grid
 from prunelab.methods.rtn import QuantConfig, Quantizer
 
 
@@ -78,6 +78,9 @@ class RoundToGrid:
         self.scales, self.zeros, self.static = scales, zeros, static
         self.prune, self.keep_zero = prune, keep_zero
         self.codes = torch.empty(rows, cols)
+        self.maxq = float(2 ** bits - 1)
+        self.code = torch.empty(rows)  # one column's codes, reused (no allocation per column)
+        self.group = -1  # the group whose grid `scale` and `zero` hold
 
     def begin_block(self, W1, diag, columns):
         self.start = columns.start
@@ -89,25 +92,30 @@ class RoundToGrid:
             self.prune.begin_block(W1, diag, columns)
 
     def column_error(self, i, W1, out):
+        # Runs once per column of every layer: in-place operations on reused buffers, and the
+        # grid looked up only when the group changes. The arithmetic is `codes_of` and
+        # `dequantize`'s, step by step.
         j = self.start + i
         group = self.group_of[j]
-        if not self.static and j % self.group_size == 0:
-            scale, zero = grid(self.at_start[:, i:i + self.group_size], self.bits,
-                               self.symmetric)
-            self.scales[:, group], self.zeros[:, group] = scale, zero
+        if group != self.group:
+            if not self.static:  # the sweep has reached this group's first column
+                scale, zero = grid(self.at_start[:, i:i + self.group_size], self.bits,
+                                   self.symmetric)
+                self.scales[:, group], self.zeros[:, group] = scale, zero
+            self.scale, self.zero, self.group = self.scales[:, group], self.zeros[:, group], group
         w = W1[:, i]
         if self.prune is not None:
             self.prune.column_error(i, W1, out)  # decides column i's mask (N:M: its group)
             w = w.masked_fill(self.prune.mask[:, i], 0)
         elif self.keep_zero is not None:
             w = w.masked_fill(self.keep_zero[:, j], 0)
-        scale, zero = self.scales[:, group], self.zeros[:, group]
-        code = codes_of(w, scale, zero, self.bits)
+        code = self.code
+        torch.div(w, self.scale, out=code)
+        code.round_().add_(self.zero).clamp_(0, self.maxq)
         self.codes[:, j] = code
         target = self.targets[:, i]
-        torch.mul(code - zero, scale, out=target)
-        torch.sub(W1[:, i], target, out=out)
-        out.div_(self.diag[i])
+        torch.sub(code, self.zero, out=target).mul_(self.scale)
+        torch.sub(W1[:, i], target, out=out).div_(self.diag[i])
 
     def end_block(self, W1, columns):
         W1.copy_(self.targets)
