@@ -89,6 +89,13 @@ def check_group_fits(group_size: int | None, width: int, layer: str) -> None:
 
 
 def _divisor_near(width: int, wanted: int) -> int:
+    """A group size to suggest: the largest power of two below `wanted` that divides `width`
+    (likely to divide the model's other widths too), else the nearest divisor."""
+    power = 1
+    while power * 2 <= wanted and width % (power * 2) == 0:
+        power *= 2
+    if power >= 8:
+        return power
     divisors = [d for d in range(1, width + 1) if width % d == 0]
     return min(divisors, key=lambda d: (abs(d - wanted), d))
 
