@@ -15,6 +15,22 @@ import typer
 from prunelab.errors import PrunelabError
 
 
+# Where perplexity is measured before and after: the windows of `prunelab prune` (cli.py's
+# PRUNE_PPL; not imported, as nothing imports the CLI module back).
+QUANTIZE_PPL = ("squad-dev", 512, 32)
+
+
+def _option_pairs(pairs: list[str] | None) -> dict:
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PrunelabError(f"--option {pair!r} is not KEY=VALUE",
+                                "write e.g. --option percdamp=0.02")
+        options[key.strip()] = value.strip()
+    return options
+
+
 def _group_size(text: str) -> str:
     """"none", "channel" or "-1" mean one grid per output channel."""
     return "none" if text.strip().lower() in ("none", "channel", "per-channel", "-1") else text
@@ -47,7 +63,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Quantize MODEL's weights (RTN or GPTQ) and save it."""
         from prunelab import api
-        from prunelab.cli import PRUNE_PPL, _options
         from prunelab.data.corpora import CalibrationConfig
         from prunelab.methods.registry import METHODS
         from prunelab.quant_export import check_format, check_model_for_format
@@ -57,7 +72,7 @@ def register(app: typer.Typer) -> None:
                    "symmetric": str(symmetric)}
         if act_order:
             options["act_order"] = "true"
-        for key, value in _options(option).items():
+        for key, value in _option_pairs(option).items():
             if key in options:
                 raise PrunelabError(f"--option {key} repeats a flag of `quantize`",
                                     f"give it once, as --{key.replace('_', '-')}")
@@ -73,10 +88,10 @@ def register(app: typer.Typer) -> None:
         loaded = load_model(model, trust_remote_code=trust_remote_code)
         check_model_for_format(loaded.model, format)
         api.check_model_fit(loaded, args, calibration_text=True)
-        before = api.dense_perplexity(loaded, *PRUNE_PPL, progress=True) if ppl else None
+        before = api.dense_perplexity(loaded, *QUANTIZE_PPL, progress=True) if ppl else None
         result = api.prune(loaded, method, calibration=calibration, **options)
-        after = api.perplexity(loaded, *PRUNE_PPL, progress=True) if ppl else None
-        source, ppl_seqlen, windows = PRUNE_PPL
+        after = api.perplexity(loaded, *QUANTIZE_PPL, progress=True) if ppl else None
+        source, ppl_seqlen, windows = QUANTIZE_PPL
         extra = {"perplexity": {"source": source, "seqlen": ppl_seqlen, "windows": windows,
                                 "dense": before.value, "quantized": after}} if ppl else None
         api.save(loaded, out, result, extra=extra, format=format)
