@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-REPOS = {"wanda": Path("../wanda"), "sparsegpt": Path("../sparsegpt")}
+REPOS = {"wanda": Path("../wanda"), "sparsegpt": Path("../sparsegpt"), "gptq": Path("../gptq")}
 sys.modules.setdefault("datasets", types.ModuleType("datasets"))
 sys.modules["datasets"].load_dataset = None
 torch.cuda.synchronize = lambda *a, **k: None
@@ -105,17 +105,47 @@ def ref_sparsegpt(loaded, windows, sparsity, n, m):
         unpatch_layers(model)
 
 
-METHODS = {  # name: (prunelab method, sparsity, pattern, reference runner, n, m)
+def ref_gptq(loaded, windows, bits, group_size):
+    """IST-DASLab/gptq's LLaMA loop (asymmetric, no act-order, percdamp 0.01, blocks of 128);
+    its `quant.py` falls back to plain torch when the CUDA kernel is not built."""
+    sys.path.insert(0, str(REPOS["gptq"]))
+    import llama  # noqa: PLC0415
+
+    model = loaded.model
+    model.seqlen = windows.shape[1]
+    llama.args = types.SimpleNamespace(
+        nsamples=len(windows), true_sequential=False, wbits=bits, sym=False, percdamp=0.01,
+        groupsize=group_size or -1, act_order=False, static_groups=False)
+    patch_layers(model)
+    try:
+        llama.llama_sequential(model, [(w.unsqueeze(0), None) for w in windows], "cpu")
+    finally:
+        unpatch_layers(model)
+
+
+def ref_gptq_4_g64(loaded, windows, sparsity, n, m):
+    ref_gptq(loaded, windows, 4, 64)
+
+
+METHODS = {  # name: (prunelab method, sparsity, pattern, reference runner, n, m[, options])
     "wanda": ("wanda", 0.5, None, ref_wanda, 0, 0),
     "sparsegpt": ("sparsegpt", 0.5, None, ref_sparsegpt, 0, 0),
     "wanda24": ("wanda", 0.5, "2:4", ref_wanda, 2, 4),
     "sparsegpt24": ("sparsegpt", 0.5, "2:4", ref_sparsegpt, 2, 4),
+    # GPTQ 4-bit, groups of 64 (smollm2's width 576 is not a multiple of 128); the runner's
+    # (sparsity, n, m) arguments carry (bits, group size)
+    "gptq4g64": ("gptq", None, None, ref_gptq_4_g64, 0, 0, {"bits": 4, "group_size": 64}),
 }
 
 
 def masks_of(model):
     return {name: (mod.weight == 0) for name, mod in model.model.layers.named_modules()
             if isinstance(mod, torch.nn.Linear)}
+
+
+def weights_of(model):
+    return {name: mod.weight.detach().clone() for name, mod in
+            model.model.layers.named_modules() if isinstance(mod, torch.nn.Linear)}
 
 
 def agreement(a, b, per_layer=0):
@@ -147,8 +177,13 @@ def main():
                              "probe: only the order of floating-point sums changes)")
     parser.add_argument("--wanda-repo", type=Path, default=REPOS["wanda"])
     parser.add_argument("--sparsegpt-repo", type=Path, default=REPOS["sparsegpt"])
+    parser.add_argument("--gptq-repo", type=Path, default=REPOS["gptq"])
     args = parser.parse_args()
-    for name, repo in (("wanda", args.wanda_repo), ("sparsegpt", args.sparsegpt_repo)):
+    needed = {METHODS[n][3].__name__.split("_")[1] for n in args.methods.split(",")}
+    for name, repo in (("wanda", args.wanda_repo), ("sparsegpt", args.sparsegpt_repo),
+                       ("gptq", args.gptq_repo)):
+        if name not in needed:
+            continue
         if not (repo / ("lib/prune.py" if name == "wanda" else "llama.py")).is_file():
             sys.exit(f"error: no {name} checkout at {repo}; clone it there or pass --{name}-repo")
         REPOS[name] = repo.resolve()
@@ -166,7 +201,8 @@ def main():
     names, seeds = args.methods.split(","), [int(x) for x in args.calib_seeds.split(",")]
     runs = [(seed, name) for seed in seeds for name in names]
     for seed, name in runs:
-        method, sparsity, pattern, runner, n, m = METHODS[name]
+        method, sparsity, pattern, runner, n, m, *more = METHODS[name]
+        options = more[0] if more else {}
         calib = CalibrationConfig(n_samples=args.nsamples, seqlen=args.seqlen, seed=seed)
         windows = calibration_windows(loaded, calib)
         if args.permute >= 0:
@@ -177,10 +213,11 @@ def main():
         ours = load()
         start = time.perf_counter()
         prunelab.prune(ours, method, sparsity, pattern=pattern, calibration=calib,
-                       batch_size=args.batch_size, progress=False)
+                       batch_size=args.batch_size, progress=False, **options)
         ours_s = time.perf_counter() - start
         ours_ppl = prunelab.perplexity(ours, "squad-dev", 512, args.neval)
         ours_masks = masks_of(ours.model)
+        ours_weights = weights_of(ours.model) if options.get("bits") else None
         del ours
 
         ref = load()
@@ -189,6 +226,7 @@ def main():
         ref_s = time.perf_counter() - start
         ref_ppl = prunelab.perplexity(ref, "squad-dev", 512, args.neval)
         ref_masks = masks_of(ref.model)
+        ref_weights = weights_of(ref.model) if options.get("bits") else None
         ref_sparsity = (sum(int(v.sum()) for v in ref_masks.values())
                         / sum(v.numel() for v in ref_masks.values()))
         del ref
@@ -198,6 +236,8 @@ def main():
                "prunelab_s": ours_s, "reference_s": ref_s, "speedup": ref_s / ours_s,
                "reference_sparsity": ref_sparsity,
                "mask_agreement": agreement(ours_masks, ref_masks, args.per_layer)}
+        if ours_weights is not None:  # quantized: how many weights are the very same value
+            row["weights_equal"] = agreement(ours_weights, ref_weights)
         if name in args.self_specs.split(","):
             single = load()
             prunelab.prune(single, method, sparsity, pattern=pattern, calibration=calib,

@@ -4,6 +4,7 @@ The public API, importable as `prunelab.X`:
     load_model(name_or_dir)            -> LoadedModel (model, tokenizer, provenance)
     prune(loaded, method=, sparsity=, pattern=, calibration=) -> PruneResult
     perplexity(loaded, source=, seqlen=, n_windows=)          -> float
+    quantize(loaded, method=, bits=, group_size=) -> PruneResult (codes in .quantized)
     save(loaded, out_dir, result)      write save_pretrained output plus prunelab.json
     evaluate(loaded, tasks=[...])      -> EvalResults with every example's result
 """
@@ -22,6 +23,7 @@ _EXPORTS = {
     "load_model": "prunelab.zoo.models",
     "prune": "prunelab.api",
     "perplexity": "prunelab.api",
+    "quantize": "prunelab.api",
     "save": "prunelab.api",
     "CalibrationConfig": "prunelab.data.corpora",
     "evaluate": "prunelab.evaluate.runner",

@@ -27,7 +27,7 @@ from prunelab.allocator import compact_heap, mmap_threshold_from_env, release_fr
 from prunelab.data.corpora import (DEFAULT_EVAL_SOURCE, TEXT_SOURCES, CalibrationConfig,
                                    calibration_windows, eval_windows, tokens_digest)
 from prunelab.data.corpora import _check_seqlen as check_seqlen
-from prunelab.engine import LayerRecord, check_pattern, prune_blocks
+from prunelab.engine import LayerRecord, check_layers, check_pattern, prune_blocks
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.perplexity import perplexity_of_windows
 from prunelab.methods.base import PruningMethod, make_method
@@ -52,6 +52,9 @@ class PruneResult:
     # With `prune(..., keep_masks=True)`: full layer name -> bool mask (True = pruned), on the
     # CPU, for what comes after pruning (sparse fine-tuning keeps exactly these zeros).
     masks: dict = field(default_factory=dict, repr=False)
+    # Quantized layers: full layer name -> QuantizedWeight (codes, scales, zero points, on the
+    # CPU), what a packed checkpoint is written from (`save(..., format=...)`).
+    quantized: dict = field(default_factory=dict, repr=False)
 
     @property
     def overall_sparsity(self) -> float:
@@ -101,6 +104,12 @@ def check_prune_args(method: str = "wanda", sparsity: float | None = None,
     if nm is not None and not chosen.supports_nm:
         raise PrunelabError(f"method {method} does not support N:M patterns",
                             "leave out --pattern, or choose magnitude, wanda or sparsegpt")
+    if chosen.quantizes and (nm is not None or sparsity):
+        raise PrunelabError(f"method {method} quantizes weights and prunes none",
+                            "leave out --sparsity and --pattern (prune first with a method "
+                            "that prunes, or use sparsegpt --option bits=4 for both at once)")
+    if sparsity is None and chosen.quantizes:
+        sparsity = 0.0
     if sparsity is None:
         if nm is None:
             raise PrunelabError("no sparsity given", "pass --sparsity 0.5 or --pattern 2:4")
@@ -128,6 +137,7 @@ def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,
     draws the windows itself, inside its heap-compaction block (prunelab.allocator).
     """
     check_pattern(loaded.model, args.method, args.pattern)
+    check_layers(loaded.model, args.method)
     if not args.method.needs_calibration:
         return
     if calibration_text:
@@ -168,7 +178,21 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
     return PruneResult(method=method, options=_plain(chosen.config), sparsity=sparsity,
                        pattern=str(nm) if nm else None, calibration=calib_record,
                        layers=list(records), seconds=time.perf_counter() - start,
-                       masks=records.masks)
+                       masks=records.masks, quantized=records.quantized)
+
+
+def quantize(loaded: LoadedModel, method: str = "gptq", bits: int = 4,
+             group_size: int | None = 128, symmetric: bool = False, *,
+             calibration: CalibrationConfig | str | None = None, seed: int | None = None,
+             batch_size: int = 8, device: str | None = None, progress: bool = True,
+             **options) -> PruneResult:
+    """Quantize the weights of `loaded.model` in place with a registered quantizer (rtn, gptq);
+    `prune` with the quantization options spelled out. The model keeps the dequantized float
+    weights; `result.quantized` holds each layer's codes, scales and zero points, which
+    `save(..., format="compressed-tensors")` packs."""
+    return prune(loaded, method, None, calibration=calibration, seed=seed,
+                 batch_size=batch_size, device=device, progress=progress, bits=bits,
+                 group_size=group_size, symmetric=symmetric, **options)
 
 
 def check_perplexity_args(source: str = DEFAULT_EVAL_SOURCE, seqlen: int = 512,
@@ -304,12 +328,21 @@ def versions() -> dict:
 
 
 def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = None,
-         overwrite: bool = False, extra: dict | None = None) -> Path:
-    """Write `save_pretrained` output (safetensors) plus prunelab.json, atomically."""
+         overwrite: bool = False, extra: dict | None = None,
+         format: str = "dequantized") -> Path:
+    """Write `save_pretrained` output (safetensors) plus prunelab.json, atomically.
+
+    With `format="compressed-tensors"` the quantized layers of `result` are written packed
+    (`prunelab.quant_export`); prunelab.json records the size on disk either way."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise PrunelabError(f"output directory {out} already exists",
                             "choose a new --out, or remove the old one")
+    if format != "dequantized":
+        from prunelab.quant_export import check_format, check_model_for_format
+
+        check_format(format)
+        check_model_for_format(loaded.model, format)
     provenance = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"source": loaded.name, "dequantized": loaded.dequantized,
@@ -319,10 +352,24 @@ def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = 
         **(extra or {}),
     }
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        if format == "compressed-tensors":
+            from prunelab.quant_export import write_compressed_tensors
+
+            write_compressed_tensors(loaded.model, result.quantized if result else {}, tmp)
+        else:
+            loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
+        provenance["storage"] = storage_record(loaded.model, tmp, format)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out
+
+
+def storage_record(model, directory: Path, format: str) -> dict:
+    """Bytes of the saved weights beside what the same parameters take in fp32 and bf16."""
+    on_disk = sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"format": format, "safetensors_bytes": on_disk, "parameters": parameters,
+            "fp32_bytes": 4 * parameters, "bf16_bytes": 2 * parameters}
 
 
 def read_provenance(directory: str | Path) -> dict:

@@ -128,6 +128,12 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
     pruning = data.get("pruning") or {}
     layers = pruning.pop("layers", [])
     typer.echo(json.dumps(data, indent=2))
+    storage = data.get("storage")
+    if storage:
+        disk, fp32, bf16 = (storage[k] for k in ("safetensors_bytes", "fp32_bytes", "bf16_bytes"))
+        typer.echo(f"size on disk {disk / 1e6:.1f} MB ({storage['format']}): "
+                   f"{disk / fp32:.3f} x fp32 ({fp32 / 1e6:.1f} MB), "
+                   f"{disk / bf16:.3f} x bf16 ({bf16 / 1e6:.1f} MB)")
     if layers:
         print_table([{"layer": r["name"], "shape": f"{r['rows']}x{r['cols']}",
                       "target": r["target_sparsity"], "achieved": r["achieved_sparsity"],
@@ -136,7 +142,8 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
 
 def _register_optional() -> None:
     # Commands that live beside their subsystem register themselves here.
-    for module in ("prunelab.evaluate.cli", "prunelab.cli_study", "prunelab.recover.cli"):
+    for module in ("prunelab.evaluate.cli", "prunelab.cli_study", "prunelab.cli_quant",
+                   "prunelab.recover.cli"):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as exc:

@@ -31,6 +31,7 @@ from prunelab.errors import PrunelabError
 from prunelab.methods.base import (LayerDecision, LayerStats, LayerTarget, PlanContext,
                                    PruningMethod)
 from prunelab.methods.masks import NMPattern, check_pattern_fits, check_sparsity
+from prunelab.methods.quant import QuantizedWeight
 from prunelab.methods.statistics import Accumulator, accumulator
 
 
@@ -58,12 +59,14 @@ class LayerRecord:
 
 class PruneRecords(list):
     """What `prune_blocks` returns: its LayerRecords in order (a plain list, as before), and
-    `masks`, each layer's pruned positions (bool, on the CPU) when asked to keep them."""
+    `masks`, each layer's pruned positions (bool, on the CPU) when asked to keep them, and
+    `quantized`, each quantized layer's codes, scales and zero points (on the CPU)."""
 
     def __init__(self, records: Iterable[LayerRecord] = (),
                  masks: dict[str, torch.Tensor] | None = None):
         super().__init__(records)
         self.masks: dict[str, torch.Tensor] = masks if masks is not None else {}
+        self.quantized: dict[str, QuantizedWeight] = {}
 
 
 def _to_device(obj, device):
@@ -318,6 +321,15 @@ def check_pattern(model: nn.Module, method: PruningMethod, pattern: NMPattern | 
                                f"{found.path}.{i}.{name}")
 
 
+def check_layers(model: nn.Module, method: PruningMethod) -> None:
+    """Let the method refuse a layer it cannot handle (a group size that does not divide its
+    width, a layer type), before any work."""
+    found = arch.find_blocks(model)
+    for i, block in enumerate(found.blocks):
+        for name, layer in arch.prunable_layers(block).items():
+            method.check_layer(f"{found.path}.{i}.{name}", layer)
+
+
 def _dense_statistics(model: nn.Module, blocks: nn.ModuleList, prefix: str,
                       names: Sequence[str], windows: torch.Tensor, batch_size: int, device,
                       progress: bool) -> dict[str, LayerStats]:
@@ -374,6 +386,7 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
     all_layers = {f"{prefix}.{i}.{name}": layer for i, block in enumerate(blocks)
                   for name, layer in arch.prunable_layers(block).items()}
     check_pattern(model, method, pattern)
+    check_layers(model, method)
     _, misplaced = _split_statistics(method.statistics)
     if misplaced:
         raise ValueError(f"{method.name}: gradient statistics {misplaced} come from the dense "
@@ -419,7 +432,8 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
                          if runner is not None else {n: LayerStats() for n in layers})
                 block_targets = {n: targets[f"{prefix}.{index}.{n}"] for n in layers}
                 records.extend(_prune_group(method, block, layers, stats, block_targets,
-                                            records.masks if keep_masks else None))
+                                            records.masks if keep_masks else None,
+                                            records.quantized))
             if runner is not None and index + 1 < len(blocks):
                 runner.run(index, advance=True)
             block.to(home)
@@ -432,7 +446,8 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
 
 def _prune_group(method: PruningMethod, block: nn.Module, layers: dict[str, nn.Module],
                  stats: dict[str, LayerStats], targets: dict[str, LayerTarget],
-                 masks: dict[str, torch.Tensor] | None) -> list[LayerRecord]:
+                 masks: dict[str, torch.Tensor] | None,
+                 quantized: dict[str, QuantizedWeight] | None = None) -> list[LayerRecord]:
     """Let the method decide these layers of `block`, write its decisions, record each layer."""
     zeros_before = {n: int((arch.weight_matrix(m) == 0).sum()) for n, m in layers.items()}
     shapes_before = {n: tuple(arch.weight_matrix(m).shape) for n, m in layers.items()}
@@ -446,6 +461,8 @@ def _prune_group(method: PruningMethod, block: nn.Module, layers: dict[str, nn.M
         notes[name] = decision.notes
         if masks is not None and decision.pruned is not None:
             masks[targets[name].name] = decision.pruned.detach().to("cpu", torch.bool, copy=True)
+        if quantized is not None and decision.quantized is not None:
+            quantized[targets[name].name] = decision.quantized.to("cpu")
         del decision
     after = arch.prunable_layers(block)
     records = []

@@ -25,6 +25,7 @@ from torch import nn
 
 from prunelab import arch
 from prunelab.methods.masks import NMPattern
+from prunelab.methods.quant import QuantizedWeight
 from prunelab.methods.registry import list_methods, make_method, option_help, register
 
 __all__ = ["LayerDecision", "LayerStats", "LayerTarget", "MethodConfig", "NoOptions",
@@ -88,12 +89,15 @@ class LayerDecision:
 
     With `pruned=None` the weight is written as given and no mask is kept (quantization:
     the notes may record the bit width). Otherwise entries where `pruned` is True are set
-    to exactly zero.
+    to exactly zero. A quantizer also returns its codes, scales and zero points in
+    `quantized` (the weight is then their dequantized value); the engine keeps them for
+    packed checkpoints.
     """
 
     weight: torch.Tensor  # [out, in], may differ from the input (SparseGPT updates weights)
     pruned: torch.Tensor | None  # bool [out, in], True = set to zero
     notes: dict = dataclasses.field(default_factory=dict)
+    quantized: QuantizedWeight | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ class PruningMethod:
     # Collected for every layer on the dense model before pruning, and given to plan. Names
     # whose accumulator reads "weight_grad" cost one forward and backward pass per window.
     planning_statistics: ClassVar[tuple[str, ...]] = ()
+    # A quantizer removes no weights: it runs at sparsity 0 unless given one.
+    quantizes: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
@@ -150,6 +156,9 @@ class PruningMethod:
         a sparsity, by full layer name; layers left out keep the requested sparsity and
         pattern), or None to keep them all."""
         return None
+
+    def check_layer(self, name: str, layer: nn.Module) -> None:
+        """Refuse a layer this method cannot handle (raise PrunelabError), before any work."""
 
     def sequential_groups(self) -> bool:
         """Whether to prune a block's layers group by group, re-collecting inputs in between."""

@@ -85,9 +85,12 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, retries: int,
 
 def obs_solve(weight: torch.Tensor, hessian: torch.Tensor, rule: ColumnRule, *,
               blocksize: int = 128, percdamp: float = 0.01, max_damp_retries: int = 6,
-              layer: str = "", label: str = "SparseGPT") -> ObsResult:
+              layer: str = "", label: str = "SparseGPT",
+              order: torch.Tensor | None = None) -> ObsResult:
     """Sweep `rule` over a copy of `weight` with the calibration Hessian. Pure: the inputs are
-    not modified."""
+    not modified. With `order` (a permutation of the columns, GPTQ's act-order) the sweep
+    goes through the columns in that order; the rule sees them permuted, the result does
+    not."""
     W = weight.detach().to(torch.float32).clone()
     H = hessian.detach().to(torch.float32).clone()
     # Inputs that never fire carry no information: their weights go, and H gets a unit
@@ -95,9 +98,13 @@ def obs_solve(weight: torch.Tensor, hessian: torch.Tensor, rule: ColumnRule, *,
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
+    if order is not None:
+        W, H = W[:, order], H[order][:, order]
     with _one_thread():
         U, damp = inverse_hessian_factor(H, percdamp, max_damp_retries, layer, label)
         sweep_columns(W, U, rule, blocksize)
+    if order is not None:
+        W = W[:, torch.argsort(order)]
     return ObsResult(W, dead, damp)
 
 

@@ -20,6 +20,7 @@ from prunelab.methods.base import (LayerDecision, LayerStats, LayerTarget, Metho
                                    PruningMethod, register)
 from prunelab.methods.masks import NMPattern
 from prunelab.methods.obs import inverse_hessian_factor, obs_solve  # noqa: F401
+from prunelab.methods.quant import check_bits, check_group_fits, check_group_size
 
 
 @dataclass
@@ -31,8 +32,18 @@ class SparseGPTConfig(MethodConfig):
         "help": "prune q/k/v, then o, then up/gate, then down, re-collecting inputs in between"})
     max_damp_retries: int = field(default=6, metadata={
         "help": "times to raise dampening ×10 when Cholesky fails, before giving up"})
+    bits: int | None = field(default=None, metadata={
+        "help": "joint mode: also quantize the kept weights to this many bits, in the same "
+                "sweep (none: prune only)"})
+    group_size: int | None = field(default=None, metadata={
+        "help": "joint mode: input columns per quantization grid (none: per channel)"})
+    symmetric: bool = field(default=False, metadata={
+        "help": "joint mode: grids symmetric about zero"})
 
     def validate(self) -> None:
+        if self.bits is not None:
+            check_bits(self.bits, "SparseGPT joint mode")
+        check_group_size(self.group_size, "SparseGPT joint mode")
         if self.blocksize < 1:
             raise PrunelabError(f"SparseGPT option blocksize={self.blocksize} is below 1",
                                 "e.g. --option blocksize=128")
@@ -117,8 +128,35 @@ class SparseGPT(PruningMethod):
     def sequential_groups(self) -> bool:
         return self.config.true_sequential
 
+    def check_layer(self, name, layer) -> None:
+        if self.config.bits is not None:
+            from prunelab import arch
+
+            check_group_fits(self.config.group_size, arch.weight_matrix(layer).shape[1], name)
+
     def prune_layer(self, weight, stats: LayerStats, target: LayerTarget):
+        if self.config.bits is not None:
+            return self._prune_and_quantize(weight, stats["hessian"], target)
         new_weight, pruned, damp = sparsegpt_prune(
             weight, stats["hessian"], target.sparsity, target.pattern, self.config.blocksize,
             self.config.percdamp, self.config.max_damp_retries, target.name)
         return LayerDecision(new_weight, pruned, {"percdamp_used": damp})
+
+    def _prune_and_quantize(self, weight, hessian, target: LayerTarget) -> LayerDecision:
+        """The paper's joint mode: in one sweep, each block's mask is chosen as above and every
+        kept weight is rounded to its grid (GPTQ's rule, `prunelab.methods.gptq`); pruned
+        weights take 0, which is on every grid."""
+        from prunelab.methods.gptq import gptq_quantize
+
+        c = self.config
+        pruned = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
+        pattern = target.pattern
+        rule = (_PruneUnstructured(pruned, target.sparsity) if pattern is None
+                else _PruneNofM(pruned, pattern))
+        new_weight, quantized, dead, damp = gptq_quantize(
+            weight, hessian, c.bits, c.group_size, c.symmetric, blocksize=c.blocksize,
+            percdamp=c.percdamp, prune=rule, align=pattern.m if pattern else 1,
+            max_damp_retries=c.max_damp_retries, layer=target.name, label="SparseGPT")
+        pruned[:, dead] = True
+        return LayerDecision(new_weight, pruned, {"percdamp_used": damp, "bits": c.bits},
+                             quantized=quantized)

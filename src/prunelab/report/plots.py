@@ -46,6 +46,52 @@ def sweep_plots(rows: list[dict], xlabel: str, measure: str) -> dict[str, bytes]
             for model, cells in _grid(rows).items()}
 
 
+def kind_overlay_plots(rows: list[dict], kinds: dict[str, str],
+                       measure: str) -> dict[str, bytes]:
+    """Per model: a panel per family (rows) × difficulty level (columns), one line per arm
+    along bits removed per weight: pruning solid, quantization dashed, both dotted."""
+    styles = {"pruning": "-", "quantization": "--", "prune + quantize": ":"}
+    out = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        families = list(dict.fromkeys(r["family"] for r in mine))
+        levels = {f: sorted({(r["level_rank"], str(r["level"])) for r in mine
+                             if r["family"] == f}) for f in families}
+        width = max(len(v) for v in levels.values())
+        fig, axes = plt.subplots(len(families), width, squeeze=False, sharey=True,
+                                 figsize=(3.2 * width + 0.8, 2.6 * len(families) + 0.4))
+        cmap = plt.get_cmap("tab10")
+        arms = list(dict.fromkeys(r["arm"] for r in mine))
+        for fi, family in enumerate(families):
+            for li in range(width):
+                ax = axes[fi][li]
+                if li >= len(levels[family]):
+                    ax.axis("off")
+                    continue
+                rank, level = levels[family][li]
+                for ai, arm in enumerate(arms):
+                    pts = sorted((r for r in mine if r["family"] == family
+                                  and str(r["level"]) == level and r["arm"] == arm),
+                                 key=lambda r: r["x"])
+                    if not pts:
+                        continue
+                    ax.plot([0.0] + [r["x"] for r in pts], [1.0] + [r["relative"] for r in pts],
+                            marker="o", ms=3, color=cmap(ai % 10),
+                            ls=styles.get(kinds.get(arm, ""), "-"), label=arm)
+                ax.set_title(f"{family}: {level}", fontsize=8)
+                ax.set_xlabel("bits removed per weight", fontsize=7)
+                ax.tick_params(labelsize=7)
+                ax.axhline(1.0, color="0.85", lw=0.8)
+        axes[0][0].set_ylabel(f"relative ({measure})", fontsize=7)
+        axes[0][0].legend(fontsize=6, loc="lower left")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        out[model] = buf.getvalue()
+    return out
+
+
 def _panels(cells: dict[tuple[str, str], list[dict]], xlabel: str, thresholds, measure: str,
             dense_at_zero: bool) -> bytes:
     families = list(dict.fromkeys(f for f, _ in cells))

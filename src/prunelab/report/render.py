@@ -100,10 +100,49 @@ def _by_x_field(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def _contrast_section(run: Run) -> Section | None:
+    """Pruning against quantization on one axis (bits removed per weight), when the recipe
+    has both (recipes/prune-vs-quant.yaml)."""
+    from prunelab.report.plots import kind_overlay_plots
+    from prunelab.study.axis import BITS_REMOVED
+    from prunelab.study.contrast import KINDS, arm_kinds, ordering_by_kind
+
+    kinds = arm_kinds(run.points)
+    if {"pruning", "quantization"} - set(kinds.values()):
+        return None
+    a = run.analysis
+    section = Section("Pruning against quantization")
+    section.text.append("Per family: does the difficulty ordering (“harder drops more”, from "
+                        "the verdicts above) hold for pruning, for quantization, both or "
+                        "neither? It holds for a kind when at least one of its arms has that "
+                        "verdict; each arm's verdict, slope and Holm-adjusted p are listed.")
+    rows = ordering_by_kind(a.verdicts, kinds)
+    section.tables.append(Table("Ordering by kind of compression",
+                                ["model", "family", "ordering holds for", *KINDS],
+                                [[r["model"], r["family"], r["answer"],
+                                  *[r[k] or "–" for k in KINDS]] for r in rows]))
+    axis_rows = [r for r in a.relative if r["x_field"] == BITS_REMOVED]
+    if axis_rows:
+        section.text.append("Overlay: relative performance of each level against bits removed "
+                            "per weight (16 − stored bits per weight; see "
+                            "prunelab/study/axis.py), pruning arms solid, quantization arms "
+                            "dashed, both dotted.")
+        for model, png in kind_overlay_plots(axis_rows, kinds, a.measure).items():
+            section.images.append((f"{model}: pruning and quantization on one axis", png))
+    return section
+
+
 def sections(run: Run) -> list[Section]:
     a, recipe = run.analysis, run.recipe
     thresholds = recipe.analysis.thresholds
     out = []
+    x_fields = {p["arm"]: p["x_field"] for p in run.points}
+
+    def x_text(arm: str, x) -> str:
+        """A sparsity as a percentage; bits removed per weight in bits."""
+        if x_fields.get(arm) == "bits_removed_per_weight":
+            return "–" if x is None or not math.isfinite(x) else f"{x:.2f} bits"
+        return _pct(x)
 
     intro = Section("Run")
     done, total = len(run.points), run.total_points
@@ -144,6 +183,9 @@ def sections(run: Run) -> list[Section]:
                                   ", ".join(v["excluded_at_chance"]) or "–"]
                                  for v in a.verdicts]))
     out.append(verdict)
+    contrast = _contrast_section(run)
+    if contrast is not None:
+        out.append(contrast)
 
     plots = Section("Relative performance vs sparsity")
     plots.text.append("One line per difficulty level (darker = easier), shaded: 95% interval; "
@@ -167,7 +209,7 @@ def sections(run: Run) -> list[Section]:
     mono.tables.append(Table("Slope and rank correlation of level and drop", [
         "model", "method", "family", "sparsity", "slope", "95% CI", "p", "Spearman ρ",
         "95% CI", "Kendall τ", "95% CI", "drop per level (easy → hard)"],
-        [[m["model"], m["arm"], m["family"], _pct(m["x"]), _num(m["slope"], 3),
+        [[m["model"], m["arm"], m["family"], x_text(m["arm"], m["x"]), _num(m["slope"], 3),
           _ci(m["slope_ci"], 3), _p(m["p"]), _num(m["spearman"], 2), _ci(m["spearman_ci"]),
           _num(m["kendall"], 2), _ci(m["kendall_ci"]),
           " / ".join(_num(d, 2) for d in m["drops"])] for m in a.monotonicity]))
@@ -182,7 +224,8 @@ def sections(run: Run) -> list[Section]:
                               + [f"< {t:.0%} of dense" for t in thresholds],
                               [[t["model"], t["arm"], t["family"],
                                 str(t["level"]) + (" (at chance)" if t["dense_at_chance"] else "")]
-                               + [(_pct(t[k]) if t[k] is not None else f"> {_pct(t['max_x'])}")
+                               + [(x_text(t["arm"], t[k]) if t[k] is not None
+                                   else f"> {x_text(t['arm'], t['max_x'])}")
                                   for k in keys] for t in a.thresholds]))
     out.append(cross)
 

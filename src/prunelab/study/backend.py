@@ -222,7 +222,7 @@ def rough_estimate(recipe: Recipe, model: str, point: CompressionPoint,
         if calibration is not None:
             tokens = calibration["n_samples"] * calibration["seqlen"]
             compress += PRUNE_PASSES.get(method, 3.0) * tokens * per_token
-            if method == "sparsegpt":
+            if method in ("sparsegpt", "gptq"):  # the same sweep over every column
                 compress += SPARSEGPT_SECONDS_PER_MPARAM * mparams
         else:
             compress += MAGNITUDE_SECONDS_PER_MPARAM * mparams  # sorting every matrix

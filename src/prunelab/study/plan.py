@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunelab.study.recipe import Compression, Recipe, problems_of, yaml_path
+from prunelab.study.axis import BITS_REMOVED
+from prunelab.study.recipe import BITS_PATH, Compression, Recipe, problems_of, yaml_path
 from prunelab.study.stages import Stage, chain_label, parse_stage
 
 
@@ -58,6 +59,8 @@ class CompressionPoint:
     @property
     def x_is_amount(self) -> bool:
         """Whether x measures how much is removed (a sparsity), not e.g. a band's position."""
+        if self.x_field == BITS_REMOVED:
+            return True
         match = _STAGE_FIELD.fullmatch(self.x_field or "")
         return bool(match) and match.group(2) in self.stages[int(match.group(1))].amount_fields
 
@@ -178,6 +181,8 @@ def expand(comp: Compression) -> list[tuple[list[Stage], str]]:
     if comp.method is not None and (comp.sparsity or comp.patterns):
         axes.append([("stages[0].sparsity", float(s)) for s in sorted(comp.sparsity)]
                     + [("stages[0].pattern", p.strip()) for p in comp.patterns])
+    if comp.method is not None and comp.bits:
+        axes.append([(BITS_PATH, int(b)) for b in sorted(comp.bits, reverse=True)])
     for path, values in comp.sweeps().items():
         axes.append([(path, v) for v in values])
     x_path = comp.x_path()
@@ -200,7 +205,7 @@ def check_compressions(recipe: Recipe) -> list[tuple[str, str]]:
     for i, comp in enumerate(recipe.compressions):
         try:
             for stages, x_path in expand(comp):
-                x = get_path(stages, x_path)
+                x = x_value(stages, x_path)
                 if not isinstance(x, (int, float)) or isinstance(x, bool):
                     raise ValueError(f"x = {x_path} is {x!r} at {chain_label(stages)}, not a "
                                      "number: sweep a numeric field, or name it with x:")
@@ -253,12 +258,18 @@ def compressions(recipe: Recipe, uses_calibration) -> list[CompressionPoint]:
     for comp in entries:
         for stages, x_path in expand(comp):
             stages = [stage.bind(recipe) for stage in stages]
-            x = get_path(stages, x_path)
+            x = x_value(stages, x_path)
             x = float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0.0
-            match = _STAGE_FIELD.fullmatch(x_path)
-            omit = {int(match.group(1)): frozenset([x_path.split(".", 1)[1]])} if match else {}
+            # Along bits removed per weight, what is swept is what moves along x.
+            omitted = _swept_paths(comp) if x_path == BITS_REMOVED else [x_path]
+            omit: dict[int, frozenset[str]] = {}
+            for path in omitted:
+                match = _STAGE_FIELD.fullmatch(path)
+                if match:
+                    index = int(match.group(1))
+                    omit[index] = omit.get(index, frozenset()) | {path.split(".", 1)[1]}
             arm = chain_label(stages, omit)
-            identity = digest(_without_x(stages, x_path) + [x_path])
+            identity = digest(_without_x(stages, omitted) + [x_path])
             if labels.setdefault(arm, identity) != identity:
                 arm = f"{arm} #{identity[:6]}"
             calibration = tuple(resolve_calibration(recipe, s, uses_calibration) for s in stages)
@@ -270,11 +281,30 @@ def compressions(recipe: Recipe, uses_calibration) -> list[CompressionPoint]:
     return list(dict.fromkeys(out))
 
 
-def _without_x(stages: list[Stage], x_path: str) -> list:
-    """The chain's data with the x field blanked (what identifies an arm); N:M patterns along
-    a sparsity axis keep only their M, as their arm does."""
+def x_value(stages: list[Stage], x_path: str) -> Any:
+    """The point's x: the swept field's value, or bits removed per weight (study/axis.py)."""
+    if x_path == BITS_REMOVED:
+        from prunelab.study.axis import bits_removed_per_weight
+
+        return bits_removed_per_weight(stages)
+    return get_path(stages, x_path)
+
+
+def _swept_paths(comp: Compression) -> list[str]:
+    paths = list(comp.sweeps())
+    if comp.method is not None and (comp.sparsity or comp.patterns):
+        paths += ["stages[0].sparsity", "stages[0].pattern"]
+    if comp.method is not None and comp.bits:
+        paths.append(BITS_PATH)
+    return paths
+
+
+def _without_x(stages: list[Stage], x_paths: str | list[str]) -> list:
+    """The chain's data with the x field(s) blanked (what identifies an arm); N:M patterns
+    along a sparsity axis keep only their M, as their arm does."""
     data = {"stages": [s.model_dump(mode="json") for s in stages]}
-    set_path(data, x_path, None)
+    for x_path in [x_paths] if isinstance(x_paths, str) else x_paths:
+        set_path(data, x_path, None)
     for stage in data["stages"]:
         if stage.get("sparsity") is None and stage.get("pattern"):
             stage["pattern"] = "N:" + stage["pattern"].split(":")[1]

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunelab.errors import PrunelabError
+from prunelab.study.axis import BITS_REMOVED
 from prunelab.study.stages import CalibrationPatch, parse_stage
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -43,6 +44,8 @@ class Compression(_Strict):
     method: str | None = None
     sparsity: list[Fraction] = Field(default_factory=list)
     patterns: list[str] = Field(default_factory=list)
+    # Quantizers (rtn, gptq): the bit widths to sweep (`stages[0].options.bits`).
+    bits: list[int] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
     calibration: CalibrationPatch | None = None
     stages: list[dict[str, Any]] = Field(default_factory=list)
@@ -52,15 +55,16 @@ class Compression(_Strict):
     @model_validator(mode="after")
     def _one_form(self) -> Compression:
         shorthand = (self.method is not None or self.sparsity or self.patterns or self.options
-                     or self.calibration is not None)
+                     or self.calibration is not None or self.bits)
         if self.stages and shorthand:
             raise ValueError("gives both stages and the one-stage shorthand (method, sparsity, "
                              "patterns, options, calibration): use one form")
         if not self.stages and self.method is None:
             raise ValueError("gives neither a method nor stages")
         if self.method is not None and not self.sparsity and not self.patterns and not any(
-                _relative(p) == "stages[0].sparsity" for p in self.sweep):
-            raise ValueError("gives neither a sparsity list nor patterns (empty grid)")
+                _relative(p) in ("stages[0].sparsity", BITS_PATH) for p in self.sweep) and not (
+                self.bits):
+            raise ValueError("gives neither a sparsity list nor patterns nor bits (empty grid)")
         for path, values in self.sweep.items():
             if not values:
                 raise ValueError(f"sweep of {path} has no values")
@@ -93,11 +97,16 @@ class Compression(_Strict):
 
     def x_path(self) -> str:
         if self.x is not None:
-            return _relative(self.x)
+            return self.x.strip() if self.x.strip() == BITS_REMOVED else _relative(self.x)
+        if self.bits and not self.sparsity and not self.patterns:
+            return BITS_PATH
         for path in self.sweeps():
             if path.endswith(".sparsity"):
                 return path
         return "stages[0].sparsity"
+
+
+BITS_PATH = "stages[0].options.bits"
 
 
 def _relative(path: str) -> str:

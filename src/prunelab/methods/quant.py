@@ -1,0 +1,184 @@
+"""Integer weight grids shared by the quantizers (RTN, GPTQ, SparseGPT's joint mode).
+
+A weight row is cut into groups of `group_size` consecutive input columns (or one group per
+row: per-channel); each group has a grid of 2^bits levels, w ≈ (q − z) · s with an integer
+code q in [0, 2^bits − 1], a scale s and an integer zero point z, as in GPTQ's reference
+quantizer:
+- asymmetric: the range [min(w, 0), max(w, 0)] is cut into 2^bits − 1 steps,
+  s = (max − min) / (2^bits − 1), z = round(−min / s);
+- symmetric: the range is [−m, m] with m = max |w|, s = 2m / (2^bits − 1) and z = 2^(bits−1)
+  (the signed codes q − z then run from −2^(bits−1) to 2^(bits−1) − 1, the range
+  compressed-tensors stores). The reference keeps min = 0 for a row with no negative weight,
+  which clips its upper half; we always take the range symmetric.
+Zero is always on the grid (both ranges include it, and z is an integer), so a weight that is
+exactly zero, a pruned one, gets the code z and dequantizes to exactly zero. An all-zero group
+gets the range [−1, 1] so its scale is not zero.
+
+The codes, scales and zero points of a layer are kept in a `QuantizedWeight`, which the
+engine hands on (`PruneResult.quantized`) so that packed checkpoints can be written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from prunelab.errors import PrunelabError
+
+SUPPORTED_BITS = (2, 3, 4, 6, 8)
+# Scales are counted at 16 bits in the bits-per-weight axis: what a bf16/fp16 checkpoint
+# stores (prunelab's own compressed-tensors files keep them in fp32, see api.save).
+SCALE_BITS = 16
+DENSE_BITS = 16  # a bf16 weight
+
+
+@dataclass
+class QuantizedWeight:
+    """One layer's quantized weight: the dequantized weight is (codes − zeros) · scales, with
+    each row's scales and zeros repeated over the `group_size` columns of their group."""
+
+    codes: torch.Tensor  # uint8 [out, in], in [0, 2^bits − 1]
+    scales: torch.Tensor  # float32 [out, groups]
+    zeros: torch.Tensor  # uint8 [out, groups]
+    bits: int
+    group_size: int  # columns per group; the input width when per-channel
+    symmetric: bool
+    act_order: bool = False  # columns were quantized by decreasing diag H
+    # The group of each column [in] when groups are not consecutive columns (act-order
+    # without static groups); None: column j is in group j // group_size.
+    group_index: torch.Tensor | None = None
+    notes: dict = field(default_factory=dict)
+    per_channel: bool = False  # one grid per output channel (asked for, not a group size
+    # that happens to equal the width)
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize(self.codes, self.scales, self.zeros, self.group_size,
+                          self.group_index)
+
+    def to(self, device) -> QuantizedWeight:
+        index = self.group_index.to(device) if self.group_index is not None else None
+        return QuantizedWeight(self.codes.to(device), self.scales.to(device),
+                               self.zeros.to(device), self.bits, self.group_size,
+                               self.symmetric, self.act_order, index, dict(self.notes),
+                               self.per_channel)
+
+
+def check_bits(bits: int, who: str) -> None:
+    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+        raise PrunelabError(f"{who}: {bits} bits is not supported",
+                            f"use one of {', '.join(map(str, SUPPORTED_BITS))} "
+                            "(e.g. --option bits=4)")
+
+
+def check_group_size(group_size: int | None, who: str) -> None:
+    if group_size is not None and (isinstance(group_size, bool) or group_size < 1):
+        raise PrunelabError(f"{who}: group size {group_size} is not a positive integer",
+                            "use 32, 64, 128 or a divisor of the layer width, or none "
+                            "for one grid per output channel")
+
+
+def check_group_fits(group_size: int | None, width: int, layer: str) -> None:
+    """Refuse a group size that does not divide a layer's input width."""
+    if group_size is not None and width % group_size:
+        raise PrunelabError(f"group size {group_size} does not divide the input width "
+                            f"{width} of {layer}",
+                            f"use a divisor of {width} (e.g. {_divisor_near(width, group_size)})"
+                            " or group_size=none for per-channel grids")
+
+
+def _divisor_near(width: int, wanted: int) -> int:
+    """A group size to suggest: the largest power of two below `wanted` that divides `width`
+    (likely to divide the model's other widths too), else the nearest divisor."""
+    power = 1
+    while power * 2 <= wanted and width % (power * 2) == 0:
+        power *= 2
+    if power >= 8:
+        return power
+    divisors = [d for d in range(1, width + 1) if width % d == 0]
+    return min(divisors, key=lambda d: (abs(d - wanted), d))
+
+
+def max_code(bits: int) -> int:
+    return 2 ** bits - 1
+
+
+def grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) per row of `w` [rows, cols]: the grid its values are rounded onto.
+
+    `zero` is returned as float (an integer value), ready for the rounding arithmetic."""
+    maxq = max_code(bits)
+    zeros = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    low = torch.minimum(w.min(dim=1).values, zeros)
+    high = torch.maximum(w.max(dim=1).values, zeros)
+    if symmetric:
+        high = torch.maximum(low.abs(), high)
+        low = -high
+    empty = (low == 0) & (high == 0)
+    low = torch.where(empty, -1.0, low)
+    high = torch.where(empty, 1.0, high)
+    scale = (high - low) / maxq
+    if symmetric:
+        zero = torch.full_like(scale, float(2 ** (bits - 1)))
+    else:
+        zero = torch.round(-low / scale)
+    return scale, zero
+
+
+def codes_of(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+             bits: int) -> torch.Tensor:
+    """Integer codes (as float) of `w` on the grid; scale and zero broadcast against w."""
+    return torch.clamp(torch.round(w / scale) + zero, 0, max_code(bits))
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               group_size: int, group_index: torch.Tensor | None = None) -> torch.Tensor:
+    """(codes − zeros) · scales in float32, the same arithmetic (and so the same bits) as
+    compressed-tensors' dequantization with float32 scales."""
+    if group_index is not None:
+        s = scales.to(torch.float32)[:, group_index]
+        z = zeros.to(torch.float32)[:, group_index]
+    else:
+        s = scales.to(torch.float32).repeat_interleave(group_size, dim=1)
+        z = zeros.to(torch.float32).repeat_interleave(group_size, dim=1)
+    return (codes.to(torch.float32) - z) * s
+
+
+def quantize_rtn(weight: torch.Tensor, bits: int, group_size: int | None,
+                 symmetric: bool) -> QuantizedWeight:
+    """Round every weight to the nearest level of its group's grid (no error feedback)."""
+    W = weight.detach().to(torch.float32)
+    rows, cols = W.shape
+    size = group_size or cols
+    groups = W.reshape(rows * (cols // size), size)
+    scale, zero = grid(groups, bits, symmetric)
+    codes = codes_of(groups, scale[:, None], zero[:, None], bits)
+    return QuantizedWeight(codes.reshape(rows, cols).to(torch.uint8),
+                           scale.reshape(rows, -1).contiguous(),
+                           zero.reshape(rows, -1).to(torch.uint8), bits, size, symmetric,
+                           per_channel=group_size is None)
+
+
+# -- storage cost: the study's bits-per-weight axis -----------------------------------------------
+
+
+def quantized_bits_per_weight(bits: int, group_size: int | None, symmetric: bool,
+                              width: int | None = None) -> float:
+    """Stored bits per weight: the code, plus each group's scale (16 bits) and, asymmetric,
+    its zero point (`bits` bits), spread over the group. Per-channel needs the row `width`
+    (without it, the per-row overhead is taken as negligible)."""
+    size = group_size or width
+    overhead = SCALE_BITS + (0 if symmetric else bits)
+    return bits + (overhead / size if size else 0.0)
+
+
+def pruned_bits_per_weight(sparsity: float, n: int | None = None, m: int | None = None,
+                           value_bits: float = DENSE_BITS) -> float:
+    """Stored bits per weight of a pruned matrix: the kept values, plus where they are (a
+    bitmask, 1 bit per weight; for N:M, log2 C(M, N) bits per group of M)."""
+    if not sparsity and n is None:
+        return float(value_bits)
+    if n is not None and m is not None:
+        return (n / m) * value_bits + math.log2(math.comb(m, n)) / m
+    return (1 - sparsity) * value_bits + 1.0
