@@ -101,8 +101,11 @@ def check_prune_args(method: str = "wanda", sparsity: float | None = None,
     chosen = make_method(method, options)
     nm = parse_pattern(pattern)
     if nm is not None and not chosen.supports_nm:
+        from prunelab.methods.base import list_methods
+
+        supporting = ", ".join(m.name for m in list_methods() if m.supports_nm)
         raise PrunelabError(f"method {method} does not support N:M patterns",
-                            "leave out --pattern, or choose magnitude, wanda or sparsegpt")
+                            f"leave out --pattern, or choose one of {supporting}")
     if sparsity is None:
         if nm is None:
             raise PrunelabError("no sparsity given", "pass --sparsity 0.5 or --pattern 2:4")
