@@ -442,3 +442,20 @@ def test_new_methods_run_through_the_api(method, options):
                        progress=False, **options)
     assert abs(result.overall_sparsity - 0.5) < 0.02
     assert result.method == method
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "opt"])
+def test_block_inputs_run_any_slice_of_a_batch_as_the_whole_batch_would(family):
+    from prunelab.engine import BlockInputs, BlockRunner
+
+    model = tiny_model(family)
+    model.config.use_cache = False
+    blocks = arch.find_blocks(model).blocks
+    runner = BlockRunner(model, blocks, _windows(n=5), batch_size=3, device="cpu")
+    inputs = BlockInputs(runner, 0)
+    assert len(inputs) == 2 and inputs.batch_size(0) == 3 and inputs.batch_size(1) == 2
+    with torch.no_grad():
+        whole = inputs.forward(blocks[0], 0)
+        for start in range(3):
+            part = inputs.forward(blocks[0], 0, slice(start, start + 1))
+            torch.testing.assert_close(part, whole[start:start + 1], atol=1e-5, rtol=1e-5)
