@@ -61,6 +61,23 @@ def child(model_name: str, spec: str, samples: int, seqlen: int, batch_size: int
             "sparsity": result.overall_sparsity, "block_sparsity": block_sparsity}
 
 
+def _read(results: Path) -> dict:
+    done = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            row = json.loads(line)
+            done[row["spec"]] = row
+    return done
+
+
+def _claim(path: Path) -> bool:
+    try:
+        path.open("x").close()
+        return True
+    except FileExistsError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -76,13 +93,12 @@ def main() -> None:
                                args.batch_size)))
         return
     results = Path(args.results)
-    done = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            row = json.loads(line)
-            done[row["spec"]] = row
+    done = _read(results)
     for spec in args.specs.split(","):
-        if spec in done:
+        # Re-read and claim each spec, so that two benches may share one results file.
+        done = _read(results)
+        claim = results.with_name(f"{results.name}.{spec.replace('/', '_')}.claim")
+        if spec in done or not _claim(claim):
             continue
         cmd = [sys.executable, __file__, "--child", spec, "--model", args.model,
                "--samples", str(args.samples), "--seqlen", str(args.seqlen),
@@ -90,6 +106,7 @@ def main() -> None:
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             print(f"{spec}: failed: {run.stderr.strip().splitlines()[-1:]}", flush=True)
+            claim.unlink()
             continue
         row = json.loads(run.stdout.strip().splitlines()[-1])
         done[spec] = row
@@ -97,6 +114,7 @@ def main() -> None:
             handle.write(json.dumps(row) + "\n")
         print(f"{spec:28} ppl {row['ppl']:9.2f}  prune {row['prune_s']:7.1f} s  "
               f"sparsity {row['sparsity']:.4f}", flush=True)
+    done = _read(results)
     print("\n| method | sparsity | ppl | prune s | time / Wanda's (same sparsity) |")
     print("|---|---|---|---|---|")
     for spec, row in done.items():
