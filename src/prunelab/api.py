@@ -27,11 +27,13 @@ from prunelab.allocator import compact_heap, mmap_threshold_from_env, release_fr
 from prunelab.data.corpora import (DEFAULT_EVAL_SOURCE, TEXT_SOURCES, CalibrationConfig,
                                    calibration_windows, eval_windows, tokens_digest)
 from prunelab.data.corpora import _check_seqlen as check_seqlen
-from prunelab.engine import LayerRecord, check_layers, check_pattern, prune_blocks
+from prunelab.engine import (LayerRecord, check_gradient_memory, check_layers,
+                             check_method_fit, check_pattern, prune_blocks)
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.perplexity import perplexity_of_windows
 from prunelab.methods.base import PruningMethod, make_method
 from prunelab.methods.masks import NMPattern, check_sparsity, parse_pattern
+from prunelab.methods.statistics import accumulator
 from prunelab.paths import atomic_dir
 from prunelab.zoo.models import LoadedModel
 
@@ -102,8 +104,11 @@ def check_prune_args(method: str = "wanda", sparsity: float | None = None,
     chosen = make_method(method, options)
     nm = parse_pattern(pattern)
     if nm is not None and not chosen.supports_nm:
+        from prunelab.methods.base import list_methods
+
+        supporting = ", ".join(m.name for m in list_methods() if m.supports_nm)
         raise PrunelabError(f"method {method} does not support N:M patterns",
-                            "leave out --pattern, or choose magnitude, wanda or sparsegpt")
+                            f"leave out --pattern, or choose one of {supporting}")
     if chosen.quantizes and (nm is not None or sparsity):
         raise PrunelabError(f"method {method} quantizes weights and prunes none",
                             "leave out --sparsity and --pattern (prune first with a method "
@@ -119,6 +124,7 @@ def check_prune_args(method: str = "wanda", sparsity: float | None = None,
         raise PrunelabError(f"sparsity {sparsity} disagrees with pattern {nm} "
                             f"(which removes {nm.sparsity:.3f})",
                             "leave out the sparsity when giving a pattern")
+    chosen.check_request(sparsity, nm)
     calibration = _calibration_config(calibration, seed)
     mmap_threshold_from_env()  # read again when pruning starts; a bad value should fail now
     if out is not None and Path(out).exists():
@@ -138,8 +144,12 @@ def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,
     """
     check_pattern(loaded.model, args.method, args.pattern)
     check_layers(loaded.model, args.method)
+    check_method_fit(loaded.model, args.method, args.sparsity, args.pattern)
     if not args.method.needs_calibration:
         return
+    grads = [n for n in args.method.planning_statistics if accumulator(n).reads == "weight_grad"]
+    if grads:
+        check_gradient_memory(loaded.model, args.calibration.seqlen, len(grads))
     if calibration_text:
         calibration_windows(loaded, args.calibration)  # tokens stay cached for the run
     else:

@@ -81,6 +81,48 @@ def _to_device(obj, device):
     return obj
 
 
+class BlockInputs:
+    """One block's calibration inputs, batch by batch, for a method that runs the block itself
+    (`PruningMethod.needs_block_inputs`): e.g. to optimise masks against the block's output.
+
+    `forward` runs under whatever grad mode the caller chose; the inputs are the engine's and
+    must not be modified.
+    """
+
+    def __init__(self, runner: BlockRunner, index: int):
+        self._runner = runner
+        self._index = index
+
+    def __len__(self) -> int:
+        return len(self._runner.inputs)
+
+    def batch_size(self, batch: int) -> int:
+        return self._runner.inputs[batch].shape[0]
+
+    def forward(self, block: nn.Module, batch: int, rows: slice | None = None) -> torch.Tensor:
+        """The block's output on batch `batch` (or on its windows `rows`: the block's other
+        arguments that are per window are sliced alike)."""
+        hidden, call = self._runner.inputs[batch], self._runner.calls[batch][self._index]
+        if rows is not None:
+            size = hidden.shape[0]
+            hidden = hidden[rows]
+            call = _slice_windows(call, size, rows)
+        return arch.call_block(block, hidden, call)
+
+
+def _slice_windows(obj, size: int, rows: slice):
+    """Tensors whose first dimension is the batch's window count, sliced to `rows`."""
+    if isinstance(obj, torch.Tensor):
+        return obj[rows] if obj.dim() > 0 and obj.shape[0] == size and size > 1 else obj
+    if isinstance(obj, tuple):
+        return tuple(_slice_windows(o, size, rows) for o in obj)
+    if isinstance(obj, list):
+        return [_slice_windows(o, size, rows) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _slice_windows(v, size, rows) for k, v in obj.items()}
+    return obj
+
+
 def _split_statistics(names: Sequence[str]) -> tuple[list[str], list[str]]:
     """(statistics read from tokens, statistics read from weight gradients)."""
     tokens = [n for n in names if accumulator(n).reads != "weight_grad"]
@@ -260,6 +302,50 @@ def _collect(runner: BlockRunner, index: int, layers: dict[str, nn.Module],
     return collector.stats()
 
 
+def _available_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on `device` (host RAM for the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def backward_bytes(model: nn.Module, seqlen: int, accumulated_layers: int = 1) -> int:
+    """A rough estimate of what one window's forward and backward pass needs beyond the model:
+    `accumulated_layers` fp32 copies of the prunable weights (gradient accumulators), one
+    layer's gradient at a time, and the activations kept for the backward pass (per block
+    about 16 hidden-wide and 4 intermediate-wide vectors per token, plus the attention
+    scores, and three copies of the logits), in fp32."""
+    found = arch.find_blocks(model)
+    shapes = [arch.weight_matrix(m).shape for b in found.blocks
+              for m in arch.prunable_layers(b).values()]
+    prunable = sum(r * c for r, c in shapes)
+    largest = max((r * c for r, c in shapes), default=0)
+    config = model.config
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0) or 0
+    inter = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None) \
+        or 4 * hidden
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1) or 1
+    vocab = getattr(config, "vocab_size", 0) or 0
+    per_block = seqlen * (16 * hidden + 4 * inter + 2 * heads * seqlen)
+    activations = len(found.blocks) * per_block + 3 * seqlen * vocab
+    return 4 * (accumulated_layers * prunable + largest + activations)
+
+
+def check_gradient_memory(model: nn.Module, seqlen: int, accumulated_layers: int = 1,
+                          device: torch.device | None = None) -> None:
+    """Refuse, before any work, a gradient pass that cannot fit one window's backward pass."""
+    device = device or next(model.parameters()).device
+    need, free = backward_bytes(model, seqlen, accumulated_layers), _available_bytes(device)
+    if need > free:
+        raise PrunelabError(
+            f"gradients need about {need / 1e9:.2f} GB for one backward pass of {seqlen} "
+            f"tokens, but only {free / 1e9:.2f} GB is free on {device}",
+            "use shorter calibration windows (--seqlen), free memory, or a method that needs "
+            "no gradients")
+
+
 def gather_gradients(model: nn.Module, windows: torch.Tensor, names: Sequence[str], *,
                      batch_size: int = 1, progress: bool = False) -> dict[str, LayerStats]:
     """Accumulate weight-gradient statistics of every prunable layer over the calibration
@@ -268,8 +354,10 @@ def gather_gradients(model: nn.Module, windows: torch.Tensor, names: Sequence[st
     Each batch gets one forward and backward pass of the whole model (where it is) with the
     language-modelling loss; each accumulator sees that batch's gradient [out, in]. With
     batch_size 1 every window's gradient is accumulated on its own, as GBLM does. Only the
-    prunable weights require gradients meanwhile; nothing is updated, and `requires_grad`
-    is restored after.
+    prunable weights require gradients meanwhile, and each one's gradient is handed to its
+    accumulators and dropped as soon as the backward pass has computed it, so at most one
+    layer's gradient exists at a time. Nothing is updated, and `requires_grad` is restored
+    after. A backward pass that cannot fit is refused (PrunelabError) before the first one.
     """
     found = arch.find_blocks(model)
     layers = {f"{found.path}.{i}.{name}": layer for i, block in enumerate(found.blocks)
@@ -278,29 +366,45 @@ def gather_gradients(model: nn.Module, windows: torch.Tensor, names: Sequence[st
     if any(k.reads != "weight_grad" for k in kinds):
         raise ValueError(f"gather_gradients accumulates weight gradients only, not {list(names)}")
     home = next(model.parameters()).device
+    check_gradient_memory(model, windows.shape[1] * batch_size, len(kinds), home)
     accumulators = {name: [k(tuple(arch.weight_matrix(m).shape), home) for k in kinds]
                     for name, m in layers.items()}
+
+    def hand_over(name: str, layer: nn.Module):
+        def on_gradient(weight: torch.Tensor) -> None:
+            grad = arch.as_out_in(layer, weight.grad).to(torch.float32)
+            for acc in accumulators[name]:
+                acc.update(grad)
+            weight.grad = None
+        return on_gradient
+
     params = list(model.parameters())
     requires = [p.requires_grad for p in params]
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
+    handles = []
     try:
         for p in params:
             p.requires_grad_(False)
-        for m in layers.values():
+        for name, m in layers.items():
             m.weight.requires_grad_(True)
+            handles.append(m.weight.register_post_accumulate_grad_hook(hand_over(name, m)))
         with torch.enable_grad():
             for batch in tqdm(windows.split(batch_size), desc="gradients", unit="batch",
                               disable=not progress, file=sys.stderr, dynamic_ncols=True):
                 batch = batch.to(home)
-                model(input_ids=batch, labels=batch).loss.backward()
-                for name, m in layers.items():
-                    grad = m.weight.grad
-                    grad = arch.as_out_in(m, grad).to(torch.float32)
-                    for acc in accumulators[name]:
-                        acc.update(grad)
-                    m.weight.grad = None
+                try:
+                    model(input_ids=batch, labels=batch).loss.backward()
+                except (torch.OutOfMemoryError, RuntimeError) as error:
+                    if not _is_out_of_memory(error):
+                        raise
+                    raise PrunelabError(
+                        f"out of memory in the backward pass of {batch.shape[1]} tokens",
+                        "use shorter calibration windows (--seqlen), free memory, or a "
+                        "method that needs no gradients") from None
     finally:
+        for h in handles:
+            h.remove()
         for p, flag in zip(params, requires):
             p.requires_grad_(flag)
             p.grad = None
@@ -308,6 +412,23 @@ def gather_gradients(model: nn.Module, windows: torch.Tensor, names: Sequence[st
     n_tokens = windows.numel()
     return {name: LayerStats(n_tokens, {acc.name: acc.result() for acc in accs})
             for name, accs in accumulators.items()}
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text \
+        or "can't allocate memory" in text or "not enough memory" in text
+
+
+def check_method_fit(model: nn.Module, method: PruningMethod, sparsity: float,
+                     pattern: NMPattern | None) -> None:
+    """The method's own checks of the request and of this model's layers, before any work."""
+    found = arch.find_blocks(model)
+    weights = {f"{found.path}.{i}.{name}": arch.weight_matrix(layer)
+               for i, block in enumerate(found.blocks)
+               for name, layer in arch.prunable_layers(block).items()}
+    method.check_request(sparsity, pattern)
+    method.check_layers(weights, sparsity, pattern)
 
 
 def check_pattern(model: nn.Module, method: PruningMethod, pattern: NMPattern | None) -> None:
@@ -387,6 +508,9 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
                   for name, layer in arch.prunable_layers(block).items()}
     check_pattern(model, method, pattern)
     check_layers(model, method)
+    weights = {n: arch.weight_matrix(m) for n, m in all_layers.items()}
+    method.check_request(sparsity, pattern)
+    method.check_layers(weights, sparsity, pattern)
     _, misplaced = _split_statistics(method.statistics)
     if misplaced:
         raise ValueError(f"{method.name}: gradient statistics {misplaced} come from the dense "
@@ -404,12 +528,12 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
         planning = (_dense_statistics(model, blocks, prefix, method.planning_statistics,
                                       windows, batch_size, device, progress)
                     if method.planning_statistics else {})
-        plan = method.plan(PlanContext({n: arch.weight_matrix(m) for n, m in all_layers.items()},
-                                       sparsity, pattern, planning))
+        plan = method.plan(PlanContext(weights, sparsity, pattern, planning,
+                                       tuple(windows.shape) if windows is not None else None))
         del planning
         targets = _targets(all_layers, sparsity, pattern, plan)
         runner = (BlockRunner(model, blocks, windows, batch_size, device)
-                  if method.statistics else None)
+                  if method.statistics or method.needs_block_inputs else None)
         bar = tqdm(range(len(blocks)), desc=f"pruning ({method.name})", unit="block",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         for index in bar:
@@ -431,9 +555,10 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
                 stats = (_collect(runner, index, layers, method.statistics, device)
                          if runner is not None else {n: LayerStats() for n in layers})
                 block_targets = {n: targets[f"{prefix}.{index}.{n}"] for n in layers}
+                inputs = BlockInputs(runner, index) if method.needs_block_inputs else None
                 records.extend(_prune_group(method, block, layers, stats, block_targets,
                                             records.masks if keep_masks else None,
-                                            records.quantized))
+                                            records.quantized, inputs))
             if runner is not None and index + 1 < len(blocks):
                 runner.run(index, advance=True)
             block.to(home)
@@ -447,12 +572,14 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
 def _prune_group(method: PruningMethod, block: nn.Module, layers: dict[str, nn.Module],
                  stats: dict[str, LayerStats], targets: dict[str, LayerTarget],
                  masks: dict[str, torch.Tensor] | None,
-                 quantized: dict[str, QuantizedWeight] | None = None) -> list[LayerRecord]:
+                 quantized: dict[str, QuantizedWeight] | None = None,
+                 inputs: BlockInputs | None = None) -> list[LayerRecord]:
     """Let the method decide these layers of `block`, write its decisions, record each layer."""
     zeros_before = {n: int((arch.weight_matrix(m) == 0).sum()) for n, m in layers.items()}
     shapes_before = {n: tuple(arch.weight_matrix(m).shape) for n, m in layers.items()}
     notes: dict[str, dict] = {}
-    decisions = method.prune_block(block, layers, stats, targets)
+    decisions = (method.prune_block(block, layers, stats, targets) if inputs is None
+                 else method.prune_block(block, layers, stats, targets, inputs=inputs))
     for name, decision in (decisions.items() if isinstance(decisions, Mapping) else decisions):
         if name not in layers:
             raise RuntimeError(f"{method.name} decided {name!r}, which is not among the "

@@ -111,6 +111,9 @@ class PlanContext:
     # The method's `planning_statistics` per layer by full name, gathered on the dense model
     # (blocks are not pruned during that pass); empty when it names none.
     statistics: Mapping[str, LayerStats] = dataclasses.field(default_factory=dict)
+    # The calibration windows' shape (windows, tokens per window), None without calibration:
+    # for rules stated per calibration sample (GBLM's and DSnoT's running means over samples).
+    windows: tuple[int, ...] | None = None
 
 
 class MethodConfig:
@@ -139,6 +142,10 @@ class PruningMethod:
     planning_statistics: ClassVar[tuple[str, ...]] = ()
     # A quantizer removes no weights: it runs at sparsity 0 unless given one.
     quantizes: ClassVar[bool] = False
+    # Whether `prune_block` also needs the block's calibration inputs, to run the block itself
+    # (methods that optimise a whole block against its outputs, as BESA): the engine then
+    # passes a `BlockInputs` (prunelab.engine) as the keyword `inputs`.
+    needs_block_inputs: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config
@@ -149,7 +156,16 @@ class PruningMethod:
     @property
     def needs_calibration(self) -> bool:
         """Whether the engine needs calibration windows to run this method."""
-        return bool(self.statistics or self.planning_statistics)
+        return bool(self.statistics or self.planning_statistics or self.needs_block_inputs)
+
+    def check_request(self, sparsity: float, pattern: NMPattern | None) -> None:
+        """Refuse (PrunelabError) a sparsity or pattern this method cannot meet; called before
+        the model is loaded."""
+
+    def check_layers(self, weights: Mapping[str, torch.Tensor], sparsity: float,
+                     pattern: NMPattern | None) -> None:
+        """Refuse (PrunelabError) what only the model's prunable matrices (full name → [out,
+        in]) can tell, such as layer names a user listed; called before any work."""
 
     def plan(self, context: PlanContext) -> Mapping[str, LayerTarget | float] | None:
         """Called once before any block is pruned. Return per-layer targets (a LayerTarget or
