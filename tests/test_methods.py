@@ -259,7 +259,8 @@ def test_any_import_order_finds_every_builtin_method(first):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "'magnitude', 'magnitude-band', 'magnitude-global', 'sparsegpt', 'wanda'" in done.stdout
+    listed = set(eval(done.stdout))  # (a list of names printed by the child)
+    assert {"magnitude", "magnitude-band", "magnitude-global", "sparsegpt", "wanda"} <= listed
 
 
 def test_needs_calibration():

@@ -33,6 +33,7 @@ from prunelab.evaluate.perplexity import perplexity_of_windows
 from prunelab.methods.base import PruningMethod, make_method
 from prunelab.methods.masks import NMPattern, check_sparsity, parse_pattern
 from prunelab.paths import atomic_dir
+from prunelab.structure import model_size
 from prunelab.zoo.models import LoadedModel
 
 PROVENANCE_FILE = "prunelab.json"
@@ -53,10 +54,16 @@ class PruneResult:
     # CPU, for what comes after pruning (sparse fine-tuning keeps exactly these zeros).
     masks: dict = field(default_factory=dict, repr=False)
 
+    # Whole-model parameters and bytes before and after ({"before": {...}, "after": {...}}),
+    # each shared tensor counted once: what structured pruning really saves.
+    model_size: dict = field(default_factory=dict)
+
     @property
     def overall_sparsity(self) -> float:
-        total = sum(r.numel for r in self.layers)
-        return sum(r.zeros_after for r in self.layers) / total if total else 0.0
+        """The share of the prunable weights removed: zeroed, or gone with their rows and
+        columns (structured pruning)."""
+        total = sum(r.numel_before for r in self.layers)
+        return sum(r.removed for r in self.layers) / total if total else 0.0
 
     @property
     def zeros_before(self) -> int:
@@ -67,7 +74,8 @@ class PruneResult:
             "method": self.method, "options": self.options, "sparsity": self.sparsity,
             "pattern": self.pattern, "calibration": self.calibration,
             "overall_sparsity": round(self.overall_sparsity, 6),
-            "prunable_weights": sum(r.numel for r in self.layers),
+            "prunable_weights": sum(r.numel_before for r in self.layers),
+            **({"model_size": self.model_size} if self.model_size else {}),
             "zeros_before_pruning": self.zeros_before,
             "seconds": round(self.seconds, 2),
             "layers": [r.to_dict() for r in self.layers],
@@ -128,6 +136,7 @@ def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,
     draws the windows itself, inside its heap-compaction block (prunelab.allocator).
     """
     check_pattern(loaded.model, args.method, args.pattern)
+    args.method.check_model(loaded.model, args.sparsity)
     if not args.method.needs_calibration:
         return
     if calibration_text:
@@ -162,13 +171,15 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
             calib_record = {**calibration.to_dict(), "tokens_sha256": tokens_digest(windows),
                             "bos": loaded.add_bos}
         start = time.perf_counter()
+        size_before = model_size(loaded.model)
         records = prune_blocks(loaded.model, chosen, sparsity, nm, windows,
                                batch_size=batch_size, device=device, progress=progress,
                                keep_masks=keep_masks)
     return PruneResult(method=method, options=_plain(chosen.config), sparsity=sparsity,
                        pattern=str(nm) if nm else None, calibration=calib_record,
                        layers=list(records), seconds=time.perf_counter() - start,
-                       masks=records.masks)
+                       masks=records.masks,
+                       model_size={"before": size_before, "after": model_size(loaded.model)})
 
 
 def check_perplexity_args(source: str = DEFAULT_EVAL_SOURCE, seqlen: int = 512,
@@ -321,6 +332,7 @@ def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
+        provenance["weights_file_bytes"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out
 
