@@ -1,5 +1,6 @@
 """Faithfulness of the methods to their papers, checked against direct transcriptions."""
 
+import ast
 import subprocess
 import sys
 import warnings
@@ -259,7 +260,7 @@ def test_any_import_order_finds_every_builtin_method(first):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    listed = set(eval(done.stdout))  # (a list of names printed by the child)
+    listed = set(ast.literal_eval(done.stdout))
     assert {"magnitude", "magnitude-band", "magnitude-global", "sparsegpt", "wanda"} <= listed
 
 
