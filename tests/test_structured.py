@@ -417,3 +417,31 @@ def test_cli_prunes_saves_and_info_shows_the_sizes(tmp_path, model_dirs):
     code, ppl, err = _run("ppl", str(out), "--source", str(model_dirs / "calib.txt"),
                           "--seqlen", "32", "--windows", "2")
     assert code == 0 and "perplexity" in ppl, err
+
+
+def test_seap_depth_schedule_is_the_logistic_of_the_reference():
+    from prunelab.methods.seap import logistic_shares
+
+    shares = logistic_shares(10, 0.3, k=0.8, x0=0.3, keep_first=2, keep_last=2)
+    assert shares[:2] == [0.0, 0.0] and shares[-2:] == [0.0, 0.0]
+    # SEAP's formula, with Λ scaled so that the mean over all ten layers is the target.
+    shape = [1 / (1 + math.exp(-0.8 * ((ell - 2) / 5 - 0.3))) for ell in range(2, 8)]
+    lam = 0.3 * 10 / sum(shape)
+    assert shares[2:8] == pytest.approx([lam * s for s in shape])
+    assert sum(shares) / 10 == pytest.approx(0.3)
+    assert shares[2] < shares[7]  # deeper layers lose more
+    with pytest.raises(PrunelabError, match="would remove all of a layer"):
+        logistic_shares(10, 0.7, 0.8, 0.3, 2, 2)
+
+
+def test_seap_prunes_each_layer_by_its_depth_share():
+    model = tiny_model("gemma3")  # three layers: keep the first whole, prune the others
+    method = make_method("seap", {"keep_first": 1, "keep_last": 0, "bias": "false"})
+    records = prune_blocks(model, method, 0.3, None, _windows(), progress=False)
+    shapes = structure.layer_shapes(model)
+    assert shapes[0] == {"heads": 4, "kv_heads": 1, "intermediate": 128, "bias": []}
+    assert shapes[1]["intermediate"] > shapes[2]["intermediate"]  # deeper loses more
+    share = sum(r.removed for r in records) / sum(r.numel_before for r in records)
+    assert abs(share - 0.3) < 0.02
+    with pytest.raises(PrunelabError, match="depth schedule"):
+        make_method("seap", {"heads": 0.5})

@@ -7,4 +7,4 @@ Importing this package registers the built-in methods and statistics, so `make_m
 from prunelab.methods import statistics  # noqa: F401  (registers the built-in statistics)
 from prunelab.methods.registry import list_methods, make_method, option_help, register  # noqa: F401
 from prunelab.methods import magnitude, sparsegpt, wanda  # noqa: F401,E402  (register themselves)
-from prunelab.methods import flap, structured  # noqa: F401,E402  (structured pruning)
+from prunelab.methods import flap, seap, structured  # noqa: F401,E402  (structured pruning)

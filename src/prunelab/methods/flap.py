@@ -111,7 +111,7 @@ class Flap(StructuredMethod):
             o_stats, down_stats = context.statistics[o], context.statistics[down]
             attention = channel_metric(self.config.metric, context.weights[o], o_stats) ** 2
             mlp = channel_metric(self.config.metric, context.weights[down], down_stats)
-            if self.config.structure == "AL-AM":
+            if not self.uniform:
                 attention = standardise(attention).reshape(-1, parts.head_dim).mean(dim=1)
                 mlp = standardise(mlp)
             else:
@@ -120,9 +120,11 @@ class Flap(StructuredMethod):
             channels.append(mlp)
             means.append((o_stats["input_mean_var"].mean, down_stats["input_mean_var"].mean))
         self._means = means if self.config.bias else None
-        if self.config.structure == "UL-UM":
-            self._cuts = [self.uniform_cut(parts, h, c, context.sparsity, f"{prefix}.{i}")
-                          for i, (parts, h, c) in enumerate(zip(self._parts, heads, channels))]
+        if self.uniform:
+            shares = self.layer_shares(len(self._parts), context.sparsity)
+            self._cuts = [self.uniform_cut(parts, h, c, share, f"{prefix}.{i}")
+                          for i, (parts, h, c, share)
+                          in enumerate(zip(self._parts, heads, channels, shares))]
         else:
             self._cuts = self._adaptive_cuts(heads, channels, context.sparsity)
         return None

@@ -218,16 +218,21 @@ class StructuredMethod(PruningMethod):
 
     uniform: bool = True  # every layer loses the same units (else: the method's plan)
 
+    def layer_shares(self, n_layers: int, sparsity: float) -> list[float]:
+        """The share of each layer to remove under uniform structure (SEAP varies it)."""
+        return [sparsity] * n_layers
+
     def check_model(self, model: nn.Module, sparsity: float | None = None) -> None:
         self._parts_path = arch.find_blocks(model).path
         all_parts = structure.model_parts(model)
+        shares = self.layer_shares(len(all_parts), sparsity) if sparsity is not None else None
         for index, parts in enumerate(all_parts):
             units, where = attention_units(parts, self.config.gqa), f"{self._parts_path}.{index}"
             if self.config.heads is not None:
                 heads_to_units(units, self.config.heads, parts.heads, where)
-            if sparsity is not None and self.uniform:
-                uniform_counts(parts, units, sparsity, self.config.heads, self.config.channels,
-                               where)
+            if shares is not None and self.uniform:
+                uniform_counts(parts, units, shares[index], self.config.heads,
+                               self.config.channels, where)
         if sparsity is not None and not self.uniform:
             # Adaptive: each layer keeps one attention unit and one channel.
             most = sum((u.count - 1) * u.cost + (p.intermediate - 1) * channel_cost(p)
