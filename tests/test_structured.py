@@ -197,7 +197,8 @@ def test_flap_uniform_follows_the_reference_rules(metric):
         # Bias compensation: W[:, removed] · mean(x[removed]) on each output projection.
         gone_cols = [c for c in range(dparts.heads * dparts.head_dim) if c not in columns]
         gone_ch = [c for c in range(dparts.intermediate) if c not in keep_channels]
-        mean_o, mean_d = inputs[(b, "self_attn.o_proj")].mean(0), inputs[(b, "mlp.down_proj")].mean(0)
+        mean_o = inputs[(b, "self_attn.o_proj")].mean(0)
+        mean_d = inputs[(b, "mlp.down_proj")].mean(0)
         torch.testing.assert_close(parts.attention.o_proj.bias,
                                    dparts.attention.o_proj.weight[:, gone_cols] @ mean_o[gone_cols],
                                    rtol=1e-4, atol=1e-6)

@@ -287,7 +287,8 @@ def apply_layout(model: nn.Module, layers: list[dict]) -> None:
                             f"{len(found.blocks)}", "the directory's config.json was edited")
     for block, parts, shape in zip(found.blocks, model_parts(model), layers):
         hd, hidden = parts.head_dim, parts.hidden
-        sizes = {"q_proj": (shape["heads"] * hd, hidden), "k_proj": (shape["kv_heads"] * hd, hidden),
+        sizes = {"q_proj": (shape["heads"] * hd, hidden),
+                 "k_proj": (shape["kv_heads"] * hd, hidden),
                  "v_proj": (shape["kv_heads"] * hd, hidden),
                  "o_proj": (hidden, shape["heads"] * hd),
                  "gate_proj": (shape["intermediate"], hidden),

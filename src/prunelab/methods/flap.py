@@ -178,8 +178,7 @@ class Flap(StructuredMethod):
                                 f"(at most {achieved:.1%})", "lower the target")
         cuts = []
         c_removed_layer = c_layer[c_removed]
-        for i, (u, (order, _), (parts), cs) in enumerate(zip(units, orders, parts_list,
-                                                              c_sorted)):
+        for i, (u, (order, _), cs) in enumerate(zip(units, orders, c_sorted)):
             removed_units = int((a_layer[a_removed] == i).sum())
             keep_heads, keep_kv = u.keep_after(order, removed_units)
             removed_channels = int((c_removed_layer == i).sum())
