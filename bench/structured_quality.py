@@ -8,7 +8,8 @@ gathered once and reused (the engine's dense pass is memoised for this run), so 
 pays a statistics pass per point. Each finished point is appended to `--out` at once.
 
     python bench/structured_quality.py [--model smollm2-135m] [--ratios 0.1 0.2 0.3 0.5]
-        [--calib-samples 256] [--calib-seqlen 128] [--out structured_quality.jsonl]
+        [--calib-samples 256] [--calib-seqlen 128] [--windows 32]
+        [--out structured_quality.jsonl]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--calib-source", default="squadshifts-new_wiki")
     parser.add_argument("--calib-samples", type=int, default=256)
     parser.add_argument("--calib-seqlen", type=int, default=128)
+    parser.add_argument("--windows", type=int, default=32, help="perplexity windows of 512")
     parser.add_argument("--out", type=Path, default=Path("structured_quality.jsonl"))
     args = parser.parse_args()
 
@@ -63,10 +65,11 @@ def main() -> None:
 
     loaded = prunelab.load_model(args.model)
     pristine = copy.deepcopy(loaded.model)
-    dense = api.dense_perplexity(loaded, progress=False).value
+    dense = api.dense_perplexity(loaded, n_windows=args.windows, progress=False).value
     size = model_size(loaded.model)
     calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.calib_seqlen, 0)
-    print(f"{args.model}: dense perplexity {dense:.2f}, {size['parameters']:,} parameters; "
+    print(f"{args.model}: dense perplexity {dense:.2f} ({args.windows} x 512 squad-dev), "
+          f"{size['parameters']:,} parameters; "
           f"calibration {args.calib_samples} x {args.calib_seqlen} of {args.calib_source}",
           flush=True)
     rows = []
@@ -78,14 +81,15 @@ def main() -> None:
                 result = prunelab.prune(loaded, method, ratio, calibration=calibration,
                                         progress=False, **options)
                 seconds = time.perf_counter() - start
-                ppl = api.perplexity(loaded)
+                ppl = api.perplexity(loaded, n_windows=args.windows)
                 row = {"model": args.model, "ratio": ratio, "method": _label(method, options),
                        "perplexity": round(ppl, 3), "dense": round(dense, 3),
                        "block_share_removed": round(result.overall_sparsity, 4),
                        "parameters": result.model_size["after"]["parameters"],
                        "parameters_dense": size["parameters"],
                        "prune_seconds": round(seconds, 1),
-                       "calibration": f"{args.calib_samples}x{args.calib_seqlen}"}
+                       "calibration": f"{args.calib_samples}x{args.calib_seqlen}",
+                       "eval_windows": f"{args.windows}x512 squad-dev"}
                 rows.append(row)
                 out.write(json.dumps(row) + "\n")
                 out.flush()
