@@ -35,6 +35,7 @@ from prunelab.methods.base import PruningMethod, make_method
 from prunelab.methods.masks import NMPattern, check_sparsity, parse_pattern
 from prunelab.methods.statistics import accumulator
 from prunelab.paths import atomic_dir
+from prunelab.structure import model_size
 from prunelab.zoo.models import LoadedModel
 
 PROVENANCE_FILE = "prunelab.json"
@@ -58,10 +59,16 @@ class PruneResult:
     # CPU), what a packed checkpoint is written from (`save(..., format=...)`).
     quantized: dict = field(default_factory=dict, repr=False)
 
+    # Whole-model parameters and bytes before and after ({"before": {...}, "after": {...}}),
+    # each shared tensor counted once: what structured pruning really saves.
+    model_size: dict = field(default_factory=dict)
+
     @property
     def overall_sparsity(self) -> float:
-        total = sum(r.numel for r in self.layers)
-        return sum(r.zeros_after for r in self.layers) / total if total else 0.0
+        """The share of the prunable weights removed: zeroed, or gone with their rows and
+        columns (structured pruning)."""
+        total = sum(r.numel_before for r in self.layers)
+        return sum(r.removed for r in self.layers) / total if total else 0.0
 
     @property
     def zeros_before(self) -> int:
@@ -72,7 +79,8 @@ class PruneResult:
             "method": self.method, "options": self.options, "sparsity": self.sparsity,
             "pattern": self.pattern, "calibration": self.calibration,
             "overall_sparsity": round(self.overall_sparsity, 6),
-            "prunable_weights": sum(r.numel for r in self.layers),
+            "prunable_weights": sum(r.numel_before for r in self.layers),
+            **({"model_size": self.model_size} if self.model_size else {}),
             "zeros_before_pruning": self.zeros_before,
             "seconds": round(self.seconds, 2),
             "layers": [r.to_dict() for r in self.layers],
@@ -145,6 +153,7 @@ def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,
     check_pattern(loaded.model, args.method, args.pattern)
     check_layers(loaded.model, args.method)
     check_method_fit(loaded.model, args.method, args.sparsity, args.pattern)
+    args.method.check_model(loaded.model, args.sparsity)
     if not args.method.needs_calibration:
         return
     grads = [n for n in args.method.planning_statistics if accumulator(n).reads == "weight_grad"]
@@ -182,13 +191,15 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
             calib_record = {**calibration.to_dict(), "tokens_sha256": tokens_digest(windows),
                             "bos": loaded.add_bos}
         start = time.perf_counter()
+        size_before = model_size(loaded.model)
         records = prune_blocks(loaded.model, chosen, sparsity, nm, windows,
                                batch_size=batch_size, device=device, progress=progress,
                                keep_masks=keep_masks)
     return PruneResult(method=method, options=_plain(chosen.config), sparsity=sparsity,
                        pattern=str(nm) if nm else None, calibration=calib_record,
                        layers=list(records), seconds=time.perf_counter() - start,
-                       masks=records.masks, quantized=records.quantized)
+                       masks=records.masks, quantized=records.quantized,
+                       model_size={"before": size_before, "after": model_size(loaded.model)})
 
 
 def quantize(loaded: LoadedModel, method: str = "gptq", bits: int = 4,
@@ -370,6 +381,7 @@ def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = 
             loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         provenance["storage"] = storage_record(loaded.model, tmp, format)
+        provenance["weights_file_bytes"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out
 

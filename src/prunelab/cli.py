@@ -67,6 +67,8 @@ def prune(
     typer.echo(f"{method} {result.pattern or f'{result.sparsity:.0%}'}: achieved sparsity "
                f"{result.overall_sparsity:.4f} over {len(result.layers)} layers "
                f"in {result.seconds:.1f} s")
+    if result.model_size:
+        typer.echo(_size_line(result.model_size["before"], result.model_size["after"], None))
     if ppl:
         cached = " (cached)" if before.cached else ""
         typer.echo(f"perplexity ({source}, {windows} x {ppl_seqlen}): dense {before.value:.2f}"
@@ -134,10 +136,23 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
         typer.echo(f"size on disk {disk / 1e6:.1f} MB ({storage['format']}): "
                    f"{disk / fp32:.3f} x fp32 ({fp32 / 1e6:.1f} MB), "
                    f"{disk / bf16:.3f} x bf16 ({bf16 / 1e6:.1f} MB)")
+    size = pruning.get("model_size")
+    if size:
+        typer.echo(_size_line(size["before"], size["after"], data.get("weights_file_bytes")))
     if layers:
         print_table([{"layer": r["name"], "shape": f"{r['rows']}x{r['cols']}",
                       "target": r["target_sparsity"], "achieved": r["achieved_sparsity"],
                       "zeros before": r["zeros_before"]} for r in layers])
+
+
+def _size_line(before: dict, after: dict, file_bytes: int | None) -> str:
+    """Parameters and bytes before and after pruning, in one line."""
+    def share(key):
+        return f"{1 - after[key] / before[key]:.1%} less" if before[key] else "n/a"
+    line = (f"parameters {before['parameters']:,} -> {after['parameters']:,} "
+            f"({share('parameters')}); bytes {before['bytes']:,} -> {after['bytes']:,} "
+            f"({share('bytes')})")
+    return line + (f"; weights file {file_bytes:,} bytes" if file_bytes else "")
 
 
 def _register_optional() -> None:

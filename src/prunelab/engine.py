@@ -50,8 +50,20 @@ class LayerRecord:
         return self.rows * self.cols
 
     @property
+    def numel_before(self) -> int:
+        """The weight's size before pruning (larger than `numel` when rows or columns were
+        removed: structured pruning)."""
+        shape = self.notes.get("shape_before")
+        return int(shape[0]) * int(shape[1]) if shape else self.numel
+
+    @property
+    def removed(self) -> int:
+        """Weights gone: zeros in the matrix plus entries removed with their rows/columns."""
+        return self.zeros_after + self.numel_before - self.numel
+
+    @property
     def achieved_sparsity(self) -> float:
-        return self.zeros_after / self.numel if self.numel else 0.0
+        return self.removed / self.numel_before if self.numel_before else 0.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "achieved_sparsity": round(self.achieved_sparsity, 6)}
@@ -511,6 +523,7 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
     weights = {n: arch.weight_matrix(m) for n, m in all_layers.items()}
     method.check_request(sparsity, pattern)
     method.check_layers(weights, sparsity, pattern)
+    method.check_model(model, sparsity)
     _, misplaced = _split_statistics(method.statistics)
     if misplaced:
         raise ValueError(f"{method.name}: gradient statistics {misplaced} come from the dense "
@@ -562,6 +575,7 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
             if runner is not None and index + 1 < len(blocks):
                 runner.run(index, advance=True)
             block.to(home)
+        method.finish(model)
     finally:
         if bar is not None:
             bar.close()

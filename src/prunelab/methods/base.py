@@ -167,6 +167,14 @@ class PruningMethod:
         """Refuse (PrunelabError) what only the model's prunable matrices (full name → [out,
         in]) can tell, such as layer names a user listed; called before any work."""
 
+    def check_model(self, model: nn.Module, sparsity: float | None = None) -> None:
+        """Refuse a model (or a target on it) this method cannot prune (PrunelabError), before
+        any work. Called when the model is loaded and again when pruning starts."""
+
+    def finish(self, model: nn.Module) -> None:
+        """Called once after the last block is pruned (structured methods write the config
+        that describes the new shapes)."""
+
     def plan(self, context: PlanContext) -> Mapping[str, LayerTarget | float] | None:
         """Called once before any block is pruned. Return per-layer targets (a LayerTarget or
         a sparsity, by full layer name; layers left out keep the requested sparsity and

@@ -262,6 +262,8 @@ def load_model(source: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from prunelab import structure
+
     target, spec = resolve(source)
     hf_logging.disable_progress_bar()  # a cached load takes a second; no bars needed
     try:
@@ -273,7 +275,10 @@ def load_model(source: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
     causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
     auto = AutoModelForCausalLM if causal else AutoModel
     try:
-        model = auto.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code)
+        if structure.needs_loader(config):  # per-layer shapes (prunelab.structure)
+            model = structure.load_pretrained(target, dtype=dtype)
+        else:
+            model = auto.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         raise PrunelabError(f"could not load {source}: {_first_line(exc)}",
