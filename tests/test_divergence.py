@@ -102,3 +102,41 @@ def test_api_function_on_a_text_file(tmp_path):
     dense = tiny_loaded("llama")
     res = dv.divergence(dense, dense, str(text), seqlen=32, n_windows=4)
     assert res.jsd == 0.0 and res.tokens == 4 * 31
+
+
+def _save(path, seed=0, vocab=260):
+    from prunelab.testing import tiny_model, tiny_tokenizer
+
+    model = tiny_model("llama", seed=seed)
+    tok = tiny_tokenizer()
+    if vocab != 260:
+        tok.add_tokens([f"<x{i}>" for i in range(vocab - 260)])
+        model.resize_token_embeddings(vocab)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_cli_reports_and_writes_json_and_refuses_bad_input(tmp_path):
+    import json
+
+    from tests.test_cli import _assert_user_error, run
+
+    text = tmp_path / "t.txt"
+    text.write_text("Pruning removes weights from a network. " * 50)
+    dense, other = _save(tmp_path / "dense"), _save(tmp_path / "other", seed=1)
+    small = ["--source", str(text), "--seqlen", "32", "--windows", "2"]
+    out = tmp_path / "div.json"
+    result = run("divergence", str(dense), str(other), *small, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "JSD" in result.stdout and "top-1 agreement" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["units"] == "nats" and 0 < data["jsd"] <= math.log(2) and data["tokens"] == 62
+    same = run("divergence", str(dense), str(dense), *small)
+    assert "JSD 0.00000" in same.stdout and "agreement 1.0000" in same.stdout
+    wider = _save(tmp_path / "wider", vocab=264)
+    bad_out = tmp_path / "bad.json"
+    _assert_user_error(run("divergence", str(dense), str(wider), *small, "--out", str(bad_out)),
+                       "different vocabularies")
+    assert not bad_out.exists()
+    _assert_user_error(run("divergence", str(dense), str(other), "--windows", "0"), "too few")

@@ -136,7 +136,7 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
 
 def _register_optional() -> None:
     # Commands that live beside their subsystem register themselves here.
-    for module in ("prunelab.evaluate.cli", "prunelab.cli_study"):
+    for module in ("prunelab.evaluate.cli", "prunelab.cli_study", "prunelab.cli_divergence"):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as exc:
