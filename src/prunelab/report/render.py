@@ -212,6 +212,10 @@ def sections(run: Run) -> list[Section]:
                                               "perplexity", "compress s"], rows))
     out.append(comp)
 
+    from prunelab.report.divergence import divergence_sections  # imports this module
+
+    out += divergence_sections(run)
+
     prov = Section("Recipe and versions")
     prov.text.append("Versions: " + ", ".join(f"{k} {v}" for k, v in
                                               run.record.get("versions", {}).items()))

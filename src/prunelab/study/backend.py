@@ -28,6 +28,7 @@ class Backend(Protocol):
     def reset(self, handle: Any) -> None: ...  # back to the dense model
     def compress(self, handle: Any, point: CompressionPoint) -> dict: ...
     def perplexity(self, handle: Any, source: str, seqlen: int, n_windows: int) -> float: ...
+    def divergence(self, handle: Any, source: str, seqlen: int, n_windows: int) -> dict: ...
     def evaluate(self, handle: Any, task: TaskInfo, limit: int | None, seed: int,
                  batch_size: int) -> tuple[list[dict], dict]: ...
     def estimate(self, recipe: Recipe, model: str, point: CompressionPoint,
@@ -152,6 +153,14 @@ class PrunelabBackend:
 
         return perplexity(handle.loaded, source, seqlen, n_windows)
 
+    def divergence(self, handle: _Handle, source: str, seqlen: int, n_windows: int) -> dict:
+        """The compressed model against the pristine dense copy (`_Handle.pristine`)."""
+        from prunelab.data.corpora import eval_windows
+        from prunelab.evaluate.divergence import windows_divergence
+
+        windows = eval_windows(handle.loaded, source, seqlen, n_windows)
+        return windows_divergence(handle.pristine, handle.loaded.model, windows).to_dict()
+
     def evaluate(self, handle: _Handle, task: TaskInfo, limit: int | None, seed: int,
                  batch_size: int) -> tuple[list[dict], dict]:
         from prunelab.evaluate.runner import evaluate
@@ -234,6 +243,8 @@ def rough_estimate(recipe: Recipe, model: str, point: CompressionPoint,
         evaluate += n * EVAL_TOKENS_PER_ITEM.get(task.kind, 200) * per_token
     if recipe.perplexity:  # measured right after compressing
         compress += recipe.perplexity.n_windows * recipe.perplexity.seqlen * per_token
+    if recipe.divergence and not point.is_dense:  # both models, one pass each
+        compress += 2 * recipe.divergence.n_windows * recipe.divergence.seqlen * per_token
     return compress, evaluate
 
 

@@ -126,6 +126,15 @@ class Perplexity(_Strict):
     n_windows: int = Field(8, ge=1)
 
 
+class Divergence(_Strict):
+    """Divergence of each compressed model's next-token distributions from the dense model's
+    (JSD, KL both ways, top-1 agreement; `prunelab.evaluate.divergence`) on these windows."""
+
+    source: str = "squad-dev"
+    seqlen: int = Field(512, ge=8)
+    n_windows: int = Field(8, ge=1)
+
+
 class BandProbe(_Strict):
     """The "nested junk" probe: prune only the |W| rank band [s, s + width) of each matrix."""
 
@@ -166,6 +175,7 @@ class Recipe(_Strict):
     calibration: Calibration = Field(default_factory=Calibration)
     eval: Evaluation = Field(default_factory=Evaluation)
     perplexity: Perplexity | None = None
+    divergence: Divergence | None = None
     analysis: Analysis = Field(default_factory=Analysis)
 
     @model_validator(mode="after")
@@ -180,6 +190,8 @@ class Recipe(_Strict):
         `analysis` and `description` are left out: they change no stored result, so a run
         can be re-analysed (e.g. more bootstrap replicates) in its own directory."""
         data = self.model_dump(mode="json", exclude={"analysis", "description"})
+        if data.get("divergence") is None:  # recipes from before the field keep their hash
+            data.pop("divergence", None)
         text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -121,6 +121,19 @@ class FakeBackend:
         s = handle.point.first["sparsity"] if handle.point else 0.0
         return 10.0 * (1 + 5 * s**3)
 
+    def divergence(self, handle, source, seqlen, n_windows) -> dict:
+        """Grows with the damage the compression does to an average level (so it tracks the
+        task drop across methods, which the fake perplexity, a function of sparsity alone,
+        does not), plus a little per-compression noise."""
+        self.calls.append(("divergence", handle.name, handle.point.label if handle.point
+                           else "dense"))
+        damage = 1.0 - self.keep(handle.point, 1.0, handle.name)
+        noise = 0.01 * _u(handle.name, handle.point.label if handle.point else "dense", "div")
+        jsd = min(0.02 + 0.3 * damage + noise, math.log(2))
+        return {"jsd": jsd, "kl_dense_compressed": 3 * jsd, "kl_compressed_dense": 2.5 * jsd,
+                "top1_agreement": 1.0 - jsd, "tokens": n_windows * (seqlen - 1),
+                "jsd_quantiles": {"q50": jsd / 2, "q95": 3 * jsd}, "units": "nats"}
+
     def keep(self, point: CompressionPoint | None, fragility: float, model: str) -> float:
         """Fraction of above-chance skill a level keeps under this compression (its stages'
         damage adds up)."""
