@@ -244,6 +244,11 @@ def _check_text_source(source: str, role: str) -> None:
     """
     if source in TEXT_SOURCES:
         return
+    if role == "calibration" and source.startswith("task:"):
+        from prunelab.data.task_calibration import check
+
+        check(source)  # enough items left after the evaluation's
+        return
     path = Path(source).expanduser()
     names = ", ".join(TEXT_SOURCES)
     if not path.exists():

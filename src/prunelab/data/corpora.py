@@ -53,6 +53,10 @@ class CalibrationConfig:
 def load_text(source: str | Path) -> str:
     """The whole text of a named corpus or a local file; paragraphs joined by blank lines."""
     name = str(source)
+    if name.startswith("task:"):  # a task's own prompts, held out from its evaluation
+        from prunelab.data.task_calibration import task_text
+
+        return task_text(name)
     if name in TEXT_SOURCES:
         from prunelab.data.bigbench import task_dir
 

@@ -215,6 +215,9 @@ def sections(run: Run) -> list[Section]:
     from prunelab.report.divergence import divergence_sections  # imports this module
 
     out += divergence_sections(run)
+    from prunelab.report.calibration import calibration_sections  # imports this module
+
+    out += calibration_sections(run)
 
     prov = Section("Recipe and versions")
     prov.text.append("Versions: " + ", ".join(f"{k} {v}" for k, v in

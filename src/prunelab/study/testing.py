@@ -41,6 +41,18 @@ METHODS = {"magnitude": 1.3, "magnitude-global": 1.4, "wanda": 1.0, "sparsegpt":
 SIZE = 60
 
 
+# A compression calibrated on a family's own prompts (`task:FAMILY`) does this share of the
+# damage to that family (and the usual damage to the others).
+TASK_CALIBRATION_DAMAGE = 0.5
+
+
+def _calibrated_on(point: CompressionPoint | None, family: str) -> bool:
+    if point is None:
+        return False
+    return any(str((c or {}).get("source", "")).split("?")[0] in (f"task:{family}",)
+               for c in point.calibration)
+
+
 def _u(*parts) -> float:
     h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(h, "big") / 2**64
@@ -154,7 +166,10 @@ class FakeBackend:
         family, _, _ = task.name.partition(":")
         _, _, chance, dense_acc, fragility = next(
             lv for lv in FAMILIES[family] if str(lv[0]) == str(task.level))
-        p = chance + (dense_acc - chance) * self.keep(handle.point, fragility, handle.name)
+        keep = self.keep(handle.point, fragility, handle.name)
+        if _calibrated_on(handle.point, family):  # its own prompts: half the damage
+            keep = 1.0 - (1.0 - keep) * TASK_CALIBRATION_DAMAGE
+        p = chance + (dense_acc - chance) * keep
         n = min(limit or self.size, self.size)
         examples = []
         choices = [f"c{k}" for k in range(round(1 / chance))]
