@@ -138,7 +138,8 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
 
 def _register_optional() -> None:
     # Commands that live beside their subsystem register themselves here.
-    for module in ("prunelab.evaluate.cli", "prunelab.cli_study", "prunelab.cli_divergence"):
+    for module in ("prunelab.evaluate.cli", "prunelab.cli_study", "prunelab.cli_divergence",
+                   "prunelab.cli_refusal"):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as exc:
