@@ -2,7 +2,7 @@
 
 import pytest
 
-from prunelab.data import task_calibration as tc
+from prunelab.tasks import calibration as tc
 from prunelab.errors import PrunelabError
 from prunelab.tasks.base import Item, Task
 from prunelab.tasks.registry import register

@@ -253,7 +253,7 @@ def _check_text_source(source: str, role: str) -> None:
     if source in TEXT_SOURCES:
         return
     if role == "calibration" and source.startswith("task:"):
-        from prunelab.data.task_calibration import check
+        from prunelab.tasks.calibration import check  # also registers the "task:" source
 
         check(source)  # enough items left after the evaluation's
         return

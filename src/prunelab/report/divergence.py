@@ -8,7 +8,7 @@ import math
 from collections import defaultdict
 
 from prunelab.report.plots import _png, plt
-from prunelab.report.render import Section, Table, _ci, _num
+from prunelab.report.fmt import ci as _ci, num as _num, section
 from prunelab.study.plan import describe_compression
 from prunelab.study.predictors import (MIN_COMPRESSIONS, PREDICTORS, best_predictor, mean_drops,
                                        predictor_table)
@@ -18,7 +18,7 @@ def _canon(config: dict) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def divergence_sections(run) -> list[Section]:
+def divergence_sections(run) -> list[dict]:
     measured = [c for c in run.compressions if c.get("divergence")]
     if not measured:  # (a recipe without `divergence:` keeps the report it always had)
         return []
@@ -27,8 +27,8 @@ def divergence_sections(run) -> list[Section]:
     measure = a.measure if a else "relative"
     drops = mean_drops(run.points, measure, at_chance)
     out = []
-    sec = Section("Divergence from the dense model")
-    sec.text.append("Per predicted token of the divergence text (the recipe's "
+    sec = section("Divergence from the dense model")
+    sec["text"].append("Per predicted token of the divergence text (the recipe's "
                     "`divergence:` windows), the compressed model's next-token distribution "
                     "against the dense model's: Jensen-Shannon divergence in nats (at most "
                     "ln 2 ≈ 0.693), KL both ways, and whether both put the same token first. "
@@ -46,14 +46,14 @@ def divergence_sections(run) -> list[Section]:
                      _num(d.get("kl_compressed_dense"), 4),
                      _num(d.get("top1_agreement"), 3),
                      _num(drops.get((c["model"], _canon(c["config"]))), 3)])
-    sec.tables.append(Table("Divergence per compressed model", [
+    sec["tables"].append(("Divergence per compressed model", [
         "model", "stages", "seed", "perplexity", "JSD", "JSD median", "JSD 95th pct",
         "KL(dense‖compr.)", "KL(compr.‖dense)", "top-1 agreement", "mean task drop"], rows))
     out.append(sec)
     table = predictor_table(run.points, run.compressions, measure, at_chance,
                             n_boot=run.recipe.analysis.n_boot)
-    sec = Section("Which measure predicts task loss?")
-    sec.text.append(
+    sec = section("Which measure predicts task loss?")
+    sec["text"].append(
         "Across the compressed models of each model (every method, sparsity and seed), "
         "Spearman's ρ of each measure with the mean task drop, with a 95% bootstrap interval "
         "over compressed models. Perplexity, JSD and KL should rise with the drop (ρ > 0), "
@@ -65,15 +65,15 @@ def divergence_sections(run) -> list[Section]:
         if best is not None:
             tied = [r["label"] for r in table if r["model"] == model and r is not best
                     and abs(abs(r["rho"]) - abs(best["rho"])) < 1e-9]
-            sec.text.append(f"{model}: the best predictor is {best['label']} "
+            sec["text"].append(f"{model}: the best predictor is {best['label']} "
                             f"(ρ = {best['rho']:.2f}, P(best) = {best['p_best']:.2f})"
                             + (f", tied with {', '.join(tied)}" if tied else "") + ".")
-    sec.tables.append(Table("Rank correlation with the mean task drop", [
+    sec["tables"].append(("Rank correlation with the mean task drop", [
         "model", "measure", "compressed models", "Spearman ρ", "95% CI", "P(best)"],
         [[r["model"], r["label"], str(r["n"]), _num(r["rho"], 2), _ci(r["ci"]),
           _num(r["p_best"], 2)] for r in table]))
     for model, png in _scatter(run.compressions, drops).items():
-        sec.images.append((f"{model}: mean task drop against each measure", png))
+        sec["images"].append((f"{model}: mean task drop against each measure", png))
     out.append(sec)
     return out
 

@@ -231,7 +231,7 @@ def resolve_calibration(recipe: Recipe, stage: Stage, uses_calibration) -> dict 
     if patch is not None:
         calibration.update(patch.model_dump(exclude_none=True))
     if str(calibration["source"]).startswith("task:"):  # items the evaluation does not use
-        from prunelab.data.task_calibration import with_held_out
+        from prunelab.tasks.calibration import with_held_out
 
         calibration["source"] = with_held_out(str(calibration["source"]), recipe.eval.limit,
                                               recipe.eval.seed)

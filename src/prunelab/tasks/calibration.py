@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
+from prunelab.data.corpora import TEXT_PROVIDERS
 from prunelab.errors import PrunelabError
 
 PREFIX = "task:"
@@ -101,3 +102,6 @@ def task_text(source: str) -> str:
         if text.strip():
             texts.append(text.strip())
     return "\n\n".join(texts)
+
+
+TEXT_PROVIDERS[PREFIX] = task_text  # `load_text("task:...")` and so calibration windows
