@@ -127,3 +127,36 @@ def test_real_backend_compares_with_its_pristine_dense_copy(tmp_path):
     assert 0 < moved["jsd"] <= math.log(2) and moved["tokens"] == 62
     backend.reset(handle)
     assert backend.divergence(handle, str(text), 32, 2)["jsd"] == 0.0
+
+
+def test_refusal_is_measured_on_every_model_and_reported(tmp_path):
+    from prunelab.report import build_report
+
+    recipe = {**RECIPE, "divergence": None, "perplexity": None,
+              "compressions": [{"method": "wanda", "sparsity": [0.1, 0.2, 0.3],
+                                "options": {"only": "attention"}},
+                               {"method": "wanda", "sparsity": [0.1, 0.2, 0.3]}],
+              "refusal": {"max_new_tokens": 16}}
+    backend = FakeBackend()
+    run_study(parse_recipe(recipe), tmp_path / "run", backend=backend, progress=False)
+    assert [c[2] for c in backend.calls if c[0] == "refusal"][0] == "dense"
+    assert sum(c[0] == "refusal" for c in backend.calls) == 7  # dense + 6, once each
+    with Store.in_dir(tmp_path / "run") as store:
+        rows = store.compressions()
+    assert all(r["refusal"]["summary"] for r in rows)
+    paths = build_report(tmp_path / "run")
+    md = paths["md"].read_text()
+    assert "## Refusal under jailbreak prompts" in md and "| role-play |" in md
+    assert "refusal rate and task performance vs sparsity" in md
+
+
+def test_refusal_sets_are_checked_before_any_model(tmp_path):
+    from prunelab.study.backend import PrunelabBackend
+
+    bad = tmp_path / "t.yaml"
+    bad.write_text("- {name: x, template: 'no placeholder'}\n")
+    recipe = parse_recipe({"name": "r", "models": ["smollm2-135m"], "tasks": ["arithmetic:1"],
+                           "compressions": [{"method": "magnitude", "sparsity": [0.1]}],
+                           "refusal": {"templates": str(bad)}})
+    problems = PrunelabBackend().check(recipe)
+    assert ("refusal.templates", f"{bad}: template 'x' has no {{request}} placeholder") in problems

@@ -214,8 +214,10 @@ def sections(run: Run) -> list[Section]:
 
     from prunelab.report.calibration import calibration_sections
     from prunelab.report.divergence import divergence_sections
+    from prunelab.report.refusal import refusal_sections
 
-    for extra in divergence_sections(run) + calibration_sections(run):  # plain dicts
+    for extra in (divergence_sections(run) + calibration_sections(run)
+                  + refusal_sections(run)):  # plain dicts
         out.append(Section(extra["title"], extra["text"],
                            [Table(*t) for t in extra["tables"]], extra["images"]))
 

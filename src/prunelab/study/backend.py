@@ -29,6 +29,7 @@ class Backend(Protocol):
     def compress(self, handle: Any, point: CompressionPoint) -> dict: ...
     def perplexity(self, handle: Any, source: str, seqlen: int, n_windows: int) -> float: ...
     def divergence(self, handle: Any, source: str, seqlen: int, n_windows: int) -> dict: ...
+    def refusal(self, handle: Any, config: Any) -> dict: ...  # config: recipe.Refusal
     def evaluate(self, handle: Any, task: TaskInfo, limit: int | None, seed: int,
                  batch_size: int) -> tuple[list[dict], dict]: ...
     def estimate(self, recipe: Recipe, model: str, point: CompressionPoint,
@@ -101,6 +102,15 @@ class PrunelabBackend:
                     task.size  # noqa: B018 - loads and validates the data now, not mid-run
             except PrunelabError as exc:
                 problems.append((f"tasks[{i}]", exc.problem))
+        if recipe.refusal is not None:  # the request and template files, before any model
+            from prunelab.evaluate.refusal import load_requests, load_templates
+
+            for field, load in (("requests", load_requests), ("templates", load_templates),
+                                ("benign", lambda p: load_requests(p, benign=True))):
+                try:
+                    load(getattr(recipe.refusal, field))
+                except PrunelabError as exc:
+                    problems.append((f"refusal.{field}", exc.problem))
         for i, model in enumerate(recipe.models):
             problem = _model_problem(model)
             if problem:
@@ -160,6 +170,16 @@ class PrunelabBackend:
 
         windows = eval_windows(handle.loaded, source, seqlen, n_windows)
         return windows_divergence(handle.pristine, handle.loaded.model, windows).to_dict()
+
+    def refusal(self, handle: _Handle, config) -> dict:
+        from prunelab.evaluate.refusal import evaluate_refusal, load_requests, load_templates
+
+        result = evaluate_refusal(handle.loaded, load_requests(config.requests),
+                                  load_templates(config.templates),
+                                  load_requests(config.benign, benign=True),
+                                  max_new_tokens=config.max_new_tokens,
+                                  batch_size=config.batch_size)
+        return {"summary": result.summary, "rows": result.rows}
 
     def evaluate(self, handle: _Handle, task: TaskInfo, limit: int | None, seed: int,
                  batch_size: int) -> tuple[list[dict], dict]:

@@ -135,6 +135,18 @@ class Divergence(_Strict):
     n_windows: int = Field(8, ge=1)
 
 
+class Refusal(_Strict):
+    """Refusal under jailbreak templates and over-refusal of benign requests, measured on
+    every model of the study, dense included (`prunelab.evaluate.refusal`; None: the
+    built-in sets)."""
+
+    requests: str | None = None
+    templates: str | None = None
+    benign: str | None = None
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
 class BandProbe(_Strict):
     """The "nested junk" probe: prune only the |W| rank band [s, s + width) of each matrix."""
 
@@ -176,6 +188,7 @@ class Recipe(_Strict):
     eval: Evaluation = Field(default_factory=Evaluation)
     perplexity: Perplexity | None = None
     divergence: Divergence | None = None
+    refusal: Refusal | None = None
     analysis: Analysis = Field(default_factory=Analysis)
 
     @model_validator(mode="after")
@@ -190,8 +203,9 @@ class Recipe(_Strict):
         `analysis` and `description` are left out: they change no stored result, so a run
         can be re-analysed (e.g. more bootstrap replicates) in its own directory."""
         data = self.model_dump(mode="json", exclude={"analysis", "description"})
-        if data.get("divergence") is None:  # recipes from before the field keep their hash
-            data.pop("divergence", None)
+        for name in ("divergence", "refusal"):  # recipes from before the field keep their hash
+            if data.get(name) is None:
+                data.pop(name, None)
         text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -146,6 +146,24 @@ class FakeBackend:
                 "top1_agreement": 1.0 - jsd, "tokens": n_windows * (seqlen - 1),
                 "jsd_quantiles": {"q50": jsd / 2, "q95": 3 * jsd}, "units": "nats"}
 
+    def refusal(self, handle, config) -> dict:
+        """Refusal rates that rise to 20% sparsity and fall after (the paper's shape), lower
+        under the role-play template; over-refusal of benign requests stays low."""
+        self.calls.append(("refusal", handle.name, handle.point.label if handle.point
+                           else "dense"))
+        s = handle.point.first["sparsity"] if handle.point else 0.0
+        base = 0.6 + 0.5 * s - 1.6 * max(0.0, s - 0.2)
+        from prunelab.evaluate.metrics import wilson
+
+        summary = []
+        for kind, template, rate in (("harmful", "direct", base), ("harmful", "role-play",
+                                     base - 0.3), ("benign", "direct", 0.05)):
+            k = round(min(max(rate, 0.0), 1.0) * 15)
+            low, high = wilson(k, 15)
+            summary.append({"set": kind, "template": template, "n": 15, "refused": k,
+                            "rate": k / 15, "ci_low": low, "ci_high": high})
+        return {"summary": summary, "rows": []}
+
     def keep(self, point: CompressionPoint | None, fragility: float, model: str) -> float:
         """Fraction of above-chance skill a level keeps under this compression (its stages'
         damage adds up)."""
