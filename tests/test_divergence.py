@@ -140,3 +140,16 @@ def test_cli_reports_and_writes_json_and_refuses_bad_input(tmp_path):
                        "different vocabularies")
     assert not bad_out.exists()
     _assert_user_error(run("divergence", str(dense), str(other), "--windows", "0"), "too few")
+
+
+def test_masked_vocabulary_entries_contribute_nothing():
+    torch.manual_seed(2)
+    a, b = torch.randn(20, 9), torch.randn(20, 9)
+    masked_a, masked_b = a.clone(), b.clone()
+    masked_a[:, 3] = masked_b[:, 3] = float("-inf")
+    out = dv.token_divergences(masked_a, masked_b)
+    keep = [i for i in range(9) if i != 3]
+    jsd, kl_pq, kl_qp = _direct(a[:, keep], b[:, keep])
+    assert torch.allclose(out["jsd"], jsd, atol=1e-6)
+    assert torch.allclose(out["kl_pq"].double(), kl_pq, atol=1e-5)
+    assert torch.allclose(out["kl_qp"].double(), kl_qp, atol=1e-5)

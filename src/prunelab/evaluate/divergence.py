@@ -127,15 +127,19 @@ def token_divergences(logits_p: torch.Tensor, logits_q: torch.Tensor) -> dict[st
     log_q = F.log_softmax(logits_q.float(), dim=-1)
     p, q = log_p.exp(), log_q.exp()
     d = log_q - log_p
-    # log M − log P and log M − log Q; where P (Q) is 0 its term is 0 whatever the gap.
-    gap_p = _half_log_mixture_gap(d)
-    gap_q = _half_log_mixture_gap(-d)
-    kl_pm = torch.where(p > 0, p * -gap_p, torch.zeros_like(p)).sum(-1)
-    kl_qm = torch.where(q > 0, q * -gap_q, torch.zeros_like(q)).sum(-1)
+    gap = _half_log_mixture_gap(d)  # log M − log P; log Q − log M is then d − gap
+    if not (torch.isfinite(log_p).all() and torch.isfinite(log_q).all()):
+        # A masked vocabulary entry (logit −inf) has probability 0 and contributes nothing;
+        # 0 × inf would otherwise make the sums NaN.
+        zero = torch.zeros_like(d)
+        d = torch.where(torch.isfinite(d), d, zero)
+        gap = torch.where(torch.isfinite(gap), gap, zero)
+    kl_pm = -(p * gap).sum(-1)
+    kl_qm = (q * (d - gap)).sum(-1)
     # In float64 so the clamp is at ln 2 itself, not at its float32 rounding (just above it).
     jsd = (0.5 * (kl_pm + kl_qm)).double().clamp(0.0, LN2)
-    kl_pq = torch.where(p > 0, p * -d, torch.zeros_like(p)).sum(-1).clamp_min(0.0)
-    kl_qp = torch.where(q > 0, q * d, torch.zeros_like(q)).sum(-1).clamp_min(0.0)
+    kl_pq = (-(p * d).sum(-1)).clamp_min(0.0)
+    kl_qp = (q * d).sum(-1).clamp_min(0.0)
     agree = (logits_p.argmax(-1) == logits_q.argmax(-1)).float()
     return {"jsd": jsd, "kl_pq": kl_pq, "kl_qp": kl_qp, "agree": agree,
             "log_p": log_p, "log_q": log_q}
