@@ -265,6 +265,8 @@ def rough_estimate(recipe: Recipe, model: str, point: CompressionPoint,
         compress += recipe.perplexity.n_windows * recipe.perplexity.seqlen * per_token
     if recipe.divergence and not point.is_dense:  # both models, one pass each
         compress += 2 * recipe.divergence.n_windows * recipe.divergence.seqlen * per_token
+    if recipe.refusal:  # ~105 prompts of ~80 tokens, answered token by token (a cache helps)
+        compress += 105 * (80 + 4 * recipe.refusal.max_new_tokens) * per_token
     return compress, evaluate
 
 
