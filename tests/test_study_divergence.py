@@ -160,3 +160,14 @@ def test_refusal_sets_are_checked_before_any_model(tmp_path):
                            "refusal": {"templates": str(bad)}})
     problems = PrunelabBackend().check(recipe)
     assert ("refusal.templates", f"{bad}: template 'x' has no {{request}} placeholder") in problems
+
+
+def test_divergence_text_is_checked_before_any_model():
+    from prunelab.study.backend import PrunelabBackend
+
+    recipe = parse_recipe({"name": "r", "models": ["smollm2-135m"], "tasks": ["arithmetic:1"],
+                           "compressions": [{"method": "magnitude", "sparsity": [0.1]}],
+                           "divergence": {"source": "no-such-text"}})
+    problems = PrunelabBackend().check(recipe)
+    assert any(path == "divergence" and "unknown text source" in problem
+               for path, problem in problems), problems

@@ -102,6 +102,14 @@ class PrunelabBackend:
                     task.size  # noqa: B018 - loads and validates the data now, not mid-run
             except PrunelabError as exc:
                 problems.append((f"tasks[{i}]", exc.problem))
+        if recipe.divergence is not None:
+            from prunelab.api import check_perplexity_args
+
+            d = recipe.divergence
+            try:
+                check_perplexity_args(d.source, d.seqlen, d.n_windows)
+            except PrunelabError as exc:
+                problems.append(("divergence", exc.problem))
         if recipe.refusal is not None:  # the request and template files, before any model
             from prunelab.evaluate.refusal import load_requests, load_templates
 
