@@ -40,6 +40,10 @@ LN2 = math.log(2.0)
 # Logits of at most this many (token, vocabulary entry) pairs per model at once: 2^24 float32
 # values are 64 MiB, so the pass stays far below the model's own memory on any vocabulary.
 MAX_LOGIT_ELEMENTS = 1 << 24
+# The per-entry arithmetic runs on slices of about this many logits, which stay in the CPU's
+# cache between its ~20 passes (a third faster than whole chunks on smollm2's 49k vocabulary);
+# the head itself is applied to whole chunks, so its weight is read once per chunk.
+CACHE_ELEMENTS = 1 << 20
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 # Per-token JSD histogram: exact zeros apart, log-spaced bins from 1e-6 nats up to ln 2.
 HISTOGRAM_EDGES = tuple([0.0] + [10.0 ** e for e in range(-6, 0)] + [0.2, 0.4, LN2])
@@ -174,7 +178,7 @@ def windows_divergence(dense_model, compressed_model, windows: torch.Tensor,
             pieces = ((_logits(dense_model, h_p[i:i + chunk]),
                        _logits(compressed_model, h_q[i:i + chunk]), i)
                       for i in range(0, targets.numel(), chunk))
-        for logits_p, logits_q, i in pieces:
+        for logits_p, logits_q, i in _sliced(pieces, _token_chunk(vocab, CACHE_ELEMENTS)):
             out = token_divergences(logits_p, logits_q)
             t = targets[i:i + logits_p.shape[0]].unsqueeze(1)
             jsd_all.append(out["jsd"].cpu())
@@ -197,6 +201,13 @@ def windows_divergence(dense_model, compressed_model, windows: torch.Tensor,
         | {"max": float(jsd.max())},
         jsd_histogram=histogram(jsd),
         seconds=round(time.perf_counter() - start, 3))
+
+
+def _sliced(pieces, rows: int):
+    """(logits_p, logits_q, first token) pieces cut into slices of at most `rows` tokens."""
+    for logits_p, logits_q, i in pieces:
+        for j in range(0, logits_p.shape[0], rows):
+            yield logits_p[j:j + rows], logits_q[j:j + rows], i + j
 
 
 def histogram(values: torch.Tensor) -> dict[str, list]:
