@@ -37,7 +37,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|", flush=True)
     runs = [("dense", None, None)] + [(f"wanda {float(s):.0%}" + ("" if o == "all" else f" {o}"),
                                        float(s), o) for o in args.only.split(",")
-                                      for s in args.sparsities.split(",")]
+                                      for s in args.sparsities.split(",") if s.strip()]
     for label, sparsity, only in runs:
         loaded.model.load_state_dict(pristine)
         if sparsity is not None:
