@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 import prunelab
-from prunelab import ppl_cache
+from prunelab import arch, ppl_cache
 from prunelab.allocator import compact_heap, mmap_threshold_from_env, release_free_heap
 from prunelab.data.corpora import (DEFAULT_EVAL_SOURCE, TEXT_SOURCES, CalibrationConfig,
                                    calibration_windows, eval_windows, tokens_digest)
@@ -109,6 +109,8 @@ def check_prune_args(method: str = "wanda", sparsity: float | None = None,
     (derived from the pattern when not given), the parsed pattern and the calibration config
     (`seed`, when given, replaces its seed). `out`, when given, must not exist yet.
     """
+    options = dict(options or {})
+    arch.check_only(options.pop("only", None))  # every method's: which layers (see `prune`)
     chosen = make_method(method, options)
     nm = parse_pattern(pattern)
     if nm is not None and not chosen.supports_nm:
@@ -175,8 +177,11 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
     ("2:4" keeps 2 of every 4) it may be left out, as it follows from the pattern.
     `calibration` is a CalibrationConfig, or a text source name / file path with the default
     sizes. Method options (e.g. `percdamp=0.02` for SparseGPT) are passed as keywords.
-    `keep_masks` keeps each layer's pruned mask in `result.masks`.
+    `keep_masks` keeps each layer's pruned mask in `result.masks`. The option `only`
+    ("attention" or "mlp"), accepted by every method, prunes only that kind of layer.
     """
+    options = dict(options)
+    only = arch.check_only(options.pop("only", None))
     args = check_prune_args(method, sparsity, pattern, calibration, options, seed=seed)
     _check_batch_size(batch_size)
     _check_device(device)
@@ -192,10 +197,13 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
                             "bos": loaded.add_bos}
         start = time.perf_counter()
         size_before = model_size(loaded.model)
-        records = prune_blocks(loaded.model, chosen, sparsity, nm, windows,
-                               batch_size=batch_size, device=device, progress=progress,
-                               keep_masks=keep_masks)
-    return PruneResult(method=method, options=_plain(chosen.config), sparsity=sparsity,
+        with arch.only_layers(only):
+            records = prune_blocks(loaded.model, chosen, sparsity, nm, windows,
+                                   batch_size=batch_size, device=device, progress=progress,
+                                   keep_masks=keep_masks)
+    return PruneResult(method=method, options={**_plain(chosen.config),
+                                               **({"only": only} if only else {})},
+                       sparsity=sparsity,
                        pattern=str(nm) if nm else None, calibration=calib_record,
                        layers=list(records), seconds=time.perf_counter() - start,
                        masks=records.masks, quantized=records.quantized,
@@ -288,6 +296,11 @@ def _check_text_source(source: str, role: str) -> None:
     `role` ("calibration", "text") names the source in the messages.
     """
     if source in TEXT_SOURCES:
+        return
+    if role == "calibration" and source.startswith("task:"):
+        from prunelab.tasks.calibration import check  # also registers the "task:" source
+
+        check(source)  # enough items left after the evaluation's
         return
     path = Path(source).expanduser()
     names = ", ".join(TEXT_SOURCES)

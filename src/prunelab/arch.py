@@ -12,6 +12,9 @@ Embeddings and the LM head sit outside the blocks, so they are never pruned.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -51,8 +54,43 @@ def find_blocks(model: nn.Module) -> BlockList:
 
 
 def prunable_layers(block: nn.Module) -> dict[str, nn.Module]:
-    """The prunable linear layers of a block, in module order, by their name inside the block."""
-    return {name: m for name, m in block.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    """The prunable linear layers of a block, in module order, by their name inside the block
+    (only those of one kind while `only_layers` is in effect)."""
+    only = _ONLY.get()
+    return {name: m for name, m in block.named_modules() if isinstance(m, PRUNABLE_TYPES)
+            and (only is None or layer_kind(name) == only)}
+
+
+# Which layers of a block a pruning run touches: all (None), "attention" or "mlp". Pruning
+# attention only is how Hasan et al. (2024) pruned aligned chat models (Wanda, 10-30%).
+LAYER_KINDS = ("attention", "mlp")
+_ONLY: ContextVar[str | None] = ContextVar("prunelab_only_layers", default=None)
+
+
+def layer_kind(name: str) -> str:
+    """"attention" for a layer inside a block's attention module (Llama/Gemma/Qwen `self_attn`,
+    GPT-2 `attn`, GPT-NeoX `attention`), else "mlp" (feed-forward: `mlp`, OPT's fc1/fc2)."""
+    parts = name.lower().split(".")
+    return "attention" if any("attn" in p or "attention" in p for p in parts) else "mlp"
+
+
+def check_only(kind: str | None) -> str | None:
+    if kind is None or kind == "" or kind == "all":
+        return None
+    if kind not in LAYER_KINDS:
+        raise PrunelabError(f"cannot prune only {kind!r} layers",
+                            f"use one of {', '.join(LAYER_KINDS)} (or all)")
+    return kind
+
+
+@contextmanager
+def only_layers(kind: str | None) -> Iterator[None]:
+    """Within this block, `prunable_layers` returns only layers of `kind` (None: all)."""
+    token = _ONLY.set(check_only(kind))
+    try:
+        yield
+    finally:
+        _ONLY.reset(token)
 
 
 def weight_matrix(layer: nn.Module) -> torch.Tensor:

@@ -119,6 +119,8 @@ def methods() -> None:
         typer.echo(f"{cls.name:18} {cls.summary}")
         for name, kind, default, text in option_help(cls):
             typer.echo(f"{'':20}--option {name}=<{kind}> (default {default}): {text}")
+    typer.echo("every method: --option only=attention|mlp prunes only that kind of layer of "
+               "each block (default: all)")
 
 
 @app.command()
@@ -158,7 +160,7 @@ def _size_line(before: dict, after: dict, file_bytes: int | None) -> str:
 def _register_optional() -> None:
     # Commands that live beside their subsystem register themselves here.
     for module in ("prunelab.evaluate.cli", "prunelab.cli_study", "prunelab.cli_quant",
-                   "prunelab.recover.cli"):
+                   "prunelab.recover.cli", "prunelab.cli_divergence", "prunelab.cli_refusal"):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as exc:

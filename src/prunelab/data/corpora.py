@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,9 @@ TEXT_SOURCES: dict[str, tuple[str, str, str]] = {
     "squadshifts-amazon": ("squad_shifts", "amazon_reviews_v1.0.json",
                            "Amazon product reviews (SQuADShifts)"),
 }
+# Text sources that other parts provide by a name prefix (name -> text): "task:" is a task's
+# own prompts (`prunelab.tasks.calibration`, which registers itself when imported).
+TEXT_PROVIDERS: dict[str, Callable[[str], str]] = {}
 DEFAULT_EVAL_SOURCE = "squad-dev"
 DEFAULT_CALIBRATION_SOURCE = "squadshifts-new_wiki"
 
@@ -53,6 +57,9 @@ class CalibrationConfig:
 def load_text(source: str | Path) -> str:
     """The whole text of a named corpus or a local file; paragraphs joined by blank lines."""
     name = str(source)
+    for prefix, provide in TEXT_PROVIDERS.items():
+        if name.startswith(prefix):
+            return provide(name)
     if name in TEXT_SOURCES:
         from prunelab.data.bigbench import task_dir
 

@@ -264,6 +264,15 @@ def sections(run: Run) -> list[Section]:
                                               "perplexity", "compress s"], rows))
     out.append(comp)
 
+    from prunelab.report.calibration import calibration_sections
+    from prunelab.report.divergence import divergence_sections
+    from prunelab.report.refusal import refusal_sections
+
+    for extra in (divergence_sections(run) + calibration_sections(run)
+                  + refusal_sections(run)):  # plain dicts
+        out.append(Section(extra["title"], extra["text"],
+                           [Table(*t) for t in extra["tables"]], extra["images"]))
+
     prov = Section("Recipe and versions")
     prov.text.append("Versions: " + ", ".join(f"{k} {v}" for k, v in
                                               run.record.get("versions", {}).items()))

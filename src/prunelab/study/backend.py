@@ -28,6 +28,8 @@ class Backend(Protocol):
     def reset(self, handle: Any) -> None: ...  # back to the dense model
     def compress(self, handle: Any, point: CompressionPoint) -> dict: ...
     def perplexity(self, handle: Any, source: str, seqlen: int, n_windows: int) -> float: ...
+    def divergence(self, handle: Any, source: str, seqlen: int, n_windows: int) -> dict: ...
+    def refusal(self, handle: Any, config: Any) -> dict: ...  # config: recipe.Refusal
     def evaluate(self, handle: Any, task: TaskInfo, limit: int | None, seed: int,
                  batch_size: int) -> tuple[list[dict], dict]: ...
     def estimate(self, recipe: Recipe, model: str, point: CompressionPoint,
@@ -100,6 +102,23 @@ class PrunelabBackend:
                     task.size  # noqa: B018 - loads and validates the data now, not mid-run
             except PrunelabError as exc:
                 problems.append((f"tasks[{i}]", exc.problem))
+        if recipe.divergence is not None:
+            from prunelab.api import check_perplexity_args
+
+            d = recipe.divergence
+            try:
+                check_perplexity_args(d.source, d.seqlen, d.n_windows)
+            except PrunelabError as exc:
+                problems.append(("divergence", exc.problem))
+        if recipe.refusal is not None:  # the request and template files, before any model
+            from prunelab.evaluate.refusal import load_requests, load_templates
+
+            for field, load in (("requests", load_requests), ("templates", load_templates),
+                                ("benign", lambda p: load_requests(p, benign=True))):
+                try:
+                    load(getattr(recipe.refusal, field))
+                except PrunelabError as exc:
+                    problems.append((f"refusal.{field}", exc.problem))
         for i, model in enumerate(recipe.models):
             problem = _model_problem(model)
             if problem:
@@ -151,6 +170,24 @@ class PrunelabBackend:
         from prunelab.api import perplexity
 
         return perplexity(handle.loaded, source, seqlen, n_windows)
+
+    def divergence(self, handle: _Handle, source: str, seqlen: int, n_windows: int) -> dict:
+        """The compressed model against the pristine dense copy (`_Handle.pristine`)."""
+        from prunelab.data.corpora import eval_windows
+        from prunelab.evaluate.divergence import windows_divergence
+
+        windows = eval_windows(handle.loaded, source, seqlen, n_windows)
+        return windows_divergence(handle.pristine, handle.loaded.model, windows).to_dict()
+
+    def refusal(self, handle: _Handle, config) -> dict:
+        from prunelab.evaluate.refusal import evaluate_refusal, load_requests, load_templates
+
+        result = evaluate_refusal(handle.loaded, load_requests(config.requests),
+                                  load_templates(config.templates),
+                                  load_requests(config.benign, benign=True),
+                                  max_new_tokens=config.max_new_tokens,
+                                  batch_size=config.batch_size)
+        return {"summary": result.summary, "rows": result.rows}
 
     def evaluate(self, handle: _Handle, task: TaskInfo, limit: int | None, seed: int,
                  batch_size: int) -> tuple[list[dict], dict]:
@@ -234,6 +271,10 @@ def rough_estimate(recipe: Recipe, model: str, point: CompressionPoint,
         evaluate += n * EVAL_TOKENS_PER_ITEM.get(task.kind, 200) * per_token
     if recipe.perplexity:  # measured right after compressing
         compress += recipe.perplexity.n_windows * recipe.perplexity.seqlen * per_token
+    if recipe.divergence and not point.is_dense:  # both models, one pass each
+        compress += 2 * recipe.divergence.n_windows * recipe.divergence.seqlen * per_token
+    if recipe.refusal:  # ~105 prompts of ~80 tokens, answered token by token (a cache helps)
+        compress += 105 * (80 + 4 * recipe.refusal.max_new_tokens) * per_token
     return compress, evaluate
 
 

@@ -236,6 +236,11 @@ def resolve_calibration(recipe: Recipe, stage: Stage, uses_calibration) -> dict 
     patch = getattr(stage, "calibration", None)
     if patch is not None:
         calibration.update(patch.model_dump(exclude_none=True))
+    if str(calibration["source"]).startswith("task:"):  # items the evaluation does not use
+        from prunelab.tasks.calibration import with_held_out
+
+        calibration["source"] = with_held_out(str(calibration["source"]), recipe.eval.limit,
+                                              recipe.eval.seed)
     path = Path(str(calibration["source"])).expanduser()
     if path.is_file():
         from prunelab.ppl_cache import file_digest  # remembered while the file is unchanged

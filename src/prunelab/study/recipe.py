@@ -135,6 +135,27 @@ class Perplexity(_Strict):
     n_windows: int = Field(8, ge=1)
 
 
+class Divergence(_Strict):
+    """Divergence of each compressed model's next-token distributions from the dense model's
+    (JSD, KL both ways, top-1 agreement; `prunelab.evaluate.divergence`) on these windows."""
+
+    source: str = "squad-dev"
+    seqlen: int = Field(512, ge=8)
+    n_windows: int = Field(8, ge=1)
+
+
+class Refusal(_Strict):
+    """Refusal under jailbreak templates and over-refusal of benign requests, measured on
+    every model of the study, dense included (`prunelab.evaluate.refusal`; None: the
+    built-in sets)."""
+
+    requests: str | None = None
+    templates: str | None = None
+    benign: str | None = None
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(8, ge=1)
+
+
 class BandProbe(_Strict):
     """The "nested junk" probe: prune only the |W| rank band [s, s + width) of each matrix."""
 
@@ -175,6 +196,8 @@ class Recipe(_Strict):
     calibration: Calibration = Field(default_factory=Calibration)
     eval: Evaluation = Field(default_factory=Evaluation)
     perplexity: Perplexity | None = None
+    divergence: Divergence | None = None
+    refusal: Refusal | None = None
     analysis: Analysis = Field(default_factory=Analysis)
 
     @model_validator(mode="after")
@@ -189,6 +212,9 @@ class Recipe(_Strict):
         `analysis` and `description` are left out: they change no stored result, so a run
         can be re-analysed (e.g. more bootstrap replicates) in its own directory."""
         data = self.model_dump(mode="json", exclude={"analysis", "description"})
+        for name in ("divergence", "refusal"):  # recipes from before the field keep their hash
+            if data.get(name) is None:
+                data.pop(name, None)
         text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

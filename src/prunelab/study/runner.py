@@ -26,7 +26,8 @@ from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_file, write_json_atomic
 from prunelab.study.backend import Backend, PrunelabBackend, timed
 from prunelab.study.plan import CompressionPoint, TaskInfo, Unit, grid_summary, plan
-from prunelab.study.recipe import Evaluation, Perplexity, Recipe, recipe_error
+from prunelab.study.recipe import (Divergence, Evaluation, Perplexity, Recipe, Refusal,
+                                   recipe_error)
 from prunelab.study.store import STORE_FILE, Store
 
 RUN_FILE = "run.json"
@@ -129,6 +130,8 @@ class PointWork:
     task: TaskInfo
     eval: Evaluation
     perplexity: Perplexity | None
+    divergence: Divergence | None = None
+    refusal: Refusal | None = None
 
 
 @dataclass
@@ -178,6 +181,12 @@ class PointWorker:
                            "config": work.compression.config(), "result": result,
                            "perplexity": ppl, "model_info": backend.model_info(handle),
                            "seconds": seconds}
+            if work.divergence and not work.compression.is_dense:
+                d = work.divergence  # against the backend's pristine dense copy
+                compression["divergence"] = backend.divergence(handle, d.source, d.seqlen,
+                                                               d.n_windows)
+            if work.refusal:  # the dense model too: the baseline of every refusal curve
+                compression["refusal"] = backend.refusal(handle, work.refusal)
             self.applied = work.compression_key
         (examples, summary), seconds = timed(backend.evaluate, handle, work.task, work.eval.limit,
                                              work.eval.seed, work.eval.batch_size)
@@ -230,7 +239,7 @@ def pending_work(study: Study, done: set[str]) -> list[PointWork]:
     recipe = study.recipe
     return [PointWork(unit.keys[task.name], unit.grid_ids[task.name], unit.model,
                       unit.compression, unit.compression_key, task, recipe.eval,
-                      recipe.perplexity)
+                      recipe.perplexity, recipe.divergence, recipe.refusal)
             for unit in study.units for task in unit.tasks if unit.keys[task.name] not in done]
 
 

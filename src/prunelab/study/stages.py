@@ -125,7 +125,8 @@ class PruneStage(Stage):
     def needs_calibration(self) -> bool:
         from prunelab.methods.base import make_method
 
-        return make_method(self.method, self.options).needs_calibration
+        options = {k: v for k, v in self.options.items() if k != "only"}  # the engine's
+        return make_method(self.method, options).needs_calibration
 
     def run(self, loaded, calibration, seed):
         from prunelab.api import prune

@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS compressions (
     perplexity REAL, model_info TEXT, seconds REAL, finished REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Measures of a whole compressed model beyond perplexity, JSON by kind: "divergence" (from the
+-- dense model, recipe `divergence:`), "refusal" (recipe `refusal:`). A table of its own, so
+-- stores written before it existed open unchanged (same schema version).
+CREATE TABLE IF NOT EXISTS measures (key TEXT NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL,
+                                     PRIMARY KEY (key, kind));
 """
 
 STORE_FILE = "results.sqlite"
@@ -111,12 +116,18 @@ class Store:
             self.conn.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?)", ex_rows)
 
     def put_compression(self, key: str, model: str, config: dict, result: dict | None,
-                        perplexity: float | None, model_info: dict, seconds: float) -> None:
+                        perplexity: float | None, model_info: dict, seconds: float,
+                        divergence: dict | None = None, refusal: dict | None = None) -> None:
         with self._transaction():
             self.conn.execute(
                 "INSERT OR REPLACE INTO compressions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, model, json.dumps(config, sort_keys=True), json.dumps(result, default=str),
                  perplexity, json.dumps(model_info, default=str), seconds, time.time()))
+            self.conn.execute("DELETE FROM measures WHERE key = ?", (key,))
+            for kind, data in (("divergence", divergence), ("refusal", refusal)):
+                if data is not None:
+                    self.conn.execute("INSERT INTO measures VALUES (?, ?, ?)",
+                                      (key, kind, json.dumps(data, default=str)))
 
     def set_meta(self, key: str, value: Any) -> None:
         with self._transaction():
@@ -158,11 +169,15 @@ class Store:
             "SELECT data FROM examples WHERE point_key = ? ORDER BY idx", (point_key,))]
 
     def compressions(self) -> list[dict]:
+        measures = {(k, kind): json.loads(d) for k, kind, d in
+                    self.conn.execute("SELECT key, kind, data FROM measures")}
         out = []
         for r in self.conn.execute("SELECT * FROM compressions ORDER BY finished"):
             row = dict(r)
             for col in ("config", "result", "model_info"):
                 row[col] = json.loads(row[col]) if row[col] else None
+            row["divergence"] = measures.get((row["key"], "divergence"))
+            row["refusal"] = measures.get((row["key"], "refusal"))
             out.append(row)
         return out
 

@@ -41,6 +41,18 @@ METHODS = {"magnitude": 1.3, "magnitude-global": 1.4, "wanda": 1.0, "sparsegpt":
 SIZE = 60
 
 
+# A compression calibrated on a family's own prompts (`task:FAMILY`) does this share of the
+# damage to that family (and the usual damage to the others).
+TASK_CALIBRATION_DAMAGE = 0.5
+
+
+def _calibrated_on(point: CompressionPoint | None, family: str) -> bool:
+    if point is None:
+        return False
+    return any(str((c or {}).get("source", "")).split("?")[0] in (f"task:{family}",)
+               for c in point.calibration)
+
+
 def _u(*parts) -> float:
     h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(h, "big") / 2**64
@@ -123,6 +135,37 @@ class FakeBackend:
         s = handle.point.first["sparsity"] if handle.point else 0.0
         return 10.0 * (1 + 5 * s**3)
 
+    def divergence(self, handle, source, seqlen, n_windows) -> dict:
+        """Grows with the damage the compression does to an average level (so it tracks the
+        task drop across methods, which the fake perplexity, a function of sparsity alone,
+        does not), plus a little per-compression noise."""
+        self.calls.append(("divergence", handle.name, handle.point.label if handle.point
+                           else "dense"))
+        damage = 1.0 - self.keep(handle.point, 1.0, handle.name)
+        noise = 0.01 * _u(handle.name, handle.point.label if handle.point else "dense", "div")
+        jsd = min(0.02 + 0.3 * damage + noise, math.log(2))
+        return {"jsd": jsd, "kl_dense_compressed": 3 * jsd, "kl_compressed_dense": 2.5 * jsd,
+                "top1_agreement": 1.0 - jsd, "tokens": n_windows * (seqlen - 1),
+                "jsd_quantiles": {"q50": jsd / 2, "q95": 3 * jsd}, "units": "nats"}
+
+    def refusal(self, handle, config) -> dict:
+        """Refusal rates that rise to 20% sparsity and fall after (the paper's shape), lower
+        under the role-play template; over-refusal of benign requests stays low."""
+        self.calls.append(("refusal", handle.name, handle.point.label if handle.point
+                           else "dense"))
+        s = handle.point.first["sparsity"] if handle.point else 0.0
+        base = 0.6 + 0.5 * s - 1.6 * max(0.0, s - 0.2)
+        from prunelab.evaluate.metrics import wilson
+
+        summary = []
+        for kind, template, rate in (("harmful", "direct", base), ("harmful", "role-play",
+                                     base - 0.3), ("benign", "direct", 0.05)):
+            k = round(min(max(rate, 0.0), 1.0) * 15)
+            low, high = wilson(k, 15)
+            summary.append({"set": kind, "template": template, "n": 15, "refused": k,
+                            "rate": k / 15, "ci_low": low, "ci_high": high})
+        return {"summary": summary, "rows": []}
+
     def keep(self, point: CompressionPoint | None, fragility: float, model: str) -> float:
         """Fraction of above-chance skill a level keeps under this compression (its stages'
         damage adds up)."""
@@ -146,7 +189,10 @@ class FakeBackend:
         family, _, _ = task.name.partition(":")
         _, _, chance, dense_acc, fragility = next(
             lv for lv in FAMILIES[family] if str(lv[0]) == str(task.level))
-        p = chance + (dense_acc - chance) * self.keep(handle.point, fragility, handle.name)
+        keep = self.keep(handle.point, fragility, handle.name)
+        if _calibrated_on(handle.point, family):  # its own prompts: half the damage
+            keep = 1.0 - (1.0 - keep) * TASK_CALIBRATION_DAMAGE
+        p = chance + (dense_acc - chance) * keep
         n = min(limit or self.size, self.size)
         examples = []
         choices = [f"c{k}" for k in range(round(1 / chance))]
