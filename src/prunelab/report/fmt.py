@@ -1,5 +1,5 @@
-"""Number formatting for report sections built outside `render.py` (which imports them, so
-they cannot import it); the same rules as render's own helpers."""
+"""Number formatting shared by every report section: `render.py` and the sections built
+outside it (which render imports, so they cannot import it)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from prunelab.study.results import Run
 from prunelab.report.plots import relative_plots, sweep_plots
+from prunelab.report.fmt import ci as _ci, num as _num, pct as _pct
 from prunelab.study.plan import describe_compression
 
 MEASURES = {
@@ -55,12 +56,6 @@ class Section:
     pre: str | None = None
 
 
-def _num(x, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
-    return f"{x:.{digits}f}"
-
-
 def _p(p) -> str:
     if p is None or not math.isfinite(p):
         return "–"
@@ -74,17 +69,6 @@ def _verdict_text(v: dict) -> str:
     if text == "not monotonic":
         text += f" ({', '.join(v['reversals'])} reversed)"
     return text
-
-
-def _ci(pair, digits: int = 2) -> str:
-    low, high = pair
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "–"
-    return f"[{_num(low, digits)}, {_num(high, digits)}]"
-
-
-def _pct(x) -> str:
-    return "–" if x is None or not math.isfinite(x) else f"{x:.0%}"
 
 
 def _pct_ci(pair) -> str:
