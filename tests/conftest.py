@@ -10,6 +10,17 @@ def _quiet_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama and the byte tokenizer saved as a model directory."""
+    from prunelab.testing import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def isolated_home(tmp_path, monkeypatch):
     """A fresh, empty PRUNELAB_HOME for tests that must not touch the real cache."""

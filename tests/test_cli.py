@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import pytest
 
 from prunelab.cli import main
-from prunelab.testing import tiny_model, tiny_tokenizer
 
 
 @dataclass
@@ -38,14 +37,6 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "unknown model" in result.stderr
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pytest
 from prunelab import engine
 from prunelab.cli import main
 from prunelab.study.stages import parse_stage
-from prunelab.testing import tiny_model, tiny_tokenizer
 
 
 def run(*args):
@@ -31,14 +30,6 @@ def _assert_user_error(result, fragment):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert fragment in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
