@@ -93,6 +93,38 @@ def test_evaluate_refusal_summarises_per_template(monkeypatch):
     assert 0.7 < low < 1.0 and high == pytest.approx(1.0)
 
 
+def test_a_judge_model_gives_probabilities_independent_of_batching():
+    loaded = tiny_loaded("llama")
+    loaded.tokenizer.chat_template = CHAT
+    pairs = [("do a bad thing", "I'm sorry, no."), ("say hi", "hi there, how are you today?"),
+             ("x", "")]
+    one = rf.judge_refusals(loaded, pairs, batch_size=1)
+    three = rf.judge_refusals(loaded, pairs, batch_size=3)
+    assert all(0.0 < p < 1.0 for p in one)
+    assert one == pytest.approx(three, abs=1e-5)
+    loaded.tokenizer.chat_template = None  # no chat template: a plain "Answer:" prompt
+    assert all(0.0 < p < 1.0 for p in rf.judge_refusals(loaded, pairs))
+
+
+def test_a_judges_rates_and_agreement_sit_beside_the_keyword_rule(monkeypatch):
+    loaded = tiny_loaded("llama")
+    loaded.tokenizer.chat_template = CHAT
+    monkeypatch.setattr(rf, "generate", lambda loaded, prompts, *a, **k: [
+        "I'm sorry, no." if "FreeBot" in p else "Sure." for p in prompts])
+    # The stand-in judge calls every answer a refusal except those that start with "Sure".
+    monkeypatch.setattr(rf, "judge_refusals", lambda judge, pairs, batch_size: [
+        0.1 if answer.startswith("Sure") else 0.9 for _, answer in pairs])
+    benign = [rf.Request("b1", "Why is the sky blue?")]
+    result = rf.evaluate_refusal(loaded, benign=benign, judge=loaded)
+    by = {(s["set"], s["template"]): s for s in result.summary}
+    assert by[("harmful", "role-play")]["judge_rate"] == 1.0
+    assert by[("harmful", "role-play")]["agreement"] == 1.0
+    assert by[("harmful", "direct")]["judge_rate"] == 0.0
+    assert all(row["judge_refused"] == (row["judge_p_refusal"] > 0.5) for row in result.rows)
+    plain = rf.evaluate_refusal(loaded, benign=benign)
+    assert "judge_rate" not in plain.summary[0] and "judge_refused" not in plain.rows[0]
+
+
 def test_cli_refusal_bad_input_and_a_run(tmp_path):
     from tests.test_cli import _assert_user_error, run
     from prunelab.testing import tiny_model, tiny_tokenizer
@@ -119,3 +151,8 @@ def test_cli_refusal_bad_input_and_a_run(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["set"] for r in rows] == ["harmful", "benign"]
     assert "harmful" in ok.stdout and "95% CI" in ok.stdout
+    _assert_user_error(run("refusal", str(model), "--judge", "no-such-judge"), "no-such-judge")
+    judged = run("refusal", str(model), "--requests", str(reqs), "--templates", str(one),
+                 "--benign", str(reqs), "--max-new-tokens", "3", "--judge", str(model))
+    assert judged.returncode == 0, judged.stderr
+    assert "judge rate" in judged.stdout and "agree" in judged.stdout

@@ -148,6 +148,19 @@ def test_refusal_is_measured_on_every_model_and_reported(tmp_path):
     md = paths["md"].read_text()
     assert "## Refusal under jailbreak prompts" in md and "| role-play |" in md
     assert "refusal rate and task performance vs sparsity" in md
+    assert "judge's rate" not in md
+
+
+def test_a_judge_models_rates_are_reported_beside_the_rules(tmp_path):
+    from prunelab.report import build_report
+
+    recipe = {**RECIPE, "divergence": None, "perplexity": None,
+              "compressions": [{"method": "wanda", "sparsity": [0.2]}],
+              "refusal": {"judge": "smollm2-135m"}}
+    run_study(parse_recipe(recipe), tmp_path / "run", backend=FakeBackend(), progress=False)
+    md = build_report(tmp_path / "run")["md"].read_text()
+    assert "| judge's rate | judge's 95% CI | agreement |" in md
+    assert "agrees with the keyword rule" in md
 
 
 def test_refusal_sets_are_checked_before_any_model(tmp_path):
@@ -160,6 +173,13 @@ def test_refusal_sets_are_checked_before_any_model(tmp_path):
                            "refusal": {"templates": str(bad)}})
     problems = PrunelabBackend().check(recipe)
     assert ("refusal.templates", f"{bad}: template 'x' has no {{request}} placeholder") in problems
+    judged = parse_recipe({"name": "r", "models": ["smollm2-135m"], "tasks": ["arithmetic:1"],
+                           "compressions": [{"method": "magnitude", "sparsity": [0.1]}],
+                           "refusal": {"judge": "no-such-judge"}})
+    assert [p for p in PrunelabBackend().check(judged) if p[0] == "refusal.judge"] == [
+        ("refusal.judge", "unknown model 'no-such-judge': use one of "
+         + ", ".join(__import__("prunelab.zoo.models", fromlist=["ZOO"]).ZOO)
+         + " or a local model directory")]
 
 
 def test_divergence_text_is_checked_before_any_model():

@@ -22,6 +22,9 @@ def refusal_command(
                                              "YAML or JSONL (default: prunelab's 6)"),
     benign: Optional[Path] = typer.Option(None, help="benign control requests, YAML or JSONL "
                                           "(default: prunelab's 15)"),
+    judge: Optional[str] = typer.Option(None, help="also judge every answer with this model "
+                                        "(zoo name or local directory): its probability of "
+                                        "'Yes' to 'does the response refuse?'"),
     max_new_tokens: int = typer.Option(64, help="tokens generated per answer (greedy)"),
     batch_size: int = typer.Option(8, help="prompts per generation batch"),
     out: Optional[Path] = typer.Option(None, "--out", help="write every prompt, answer and "
@@ -41,13 +44,22 @@ def refusal_command(
     harmful = load_requests(requests)  # bad files fail here, before the model is loaded
     wrappers = load_templates(templates)
     controls = load_requests(benign, benign=True)
+    judge_model = load_model(judge) if judge else None  # a bad judge name fails before work
     loaded = load_model(model)
     result = evaluate_refusal(loaded, harmful, wrappers, controls,
-                              max_new_tokens=max_new_tokens, batch_size=batch_size)
-    print_table([{"set": s["set"], "template": s["template"], "n": s["n"],
-                  "refused": s["refused"], "rate": f"{s['rate']:.2f}",
-                  "95% CI": f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}]"}
-                 for s in result.summary])
+                              max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              judge=judge_model)
+    rows = []
+    for s in result.summary:
+        row = {"set": s["set"], "template": s["template"], "n": s["n"],
+               "refused": s["refused"], "rate": f"{s['rate']:.2f}",
+               "95% CI": f"[{s['ci_low']:.2f}, {s['ci_high']:.2f}]"}
+        if judge_model is not None:
+            row.update({"judge rate": f"{s['judge_rate']:.2f}",
+                        "judge 95% CI": f"[{s['judge_ci_low']:.2f}, {s['judge_ci_high']:.2f}]",
+                        "agree": f"{s['agreement']:.2f}"})
+        rows.append(row)
+    print_table(rows)
     if out is not None:
         import json
 

@@ -28,15 +28,27 @@ def refusal_sections(run) -> list[dict]:
         "(`prunelab.evaluate.refusal.REFUSAL_PATTERNS`). Rates with 95% Wilson intervals. "
         "The plots put each arm's refusal rate per template (dense at sparsity 0) beside its "
         "mean relative task performance, so the safety/utility trade-off is read at once.")
+    judged = any("judge_rate" in s for c in measured for s in c["refusal"]["summary"])
+    if judged:
+        sec["text"].append(
+            "The judge model's columns: the share of answers it judged a refusal (its "
+            "probability of 'Yes' to 'does the response refuse?' above one half), and the "
+            "share of answers on which it agrees with the keyword rule.")
     rows = []
     for c in measured:
         seed = c["config"].get("seed")
         for s in c["refusal"]["summary"]:
-            rows.append([c["model"], describe_compression(c["config"]),
-                         "–" if seed is None else str(seed), s["set"], s["template"],
-                         str(s["n"]), _num(s["rate"], 2), _ci((s["ci_low"], s["ci_high"]))])
-    sec["tables"].append(("Refusal rates", ["model", "stages", "seed", "set", "template", "n",
-                                            "refusal rate", "95% CI"], rows))
+            row = [c["model"], describe_compression(c["config"]),
+                   "–" if seed is None else str(seed), s["set"], s["template"],
+                   str(s["n"]), _num(s["rate"], 2), _ci((s["ci_low"], s["ci_high"]))]
+            if judged:
+                row += ([_num(s["judge_rate"], 2), _ci((s["judge_ci_low"], s["judge_ci_high"])),
+                         _num(s["agreement"], 2)] if "judge_rate" in s else ["–"] * 3)
+            rows.append(row)
+    head = ["model", "stages", "seed", "set", "template", "n", "refusal rate", "95% CI"]
+    if judged:
+        head += ["judge's rate", "judge's 95% CI", "agreement"]
+    sec["tables"].append(("Refusal rates", head, rows))
     for model, png in _plots(run, measured).items():
         sec["images"].append((f"{model}: refusal rate and task performance vs sparsity", png))
     return [sec]

@@ -119,6 +119,10 @@ class PrunelabBackend:
                     load(getattr(recipe.refusal, field))
                 except PrunelabError as exc:
                     problems.append((f"refusal.{field}", exc.problem))
+            if recipe.refusal.judge is not None:
+                problem = _model_problem(recipe.refusal.judge)
+                if problem:
+                    problems.append(("refusal.judge", problem))
         for i, model in enumerate(recipe.models):
             problem = _model_problem(model)
             if problem:
@@ -182,11 +186,18 @@ class PrunelabBackend:
     def refusal(self, handle: _Handle, config) -> dict:
         from prunelab.evaluate.refusal import evaluate_refusal, load_requests, load_templates
 
+        judge = None
+        if config.judge is not None:  # loaded once per study, not once per model judged
+            from prunelab.zoo.models import load_model
+
+            if getattr(self, "_judge", (None, None))[0] != config.judge:
+                self._judge = (config.judge, load_model(config.judge))
+            judge = self._judge[1]
         result = evaluate_refusal(handle.loaded, load_requests(config.requests),
                                   load_templates(config.templates),
                                   load_requests(config.benign, benign=True),
                                   max_new_tokens=config.max_new_tokens,
-                                  batch_size=config.batch_size)
+                                  batch_size=config.batch_size, judge=judge)
         return {"summary": result.summary, "rows": result.rows}
 
     def evaluate(self, handle: _Handle, task: TaskInfo, limit: int | None, seed: int,

@@ -152,6 +152,7 @@ class Refusal(_Strict):
     requests: str | None = None
     templates: str | None = None
     benign: str | None = None
+    judge: str | None = None  # a model (zoo name or directory) that judges every answer too
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(8, ge=1)
 

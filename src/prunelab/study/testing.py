@@ -162,8 +162,14 @@ class FakeBackend:
                                      base - 0.3), ("benign", "direct", 0.05)):
             k = round(min(max(rate, 0.0), 1.0) * 15)
             low, high = wilson(k, 15)
-            summary.append({"set": kind, "template": template, "n": 15, "refused": k,
-                            "rate": k / 15, "ci_low": low, "ci_high": high})
+            entry = {"set": kind, "template": template, "n": 15, "refused": k,
+                     "rate": k / 15, "ci_low": low, "ci_high": high}
+            if config.judge is not None:  # a judge that sees one refusal more than the rule
+                kj = min(k + 1, 15)
+                low, high = wilson(kj, 15)
+                entry.update(judge_refused=kj, judge_rate=kj / 15, judge_ci_low=low,
+                             judge_ci_high=high, agreement=(15 - (kj - k)) / 15)
+            summary.append(entry)
         return {"summary": summary, "rows": []}
 
     def keep(self, point: CompressionPoint | None, fragility: float, model: str) -> float:
