@@ -27,8 +27,8 @@ from prunelab.allocator import compact_heap, mmap_threshold_from_env, release_fr
 from prunelab.data.corpora import (DEFAULT_EVAL_SOURCE, TEXT_SOURCES, CalibrationConfig,
                                    calibration_windows, eval_windows, tokens_digest)
 from prunelab.data.corpora import _check_seqlen as check_seqlen
-from prunelab.engine import (LayerRecord, check_gradient_memory, check_layers,
-                             check_method_fit, check_pattern, prune_blocks)
+from prunelab.engine import (LayerRecord, check_gradient_memory, check_method_fit,
+                             prune_blocks)
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.perplexity import perplexity_of_windows
 from prunelab.methods.base import PruningMethod, make_method
@@ -152,10 +152,7 @@ def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,
     `calibration_text` tokenizes the calibration text; `prune` leaves it off because it
     draws the windows itself, inside its heap-compaction block (prunelab.allocator).
     """
-    check_pattern(loaded.model, args.method, args.pattern)
-    check_layers(loaded.model, args.method)
     check_method_fit(loaded.model, args.method, args.sparsity, args.pattern)
-    args.method.check_model(loaded.model, args.sparsity)
     if not args.method.needs_calibration:
         return
     grads = [n for n in args.method.planning_statistics if accumulator(n).reads == "weight_grad"]

@@ -61,6 +61,14 @@ def prunable_layers(block: nn.Module) -> dict[str, nn.Module]:
             and (only is None or layer_kind(name) == only)}
 
 
+def named_prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every prunable layer of the model's blocks by its full module name
+    ("model.layers.3.mlp.up_proj"), block by block in module order."""
+    found = find_blocks(model)
+    return {f"{found.path}.{i}.{name}": layer for i, block in enumerate(found.blocks)
+            for name, layer in prunable_layers(block).items()}
+
+
 # Which layers of a block a pruning run touches: all (None), "attention" or "mlp". Pruning
 # attention only is how Hasan et al. (2024) pruned aligned chat models (Wanda, 10-30%).
 LAYER_KINDS = ("attention", "mlp")

@@ -371,9 +371,7 @@ def gather_gradients(model: nn.Module, windows: torch.Tensor, names: Sequence[st
     layer's gradient exists at a time. Nothing is updated, and `requires_grad` is restored
     after. A backward pass that cannot fit is refused (PrunelabError) before the first one.
     """
-    found = arch.find_blocks(model)
-    layers = {f"{found.path}.{i}.{name}": layer for i, block in enumerate(found.blocks)
-              for name, layer in arch.prunable_layers(block).items()}
+    layers = arch.named_prunable_layers(model)
     kinds = [accumulator(n) for n in names]
     if any(k.reads != "weight_grad" for k in kinds):
         raise ValueError(f"gather_gradients accumulates weight gradients only, not {list(names)}")
@@ -432,35 +430,21 @@ def _is_out_of_memory(error: BaseException) -> bool:
         or "can't allocate memory" in text or "not enough memory" in text
 
 
-def check_method_fit(model: nn.Module, method: PruningMethod, sparsity: float,
+def check_method_fit(model: nn.Module, method: PruningMethod, sparsity: float | None,
                      pattern: NMPattern | None) -> None:
-    """The method's own checks of the request and of this model's layers, before any work."""
-    found = arch.find_blocks(model)
-    weights = {f"{found.path}.{i}.{name}": arch.weight_matrix(layer)
-               for i, block in enumerate(found.blocks)
-               for name, layer in arch.prunable_layers(block).items()}
+    """Every check of a request on this model, before any work: the N:M pattern fits each
+    layer's width, then the method's own checks of the request and of the model."""
+    check_pattern(model, method, pattern)
     method.check_request(sparsity, pattern)
-    method.check_layers(weights, sparsity, pattern)
+    method.check_model(model, sparsity, pattern)
 
 
 def check_pattern(model: nn.Module, method: PruningMethod, pattern: NMPattern | None) -> None:
     """Refuse an N:M pattern that some layer's input width cannot hold, before any work."""
     if pattern is None or not method.supports_nm:
         return
-    found = arch.find_blocks(model)
-    for i, block in enumerate(found.blocks):
-        for name, layer in arch.prunable_layers(block).items():
-            check_pattern_fits(pattern, arch.weight_matrix(layer).shape[1],
-                               f"{found.path}.{i}.{name}")
-
-
-def check_layers(model: nn.Module, method: PruningMethod) -> None:
-    """Let the method refuse a layer it cannot handle (a group size that does not divide its
-    width, a layer type), before any work."""
-    found = arch.find_blocks(model)
-    for i, block in enumerate(found.blocks):
-        for name, layer in arch.prunable_layers(block).items():
-            method.check_layer(f"{found.path}.{i}.{name}", layer)
+    for name, layer in arch.named_prunable_layers(model).items():
+        check_pattern_fits(pattern, arch.weight_matrix(layer).shape[1], name)
 
 
 def _dense_statistics(model: nn.Module, blocks: nn.ModuleList, prefix: str,
@@ -516,14 +500,9 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
     found = arch.find_blocks(model)
     blocks, prefix = found.blocks, found.path
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    all_layers = {f"{prefix}.{i}.{name}": layer for i, block in enumerate(blocks)
-                  for name, layer in arch.prunable_layers(block).items()}
-    check_pattern(model, method, pattern)
-    check_layers(model, method)
+    all_layers = arch.named_prunable_layers(model)
+    check_method_fit(model, method, sparsity, pattern)
     weights = {n: arch.weight_matrix(m) for n, m in all_layers.items()}
-    method.check_request(sparsity, pattern)
-    method.check_layers(weights, sparsity, pattern)
-    method.check_model(model, sparsity)
     _, misplaced = _split_statistics(method.statistics)
     if misplaced:
         raise ValueError(f"{method.name}: gradient statistics {misplaced} come from the dense "

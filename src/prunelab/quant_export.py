@@ -63,14 +63,12 @@ def check_model_for_format(model: nn.Module, format: str) -> None:
     """Refuse layers the packed format cannot hold (it stores nn.Linear weights only)."""
     if format != "compressed-tensors":
         return
-    found = arch.find_blocks(model)
-    for i, block in enumerate(found.blocks):
-        for name, layer in arch.prunable_layers(block).items():
-            if not isinstance(layer, nn.Linear):
-                raise PrunelabError(
-                    f"{found.path}.{i}.{name} is a {type(layer).__name__}, which the "
-                    "compressed-tensors format does not store (it packs nn.Linear weights)",
-                    "save with --format dequantized")
+    for name, layer in arch.named_prunable_layers(model).items():
+        if not isinstance(layer, nn.Linear):
+            raise PrunelabError(
+                f"{name} is a {type(layer).__name__}, which the "
+                "compressed-tensors format does not store (it packs nn.Linear weights)",
+                "save with --format dequantized")
 
 
 def _scheme_args(records: dict[str, QuantizedWeight]) -> dict:

@@ -162,14 +162,12 @@ class PruningMethod:
         """Refuse (PrunelabError) a sparsity or pattern this method cannot meet; called before
         the model is loaded."""
 
-    def check_layers(self, weights: Mapping[str, torch.Tensor], sparsity: float,
-                     pattern: NMPattern | None) -> None:
-        """Refuse (PrunelabError) what only the model's prunable matrices (full name → [out,
-        in]) can tell, such as layer names a user listed; called before any work."""
-
-    def check_model(self, model: nn.Module, sparsity: float | None = None) -> None:
-        """Refuse a model (or a target on it) this method cannot prune (PrunelabError), before
-        any work. Called when the model is loaded and again when pruning starts."""
+    def check_model(self, model: nn.Module, sparsity: float | None = None,
+                    pattern: NMPattern | None = None) -> None:
+        """Refuse (PrunelabError) what only the loaded model can tell: a layer this method
+        cannot handle, layer names a user listed, a target its shapes cannot meet. Called
+        before any work, when the model is loaded and again when pruning starts (where it
+        may also note what `plan` needs from the model's structure)."""
 
     def finish(self, model: nn.Module) -> None:
         """Called once after the last block is pruned (structured methods write the config
@@ -180,9 +178,6 @@ class PruningMethod:
         a sparsity, by full layer name; layers left out keep the requested sparsity and
         pattern), or None to keep them all."""
         return None
-
-    def check_layer(self, name: str, layer: nn.Module) -> None:
-        """Refuse a layer this method cannot handle (raise PrunelabError), before any work."""
 
     def sequential_groups(self) -> bool:
         """Whether to prune a block's layers group by group, re-collecting inputs in between."""

@@ -98,8 +98,8 @@ class Flap(StructuredMethod):
     def uniform(self) -> bool:
         return self.config.structure == "UL-UM"
 
-    def check_model(self, model, sparsity=None):
-        super().check_model(model, sparsity)
+    def check_model(self, model, sparsity=None, pattern=None):
+        super().check_model(model, sparsity, pattern)
         self._parts = structure.model_parts(model)
 
     def plan(self, context: PlanContext):

@@ -37,10 +37,11 @@ class Quantizer(PruningMethod):
     supports_nm = False
     quantizes = True
 
-    def check_layer(self, name: str, layer: nn.Module) -> None:
+    def check_model(self, model: nn.Module, sparsity=None, pattern=None) -> None:
         from prunelab import arch
 
-        check_group_fits(self.config.group_size, arch.weight_matrix(layer).shape[1], name)
+        for name, layer in arch.named_prunable_layers(model).items():
+            check_group_fits(self.config.group_size, arch.weight_matrix(layer).shape[1], name)
 
 
 @register

@@ -128,11 +128,13 @@ class SparseGPT(PruningMethod):
     def sequential_groups(self) -> bool:
         return self.config.true_sequential
 
-    def check_layer(self, name, layer) -> None:
+    def check_model(self, model, sparsity=None, pattern=None) -> None:
         if self.config.bits is not None:
             from prunelab import arch
 
-            check_group_fits(self.config.group_size, arch.weight_matrix(layer).shape[1], name)
+            for name, layer in arch.named_prunable_layers(model).items():
+                check_group_fits(self.config.group_size, arch.weight_matrix(layer).shape[1],
+                                 name)
 
     def prune_layer(self, weight, stats: LayerStats, target: LayerTarget):
         if self.config.bits is not None:

@@ -98,8 +98,12 @@ class SparsityMap(WrappingMethod):
         super().__init__(config)
         self.entries = read_sparsity_map(config.file)
 
-    def check_layers(self, weights, sparsity, pattern):
-        super().check_layers(weights, sparsity, pattern)
+    def check_model(self, model, sparsity=None, pattern=None):
+        from prunelab import arch
+
+        super().check_model(model, sparsity, pattern)
+        weights = {name: arch.weight_matrix(layer)
+                   for name, layer in arch.named_prunable_layers(model).items()}
         resolve_map(self.entries, weights, sparsity, self.config.file)
 
     def plan(self, context):

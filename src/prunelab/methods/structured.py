@@ -222,7 +222,8 @@ class StructuredMethod(PruningMethod):
         """The share of each layer to remove under uniform structure (SEAP varies it)."""
         return [sparsity] * n_layers
 
-    def check_model(self, model: nn.Module, sparsity: float | None = None) -> None:
+    def check_model(self, model: nn.Module, sparsity: float | None = None,
+                    pattern=None) -> None:
         self._parts_path = arch.find_blocks(model).path
         all_parts = structure.model_parts(model)
         shares = self.layer_shares(len(all_parts), sparsity) if sparsity is not None else None

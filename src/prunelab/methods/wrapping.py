@@ -61,8 +61,8 @@ class WrappingMethod(PruningMethod):
     def check_request(self, sparsity, pattern):
         self.base.check_request(sparsity, pattern)
 
-    def check_layers(self, weights, sparsity, pattern):
-        self.base.check_layers(weights, sparsity, pattern)
+    def check_model(self, model, sparsity=None, pattern=None):
+        self.base.check_model(model, sparsity, pattern)
 
     def base_plan(self, context: PlanContext, own_targets: bool) -> Mapping | None:
         """The base's plan; a base that sets layer sparsities itself cannot be combined with a

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from prunelab.arch import find_blocks, prunable_layers
+from prunelab.arch import named_prunable_layers
 from prunelab.errors import PrunelabError
 from prunelab.recover.data import (TEXT_PREFIX, collate_lm, lm_examples, lm_loss, pad_token,
                                    text_examples)
@@ -105,19 +105,15 @@ def transfer(loaded, plan: TransferPlan, *, calibration=None, eval_limit: int | 
 
 
 def _prunable_weights(model) -> dict[str, torch.Tensor]:
-    return {f"{i}.{name}": layer.weight.detach().clone()
-            for i, block in enumerate(find_blocks(model).blocks)
-            for name, layer in prunable_layers(block).items()}
+    return {name: layer.weight.detach().clone()
+            for name, layer in named_prunable_layers(model).items()}
 
 
 @torch.no_grad()
 def _restore(model, saved: dict[str, torch.Tensor]) -> None:
-    for i, block in enumerate(find_blocks(model).blocks):
-        for name, layer in prunable_layers(block).items():
-            layer.weight.copy_(saved[f"{i}.{name}"])
+    for name, layer in named_prunable_layers(model).items():
+        layer.weight.copy_(saved[name])
 
 
 def _linear_names(model) -> list[str]:
-    found = find_blocks(model)
-    return [f"{found.path}.{i}.{name}" for i, block in enumerate(found.blocks)
-            for name in prunable_layers(block)]
+    return list(named_prunable_layers(model))

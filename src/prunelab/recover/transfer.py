@@ -108,16 +108,14 @@ def masks_from_directory(model: nn.Module, directory) -> dict[str, torch.Tensor]
 
     from safetensors import safe_open
 
-    from prunelab.arch import find_blocks, prunable_layers
+    from prunelab.arch import named_prunable_layers
 
     directory = Path(directory)
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise PrunelabError(f"{directory} holds no .safetensors weights",
                             "give a directory written by `prunelab prune --out`")
-    found = find_blocks(model)
-    wanted = {f"{found.path}.{i}.{name}": layer for i, block in enumerate(found.blocks)
-              for name, layer in prunable_layers(block).items()}
+    wanted = named_prunable_layers(model)
     masks = {}
     for path in files:
         with safe_open(str(path), framework="pt") as weights:
