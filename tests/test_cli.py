@@ -1,34 +1,12 @@
 """Bad input gives one line, exit status 2, no traceback and no partial output."""
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 
-from prunelab.cli import main
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run(*args):
-    """Run the CLI in this process (a subprocess per case would re-import torch each time)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return Result(code, out.getvalue(), err.getvalue())
+from tests.cli_helpers import assert_user_error, run
 
 
 def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
@@ -46,14 +24,6 @@ def text_file(tmp_path_factory):
     return path
 
 
-def _assert_user_error(result, fragment):
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert fragment in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("args,fragment", [
     (["--method", "nope", "--sparsity", "0.5"], "unknown method"),
     (["--sparsity", "1.2"], "outside [0, 1)"),
@@ -69,7 +39,7 @@ def test_prune_bad_input(tmp_path, tiny_dir, text_file, args, fragment):
     out = tmp_path / "out"
     result = run("prune", str(tiny_dir), "--out", str(out), "--calib-source", str(text_file),
                  "--seqlen", "64", "--no-ppl", *args)
-    _assert_user_error(result, fragment)
+    assert_user_error(result, fragment)
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
@@ -79,14 +49,14 @@ def test_too_little_calibration_text(tmp_path, tiny_dir):
     out = tmp_path / "out"
     result = run("prune", str(tiny_dir), "--out", str(out), "--sparsity", "0.5",
                  "--calib-source", str(short), "--seqlen", "64", "--no-ppl")
-    _assert_user_error(result, "fewer than one window")
+    assert_user_error(result, "fewer than one window")
     assert not out.exists()
 
 
 def test_missing_model_and_unknown_name(tmp_path):
-    _assert_user_error(run("ppl", str(tmp_path / "nothing/here")), "does not exist")
-    _assert_user_error(run("ppl", "no-such-model"), "unknown model")
-    _assert_user_error(run("info", str(tmp_path)), "has no prunelab.json")
+    assert_user_error(run("ppl", str(tmp_path / "nothing/here")), "does not exist")
+    assert_user_error(run("ppl", "no-such-model"), "unknown model")
+    assert_user_error(run("info", str(tmp_path)), "has no prunelab.json")
 
 
 def test_prune_then_info_then_plain_transformers_load(tmp_path, tiny_dir, text_file):
@@ -113,7 +83,7 @@ def test_prune_then_info_then_plain_transformers_load(tmp_path, tiny_dir, text_f
     info = run("info", str(out))
     assert info.returncode == 0 and "sparsegpt" in info.stdout and "down_proj" in info.stdout
     again = run("prune", str(tiny_dir), "--out", str(out), "--sparsity", "0.5", "--no-ppl")
-    _assert_user_error(again, "already exists")
+    assert_user_error(again, "already exists")
 
 
 def test_methods_and_models_list():
@@ -129,7 +99,7 @@ def test_methods_and_models_list():
 def test_a_bad_allocator_setting_is_one_line(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNELAB_MMAP_THRESHOLD", "lots")
     out = tmp_path / "out"
-    _assert_user_error(run("prune", str(tiny_dir), "--method", "magnitude", "--sparsity", "0.5", "--no-ppl",
+    assert_user_error(run("prune", str(tiny_dir), "--method", "magnitude", "--sparsity", "0.5", "--no-ppl",
                            "--out", str(out)), "PRUNELAB_MMAP_THRESHOLD")
     assert not out.exists()
 
@@ -170,7 +140,7 @@ def test_prune_argument_errors_come_before_loading_the_model(tmp_path, no_model_
                                                              fragment):
     out = tmp_path / "out"
     result = run("prune", "smollm2-135m", "--out", str(out), *args)
-    _assert_user_error(result, fragment)
+    assert_user_error(result, fragment)
     assert not out.exists()
 
 
@@ -181,16 +151,16 @@ def test_calibration_file_must_be_nonempty_utf8_text(tmp_path, no_model_load):
     for path, fragment in ((empty, "is empty"), (binary, "not UTF-8")):
         result = run("prune", "smollm2-135m", "--out", str(tmp_path / "out"), "--sparsity", "0.5",
                      "--calib-source", str(path))
-        _assert_user_error(result, fragment)
+        assert_user_error(result, fragment)
     existing = tmp_path / "exists"
     existing.mkdir()
-    _assert_user_error(run("prune", "smollm2-135m", "--out", str(existing), "--sparsity", "0.5"),
+    assert_user_error(run("prune", "smollm2-135m", "--out", str(existing), "--sparsity", "0.5"),
                        "already exists")
 
 
 def test_a_bad_allocator_setting_comes_before_loading(tmp_path, no_model_load, monkeypatch):
     monkeypatch.setenv("PRUNELAB_MMAP_THRESHOLD", "lots")
-    _assert_user_error(run("prune", "smollm2-135m", "--out", str(tmp_path / "out"),
+    assert_user_error(run("prune", "smollm2-135m", "--out", str(tmp_path / "out"),
                            "--sparsity", "0.5"), "PRUNELAB_MMAP_THRESHOLD")
 
 
@@ -209,7 +179,7 @@ def test_model_dependent_errors_come_before_the_dense_perplexity(tmp_path, tiny_
     out = tmp_path / "out"
     result = run("prune", str(tiny_dir), "--out", str(out), "--calib-source", str(text_file),
                  "--seqlen", "64", *args)
-    _assert_user_error(result, fragment)
+    assert_user_error(result, fragment)
     assert not out.exists()
 
 
@@ -219,7 +189,7 @@ def test_too_little_calibration_text_comes_before_the_dense_perplexity(tmp_path,
     short.write_text("too short")
     result = run("prune", str(tiny_dir), "--out", str(tmp_path / "out"), "--sparsity", "0.5",
                  "--calib-source", str(short), "--seqlen", "64")
-    _assert_user_error(result, "fewer than one window")
+    assert_user_error(result, "fewer than one window")
 
 
 def test_dense_perplexity_is_cached_between_runs(tmp_path, tiny_dir, text_file, isolated_home,
@@ -279,4 +249,4 @@ def test_ppl_checks_its_arguments_first_and_caches(tmp_path, tiny_dir, text_file
     monkeypatch.setattr("prunelab.zoo.models.load_model", refuse)
     for args, fragment in ((["--windows", "0"], "too few"), (["--seqlen", "1"], "too short"),
                            (["--source", "no-such-text"], "unknown text source")):
-        _assert_user_error(run("ppl", str(tiny_dir), *args), fragment)
+        assert_user_error(run("ppl", str(tiny_dir), *args), fragment)

@@ -1,35 +1,13 @@
 """The new methods' bad input from the command line: one line, exit 2, nothing written; and
 their options in `prunelab methods` and in study recipes."""
 
-import contextlib
-import io
 import json
 
 import pytest
 
 from prunelab import engine
-from prunelab.cli import main
 from prunelab.study.stages import parse_stage
-
-
-def run(*args):
-    """(exit status, stdout, stderr) of the CLI run in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
-
-
-def _assert_user_error(result, fragment):
-    code, _, stderr = result
-    assert code == 2, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    assert fragment in lines[0], lines[0]
+from tests.cli_helpers import assert_user_error, run
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +42,7 @@ def test_bad_options_are_one_line_before_loading(tmp_path, args, fragment, monke
 
     monkeypatch.setattr("prunelab.zoo.models.load_model", refuse)
     out = tmp_path / "out"
-    _assert_user_error(run("prune", "smollm2-135m", "--out", str(out), *args), fragment)
+    assert_user_error(run("prune", "smollm2-135m", "--out", str(out), *args), fragment)
     assert not out.exists()
 
 
@@ -78,7 +56,7 @@ def test_a_bad_sparsity_map_is_one_line_before_any_work(tmp_path, tiny_dir, text
     result = run("prune", str(tiny_dir), "--out", str(out), "--method", "sparsity-map",
                  "--sparsity", "0.5", "--option", f"file={maps[which]}",
                  "--calib-source", str(text_file), "--seqlen", "32")
-    _assert_user_error(result, fragment)
+    assert_user_error(result, fragment)
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
@@ -89,7 +67,7 @@ def test_too_little_memory_for_gradients_is_one_line(tmp_path, tiny_dir, text_fi
     result = run("prune", str(tiny_dir), "--out", str(out), "--method", "gblm",
                  "--sparsity", "0.5", "--calib-source", str(text_file), "--seqlen", "32",
                  "--no-ppl")
-    _assert_user_error(result, "one backward pass")
+    assert_user_error(result, "one backward pass")
     assert not out.exists()
 
 

@@ -120,7 +120,7 @@ def _save(path, seed=0, vocab=260):
 def test_cli_reports_and_writes_json_and_refuses_bad_input(tmp_path):
     import json
 
-    from tests.test_cli import _assert_user_error, run
+    from tests.cli_helpers import assert_user_error, run
 
     text = tmp_path / "t.txt"
     text.write_text("Pruning removes weights from a network. " * 50)
@@ -136,10 +136,10 @@ def test_cli_reports_and_writes_json_and_refuses_bad_input(tmp_path):
     assert "JSD 0.00000" in same.stdout and "agreement 1.0000" in same.stdout
     wider = _save(tmp_path / "wider", vocab=264)
     bad_out = tmp_path / "bad.json"
-    _assert_user_error(run("divergence", str(dense), str(wider), *small, "--out", str(bad_out)),
+    assert_user_error(run("divergence", str(dense), str(wider), *small, "--out", str(bad_out)),
                        "different vocabularies")
     assert not bad_out.exists()
-    _assert_user_error(run("divergence", str(dense), str(other), "--windows", "0"), "too few")
+    assert_user_error(run("divergence", str(dense), str(other), "--windows", "0"), "too few")
 
 
 def test_masked_vocabulary_entries_contribute_nothing():

@@ -54,7 +54,7 @@ def test_bad_kind_is_refused_before_any_work():
 
 
 def test_cli_and_study_stage_accept_the_option(tmp_path):
-    from tests.test_cli import _assert_user_error, run
+    from tests.cli_helpers import assert_user_error, run
     from prunelab.study.stages import parse_stage
     from prunelab.testing import tiny_model, tiny_tokenizer
 
@@ -64,7 +64,7 @@ def test_cli_and_study_stage_accept_the_option(tmp_path):
     ok = run("prune", str(model), "--out", str(tmp_path / "out"), "--method", "magnitude",
              "--sparsity", "0.5", "--option", "only=attention", "--no-ppl")
     assert ok.returncode == 0, ok.stderr
-    _assert_user_error(run("prune", str(model), "--out", str(tmp_path / "bad"), "--method",
+    assert_user_error(run("prune", str(model), "--out", str(tmp_path / "bad"), "--method",
                            "magnitude", "--sparsity", "0.5", "--option", "only=heads",
                            "--no-ppl"), "cannot prune only")
     stage = parse_stage({"method": "wanda", "sparsity": 0.2, "options": {"only": "attention"}})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prunelab.testing import tiny_model, tiny_tokenizer
-from test_cli import _assert_user_error, run
+from tests.cli_helpers import assert_user_error, run
 
 pytest.importorskip("compressed_tensors")
 
@@ -93,7 +93,7 @@ def test_prune_with_a_quantizer_and_an_option(tmp_path, tiny_dir, text_file):
 def test_bad_quantize_arguments_are_one_line_and_leave_nothing(tmp_path, tiny_dir, text_file,
                                                                args, fragment):
     out = tmp_path / "out"
-    _assert_user_error(_quantize(tiny_dir, text_file, out, *args), fragment)
+    assert_user_error(_quantize(tiny_dir, text_file, out, *args), fragment)
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
@@ -102,6 +102,6 @@ def test_a_layer_type_the_packed_format_cannot_hold(tmp_path, text_file):
     tiny_model("gpt2").save_pretrained(gpt2)
     tiny_tokenizer().save_pretrained(gpt2)
     out = tmp_path / "out"
-    _assert_user_error(_quantize(gpt2, text_file, out, "--format", "compressed-tensors",
+    assert_user_error(_quantize(gpt2, text_file, out, "--format", "compressed-tensors",
                                  "--group-size", "32"), "is a Conv1D")
     assert not out.exists()

@@ -234,7 +234,7 @@ def test_masks_from_a_pruned_directory_and_their_bad_shapes(tmp_path):
     (["--setting", "dense", "--trainable", "weights"], "unknown trainable subset"),
 ])
 def test_transfer_cli_refuses_bad_input_in_one_line(tmp_path, args, words):
-    from tests.test_cli import run
+    from tests.cli_helpers import run
 
     result = run("transfer", "smollm2-135m", "--out", str(tmp_path / "o"), "--train-on",
                  "arithmetic:1", *args)

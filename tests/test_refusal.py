@@ -126,7 +126,7 @@ def test_a_judges_rates_and_agreement_sit_beside_the_keyword_rule(monkeypatch):
 
 
 def test_cli_refusal_bad_input_and_a_run(tmp_path):
-    from tests.test_cli import _assert_user_error, run
+    from tests.cli_helpers import assert_user_error, run
     from prunelab.testing import tiny_model, tiny_tokenizer
 
     model = tmp_path / "tiny"
@@ -136,10 +136,10 @@ def test_cli_refusal_bad_input_and_a_run(tmp_path):
     tok.save_pretrained(model)
     bad = tmp_path / "bad.yaml"
     bad.write_text("- {name: oops, template: 'nothing'}\n")
-    _assert_user_error(run("refusal", str(model), "--templates", str(bad)), "placeholder")
+    assert_user_error(run("refusal", str(model), "--templates", str(bad)), "placeholder")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    _assert_user_error(run("refusal", str(model), "--requests", str(empty)), "no prompts")
+    assert_user_error(run("refusal", str(model), "--requests", str(empty)), "no prompts")
     reqs = tmp_path / "r.yaml"
     reqs.write_text("- {request: 'do a bad thing'}\n")
     one = tmp_path / "t.yaml"
@@ -151,7 +151,7 @@ def test_cli_refusal_bad_input_and_a_run(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["set"] for r in rows] == ["harmful", "benign"]
     assert "harmful" in ok.stdout and "95% CI" in ok.stdout
-    _assert_user_error(run("refusal", str(model), "--judge", "no-such-judge"), "no-such-judge")
+    assert_user_error(run("refusal", str(model), "--judge", "no-such-judge"), "no-such-judge")
     judged = run("refusal", str(model), "--requests", str(reqs), "--templates", str(one),
                  "--benign", str(reqs), "--max-new-tokens", "3", "--judge", str(model))
     assert judged.returncode == 0, judged.stderr

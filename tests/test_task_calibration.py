@@ -66,14 +66,14 @@ def test_calibration_windows_from_a_task(tasks):
 
 
 def test_prune_cli_refuses_a_task_with_too_few_items(tmp_path):
-    from tests.test_cli import _assert_user_error, run
+    from tests.cli_helpers import assert_user_error, run
     from prunelab.testing import tiny_model, tiny_tokenizer
 
     model = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(model)
     tiny_tokenizer().save_pretrained(model)
     out = tmp_path / "out"
-    _assert_user_error(run("prune", str(model), "--out", str(out), "--method", "wanda",
+    assert_user_error(run("prune", str(model), "--out", str(out), "--method", "wanda",
                            "--sparsity", "0.5", "--calib-source", "task:calfam?limit=39",
                            "--no-ppl"), "items left")
     assert not out.exists()
