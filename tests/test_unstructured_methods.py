@@ -119,6 +119,8 @@ def test_owl_nm_gives_each_block_its_own_n_and_keeps_the_mean():
     ({"m": 0}, 0.5, None, "m=0"),
     ({"base": "nope"}, 0.5, None, "unknown method"),
     ({"base": "owl"}, 0.5, None, "its own base"),
+    # A global threshold decides each layer's sparsity itself: OWL's allocation would be lost.
+    ({"base": "magnitude-global"}, 0.5, None, "sets its own layer sparsities"),
 ])
 def test_owl_bad_options_are_refused_before_the_model(options, sparsity, pattern, fragment):
     with pytest.raises(PrunelabError, match=fragment.replace("(", r"\(").replace(")", r"\)")

@@ -146,6 +146,10 @@ class PruningMethod:
     # (methods that optimise a whole block against its outputs, as BESA): the engine then
     # passes a `BlockInputs` (prunelab.engine) as the keyword `inputs`.
     needs_block_inputs: ClassVar[bool] = False
+    # Whether the method decides each layer's sparsity itself (a global threshold, an
+    # allocation rule) rather than taking the one it is given; a wrapper that allocates
+    # sparsities cannot sit on such a base.
+    sets_layer_sparsities: ClassVar[bool] = False
 
     def __init__(self, config: Any):
         self.config = config

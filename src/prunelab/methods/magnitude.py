@@ -34,6 +34,7 @@ class Magnitude(PruningMethod):
 class GlobalMagnitude(PruningMethod):
     name = "magnitude-global"
     summary = "|W|, one threshold over all prunable weights of the model"
+    sets_layer_sparsities = True
 
     def plan(self, context: PlanContext):
         self._plan: dict[str, tuple[float, int]] = {}

@@ -84,6 +84,7 @@ class OWL(WrappingMethod):
                "outliers, then a base method (base=wanda|sparsegpt|magnitude|...)")
     Config = OWLConfig
     extra_planning_statistics = ("input_sq_sum",)
+    sets_layer_sparsities = True
 
     def check_request(self, sparsity, pattern):
         super().check_request(sparsity, pattern)

@@ -93,6 +93,7 @@ class SparsityMap(WrappingMethod):
     summary = "per-layer sparsities from a YAML/JSON map (file=...), then a base method"
     Config = SparsityMapConfig
     supports_nm = False
+    sets_layer_sparsities = True
 
     def __init__(self, config):
         super().__init__(config)

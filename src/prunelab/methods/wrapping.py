@@ -59,6 +59,10 @@ class WrappingMethod(PruningMethod):
         self.needs_block_inputs = self.base.needs_block_inputs
 
     def check_request(self, sparsity, pattern):
+        if type(self).sets_layer_sparsities and self.base.sets_layer_sparsities:
+            raise PrunelabError(f"base {self.base.name} sets its own layer sparsities, which "
+                                f"{self.name} would override",
+                                "choose a base that prunes each layer uniformly, e.g. wanda")
         self.base.check_request(sparsity, pattern)
 
     def check_model(self, model, sparsity=None, pattern=None):
