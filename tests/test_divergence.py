@@ -78,9 +78,11 @@ def test_pass_matches_full_logits_and_chunking_changes_nothing(family):
         assert res.perplexity_compressed == pytest.approx(math.exp(float(nll_q)), rel=1e-5)
         assert res.jsd > 0
     first = results[0]
-    for res in results[1:]:  # chunking and batching only regroup the same float32 sums
-        assert res.jsd == pytest.approx(first.jsd, rel=1e-6)
-        assert res.jsd_quantiles == pytest.approx(first.jsd_quantiles, rel=1e-5)
+    # Chunking and batching regroup the same sums; the row reductions' order follows the
+    # slice's shape, so per-token values agree to float32 rounding (~1e-7 nats), no better.
+    for res in results[1:]:
+        assert res.jsd == pytest.approx(first.jsd, abs=1e-6)
+        assert res.jsd_quantiles == pytest.approx(first.jsd_quantiles, abs=1e-6)
         assert sum(res.jsd_histogram["counts"]) + res.jsd_histogram["zeros"] == res.tokens
 
 

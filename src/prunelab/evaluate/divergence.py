@@ -117,33 +117,60 @@ def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_v a[n, v] · b[n, v] for every row n (vecdot: one fused pass, no [N, V] temporary)."""
+    return torch.linalg.vecdot(a, b)
+
+
+def _probabilities(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax, log-softmax and top-1 index of [N, V] logits in float32, with one
+    exponential per entry (log_softmax then exp would take two) and one max pass for both
+    the shift and the top-1 (a separate argmax costs more than the max)."""
+    logits = logits.float()
+    top_value, top = logits.max(-1, keepdim=True)
+    shifted = logits - top_value
+    p = shifted.exp()
+    total = p.sum(-1, keepdim=True)
+    return p.div_(total), shifted.sub_(total.log()), top.squeeze(-1)
+
+
 def token_divergences(logits_p: torch.Tensor, logits_q: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per row of [N, V] logits: JSD, KL(P‖Q), KL(Q‖P) in nats, and top-1 agreement.
 
-    With d = log Q − log P, the mixture's log-density relative to P is
-    g = log((1 + e^d) / 2) = softplus(d) − ln 2, and relative to Q it is g − d, so
-    JSD = ½ Σ [q·d − (p + q)·g], KL(P‖Q) = −Σ p·d, KL(Q‖P) = Σ q·d: one transcendental
-    (softplus) per entry beyond the two log-softmaxes. Rows whose logits are identical are
-    set to exactly 0 (softplus(0) − ln 2 may be one float32 ulp off zero); elsewhere the
+    With d = log Q − log P and g = log M − log P the mixture M = (P + Q)/2's log-density
+    relative to P, JSD = ½ [Σ q·d − Σ p·g − Σ q·g], KL(P‖Q) = −Σ p·d, KL(Q‖P) = Σ q·d.
+    g = log(p + q) − ln 2 − log p costs one logarithm per entry, so the whole costs three
+    transcendentals per entry (two exponentials, one logarithm), and the four sums are row
+    dot products that make no [N, V] temporaries. g stays centred (near 0 for similar
+    models), so a small JSD is not lost to cancellation. Where p + q underflows to 0 (a
+    collapsed model's extreme logits) a slice is redone with g = softplus(d) − ln 2, which
+    cannot underflow. Rows whose logits are identical are set to exactly 0; elsewhere the
     float32 error is about 1e-7 nats.
     """
-    log_p = F.log_softmax(logits_p.float(), dim=-1)
-    log_q = F.log_softmax(logits_q.float(), dim=-1)
-    p, q = log_p.exp(), log_q.exp()
+    p, log_p, top_p = _probabilities(logits_p)
+    q, log_q, top_q = _probabilities(logits_q)
     d = log_q - log_p
-    if not bool(torch.isfinite(d).all()):
-        # A masked vocabulary entry (logit −inf) has probability 0 and contributes nothing;
-        # 0 × inf would otherwise make the sums NaN.
+    g = (p + q).log_().sub_(LN2).sub_(log_p)
+    sums = [_row_dot(q, d), _row_dot(p, d), _row_dot(p, g), _row_dot(q, g)]
+    if not all(bool(torch.isfinite(x).all()) for x in sums):
+        # A masked vocabulary entry (logit −inf) has probability 0 and contributes nothing
+        # (0 × inf would make the sums NaN); p + q may also have underflowed. Rare: redone
+        # only when it happens.
         d = torch.where(torch.isfinite(d), d, torch.zeros_like(d))
-    qd = q * d
-    g = F.softplus(d).sub_(LN2)
-    jsd_rows = 0.5 * (qd - (p + q).mul_(g)).sum(-1)
-    identical = (logits_p == logits_q).all(-1)
-    # In float64 so the clamp is at ln 2 itself, not at its float32 rounding (just above it).
-    jsd = torch.where(identical, torch.zeros_like(jsd_rows), jsd_rows).double().clamp(0.0, LN2)
-    kl_pq = (-(p * d).sum(-1)).clamp_min(0.0)
-    kl_qp = qd.sum(-1).clamp_min(0.0)
-    agree = (logits_p.argmax(-1) == logits_q.argmax(-1)).float()
+        g = F.softplus(d).sub_(LN2)
+        sums = [_row_dot(q, d), _row_dot(p, d), _row_dot(p, g), _row_dot(q, g)]
+    q_d, p_d, p_g, q_g = sums
+    jsd_rows = 0.5 * (q_d.double() - p_g.double() - q_g.double())
+    # Identical logits give d = 0 exactly; only rows already within float error of 0 are
+    # compared entry by entry, so the check costs nothing on models that differ.
+    identical = torch.zeros_like(jsd_rows, dtype=torch.bool)
+    near = torch.nonzero(jsd_rows.abs() < 1e-6).flatten()
+    if near.numel():
+        identical[near] = (logits_p[near] == logits_q[near]).all(-1)
+    jsd = torch.where(identical, torch.zeros_like(jsd_rows), jsd_rows).clamp(0.0, LN2)
+    kl_pq = (-p_d).clamp_min(0.0)
+    kl_qp = q_d.clamp_min(0.0)
+    agree = (top_p == top_q).float()
     return {"jsd": jsd, "kl_pq": kl_pq, "kl_qp": kl_qp, "agree": agree,
             "log_p": log_p, "log_q": log_q}
 
