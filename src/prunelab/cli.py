@@ -160,7 +160,8 @@ def _size_line(before: dict, after: dict, file_bytes: int | None) -> str:
 def _register_optional() -> None:
     # Commands that live beside their subsystem register themselves here.
     for module in ("prunelab.evaluate.cli", "prunelab.cli_study", "prunelab.cli_quant",
-                   "prunelab.recover.cli", "prunelab.cli_divergence", "prunelab.cli_refusal"):
+                   "prunelab.recover.cli", "prunelab.cli_divergence", "prunelab.cli_refusal",
+                   "prunelab.cli_route"):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as exc:

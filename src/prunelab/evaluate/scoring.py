@@ -50,7 +50,10 @@ def _sliding_window(model) -> int | None:
 
 
 def can_pack(model) -> bool:
-    """Whether a tree mask is honoured: eager or sdpa attention (flash kernels drop 4-D masks)."""
+    """Whether a tree mask is honoured: eager or sdpa attention (flash kernels drop 4-D masks),
+    and the model does not need one input per row (a router's, `prunelab.routing`)."""
+    if getattr(model, "prunelab_no_packing", False):
+        return False
     impl = getattr(model.config, "_attn_implementation", "eager") or "eager"
     return impl in ("eager", "sdpa")
 

@@ -14,8 +14,8 @@ so deeper layers lose more. Λ is set so that the layers' mean share equals the 
 larger than the target says; ours are the size asked, comparable with FLAP's). Within a
 layer, heads and channels follow the uniform rules of `methods/structured.py`.
 
-Not built here: routing an input to its task's mask at inference (SEAP trains a classifier
-on the prompts' activations); each mask is its own pruned model.
+Routing an input to its task's model at inference is `prunelab.routing` (each mask is its
+own pruned model; a classifier on the shared first blocks chooses).
 """
 
 from __future__ import annotations
