@@ -70,3 +70,22 @@ def test_a_killed_study_resumes_fine_tuning_from_a_checkpoint_of_its_own(tmp_pat
               parse_stage({**stage.model_dump(), "sparsity": 0.7}).checkpoint_path(
                   "m", calibration, 41)}
     assert path not in others and len(others) == 3
+
+
+def test_the_dry_run_estimate_counts_fine_tuning_steps():
+    from prunelab.study.backend import rough_estimate
+    from prunelab.study.plan import CompressionPoint
+    from prunelab.study.stages import TransferStage
+
+    recipe = parse_recipe({"name": "t", "models": ["smollm2-135m"], "tasks": ["arithmetic:1"],
+                           "compressions": [{"method": "magnitude", "sparsity": [0.5]}]})
+
+    def seconds(**fields):
+        stage = TransferStage(setting="dense", train_on=["arithmetic:1"], **fields)
+        point = CompressionPoint(stages=(stage,), calibration=(None,), seed=41)
+        return rough_estimate(recipe, "smollm2-135m", point, [])[0]
+
+    ten, twenty = seconds(train={"max_steps": 10}), seconds(train={"max_steps": 20})
+    assert twenty - ten > 0.5 * ten  # the training steps dominate a transfer point
+    # without max_steps: epochs over the items, ceil(80 / 16) = 5 steps an epoch, 3 epochs
+    assert seconds(max_items=80) == pytest.approx(seconds(train={"max_steps": 15}))

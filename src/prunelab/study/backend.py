@@ -248,6 +248,12 @@ SPARSEGPT_SECONDS_PER_MPARAM = 0.1
 MAGNITUDE_SECONDS_PER_MPARAM = 0.06
 # Tokens scored per item (MC choices are packed after one shared prompt).
 EVAL_TOKENS_PER_ITEM = {"mc": 60, "generate": 400, "rolling": 100}
+# Fine-tuning: a step's forward and backward cost about three forwards of its tokens (a
+# training example is a prompt and its answer), and AdamW touches every weight's value, grad
+# and two moments once per step.
+TRAIN_TOKENS_PER_EXAMPLE = 64
+TRAIN_FORWARDS_PER_STEP = 3.0
+OPTIMIZER_SECONDS_PER_PARAM = 5e-9
 
 
 def _params(model: str) -> float:
@@ -267,6 +273,8 @@ def rough_estimate(recipe: Recipe, model: str, point: CompressionPoint,
     mparams = _params(model) / 1e6
     for stage, calibration in zip(point.stages, point.calibration):
         method = getattr(stage, "method", stage.kind)
+        if stage.kind == "transfer":
+            compress += _fine_tuning_seconds(stage, per_token, _params(model))
         if calibration is not None:
             tokens = calibration["n_samples"] * calibration["seqlen"]
             compress += PRUNE_PASSES.get(method, 3.0) * tokens * per_token
@@ -287,6 +295,26 @@ def rough_estimate(recipe: Recipe, model: str, point: CompressionPoint,
     if recipe.refusal:  # ~105 prompts of ~80 tokens, answered token by token (a cache helps)
         compress += 105 * (80 + 4 * recipe.refusal.max_new_tokens) * per_token
     return compress, evaluate
+
+
+def _fine_tuning_seconds(stage, per_token: float, params: float) -> float:
+    """A transfer stage's training time: its steps (max_steps, else epochs over the training
+    items the evaluation leaves) times a step's forward, backward and optimiser update."""
+    from prunelab.tasks.registry import get_tasks
+
+    train = stage.train_config(None)
+    steps = train.max_steps
+    if steps is None:
+        items = stage.max_items
+        if items is None:
+            items = 0
+            for task in get_tasks(list(stage.train_on)):
+                left = task.size - (stage.holdout_limit or 0)
+                items += max(left, 0)
+        steps = train.epochs * -(-items // train.batch_size)
+    step = (TRAIN_FORWARDS_PER_STEP * train.batch_size * TRAIN_TOKENS_PER_EXAMPLE * per_token
+            + OPTIMIZER_SECONDS_PER_PARAM * params)
+    return steps * step
 
 
 def timed(fn, *args, **kwargs):
