@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.recover.encoder import encoder_transfer, split
+from prunelab.recover.encoder import encoder_transfer
+from prunelab.tasks.classification import split
 from prunelab.recover.loop import TrainConfig
 from prunelab.tasks.base import Item
 from prunelab.testing import tiny_tokenizer

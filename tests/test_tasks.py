@@ -160,6 +160,10 @@ def test_builtin_families_that_ask_the_same_items_are_paired():
     paired = {t.family for t in builtin_tasks() if t.paired_levels}
     assert paired == {"arithmetic_shots", "options", "multiemo", "multiemo_ppl", "wikidata",
                       "squad_book", "squad_context"}
+    from prunelab.tasks.classification import finetune_tasks
+
+    # the encoder track's adequacy levels test the same held-out split
+    assert all(t.paired_levels and t.kind == "finetune" for t in finetune_tasks())
 
 
 @pytest.mark.parametrize("rows, spec, words", [

@@ -10,6 +10,7 @@ from typing import Optional
 import click
 import typer
 
+from prunelab.cli_common import PRUNE_PPL, option_pairs
 from prunelab.errors import PrunelabError
 from prunelab.tables import print_table
 
@@ -17,18 +18,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Prune pre-trained language models and measure what they lose.")
 
 
-def _options(pairs: list[str] | None) -> dict:
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise PrunelabError(f"--option {pair!r} is not KEY=VALUE", "write e.g. --option percdamp=0.02")
-        options[key.strip()] = value.strip()
-    return options
-
-
-# Where `prune` measures perplexity before and after: text, tokens per window, windows.
-PRUNE_PPL = ("squad-dev", 512, 32)
 
 
 @app.command()
@@ -51,7 +40,7 @@ def prune(
     from prunelab.data.corpora import CalibrationConfig
     from prunelab.zoo.models import load_model
 
-    options = _options(option)
+    options = option_pairs(option)
     calibration = CalibrationConfig(calib_source, calib_samples, seqlen, seed)
     args = api.check_prune_args(method, sparsity, pattern, calibration, options, out=out)
     loaded = load_model(model, trust_remote_code=trust_remote_code)

@@ -12,23 +12,8 @@ from typing import Optional
 
 import typer
 
+from prunelab.cli_common import PRUNE_PPL, option_pairs
 from prunelab.errors import PrunelabError
-
-
-# Where perplexity is measured before and after: the windows of `prunelab prune` (cli.py's
-# PRUNE_PPL; not imported, as nothing imports the CLI module back).
-QUANTIZE_PPL = ("squad-dev", 512, 32)
-
-
-def _option_pairs(pairs: list[str] | None) -> dict:
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise PrunelabError(f"--option {pair!r} is not KEY=VALUE",
-                                "write e.g. --option percdamp=0.02")
-        options[key.strip()] = value.strip()
-    return options
 
 
 def _group_size(text: str) -> str:
@@ -72,7 +57,7 @@ def register(app: typer.Typer) -> None:
                    "symmetric": str(symmetric)}
         if act_order:
             options["act_order"] = "true"
-        for key, value in _option_pairs(option).items():
+        for key, value in option_pairs(option).items():
             if key in options:
                 raise PrunelabError(f"--option {key} repeats a flag of `quantize`",
                                     f"give it once, as --{key.replace('_', '-')}")
@@ -88,10 +73,10 @@ def register(app: typer.Typer) -> None:
         loaded = load_model(model, trust_remote_code=trust_remote_code)
         check_model_for_format(loaded.model, format)
         api.check_model_fit(loaded, args, calibration_text=True)
-        before = api.dense_perplexity(loaded, *QUANTIZE_PPL, progress=True) if ppl else None
+        before = api.dense_perplexity(loaded, *PRUNE_PPL, progress=True) if ppl else None
         result = api.prune(loaded, method, calibration=calibration, **options)
-        after = api.perplexity(loaded, *QUANTIZE_PPL, progress=True) if ppl else None
-        source, ppl_seqlen, windows = QUANTIZE_PPL
+        after = api.perplexity(loaded, *PRUNE_PPL, progress=True) if ppl else None
+        source, ppl_seqlen, windows = PRUNE_PPL
         extra = {"perplexity": {"source": source, "seqlen": ppl_seqlen, "windows": windows,
                                 "dense": before.value, "quantized": after}} if ppl else None
         api.save(loaded, out, result, extra=extra, format=format)

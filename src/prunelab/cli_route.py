@@ -32,7 +32,7 @@ def route_command(
     route every input to an expert by a classifier on the shared first blocks, and evaluate:
     the per-level table, and where each family's inputs were routed."""
     from prunelab.api import check_prune_args
-    from prunelab.cli import _options
+    from prunelab.cli_common import option_pairs
     from prunelab.errors import PrunelabError
     from prunelab.evaluate.runner import evaluate
     from prunelab.routing import build_seap_router
@@ -45,7 +45,7 @@ def route_command(
     if len(names) < 2:
         raise PrunelabError("routing needs two or more task families",
                             "e.g. --families arithmetic,options")
-    options = _options(option)
+    options = option_pairs(option)
     check_prune_args("seap", sparsity, None, None, options)
     for family in names:  # unknown families, then too few held-out items, before the model
         for task in get_tasks([family]):

@@ -68,6 +68,11 @@ def _too_long(task: Task, item: Item, length: int, limit: int, model: str) -> Pr
 
 
 def plan_task(loaded, task: Task, limit: int | None, seed: int) -> Plan:
+    if task.kind == "finetune":
+        raise PrunelabError(f"task {task.name} is scored by fine-tuning an encoder on its "
+                            "training split, not by prompting a model",
+                            "use it in a study with an encoder (recipes/transfer-encoder.yaml) "
+                            "or run `prunelab transfer-encoder`")
     items = task.select(limit, seed)
     plan = Plan(task, items)
     max_length = loaded.max_length

@@ -98,7 +98,8 @@ def encoder_command(
     from prunelab.errors import PrunelabError
     from prunelab.evaluate.metrics import wilson
     from prunelab.paths import write_json_atomic
-    from prunelab.recover.encoder import CLASSIFICATION_TASKS, encoder_transfer
+    from prunelab.recover.encoder import encoder_transfer
+    from prunelab.tasks.classification import CLASSIFICATION_TASKS
     from prunelab.recover.loop import TrainConfig
     from prunelab.recover.transfer import check_setting
 

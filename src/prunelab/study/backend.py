@@ -8,6 +8,7 @@ to a `Backend`. `PrunelabBackend` is the real one; tests use `prunelab.study.tes
 from __future__ import annotations
 
 import copy
+import math
 import re
 import time
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 from prunelab.errors import PrunelabError
 from prunelab.study.plan import CompressionPoint, TaskInfo
 from prunelab.study.recipe import Recipe
-from prunelab.study.stages import Stage
+from prunelab.study.stages import DEFERRED_TRANSFER, Stage
 
 
 class Backend(Protocol):
@@ -50,6 +51,7 @@ class _Handle:
         self.dirty = False
 
     def reset(self) -> None:
+        self.loaded.info.pop(DEFERRED_TRANSFER, None)
         if not self.dirty:
             return
         if _same_structure(self.loaded.model, self.pristine):
@@ -127,6 +129,7 @@ class PrunelabBackend:
             problem = _model_problem(model)
             if problem:
                 problems.append((f"models[{i}]", problem))
+        problems += _track_problems(recipe)
         return problems
 
     def describe_tasks(self, selectors: list[str]) -> list[TaskInfo]:
@@ -201,15 +204,57 @@ class PrunelabBackend:
         return {"summary": result.summary, "rows": result.rows}
 
     def evaluate(self, handle: _Handle, task: TaskInfo, limit: int | None, seed: int,
-                 batch_size: int) -> tuple[list[dict], dict]:
+                 batch_size: int, finetune: dict | None = None) -> tuple[list[dict], dict]:
         from prunelab.evaluate.runner import evaluate
 
+        if task.kind == "finetune":
+            return self._finetune(handle, task, limit, seed, finetune or {})
         if limit is not None and task.size is not None:
             limit = min(limit, task.size)  # a small level is used whole
         results = evaluate(handle.loaded, [task.name], limit=limit, seed=seed,
                            batch_size=batch_size, progress=False)
         summary = results.summary()[0]
         return [example_row(ex.to_dict()) for ex in results.examples], summary
+
+    def _finetune(self, handle: _Handle, task: TaskInfo, limit: int | None, seed: int,
+                  finetune: dict) -> tuple[list[dict], dict]:
+        """The encoder track: fine-tune the encoder with a new head on this level's share of
+        the training pool, in the transfer setting its compression left (dense when none),
+        and score the level's held-out items."""
+        from prunelab.evaluate.results import EvalResults, ExampleResult
+        from prunelab.recover.encoder import encoder_transfer
+        from prunelab.recover.loop import TrainConfig
+        from prunelab.tasks.classification import adequacy_of, finetune_split
+        from prunelab.tasks.registry import get_tasks
+
+        level = get_tasks([task.name])[0]
+        name, adequacy = adequacy_of(level)
+        plan = handle.loaded.info.get(DEFERRED_TRANSFER) or {"setting": "dense"}
+        fields = {"batch_size": 32, **finetune}
+        if plan.get("seed") is not None:
+            fields["seed"] = plan["seed"]
+        data = finetune_split(name, adequacy)
+        data.test = level.select(min(limit, level.size) if limit else None, seed)
+        loaded = handle.loaded
+        record = encoder_transfer(
+            str(loaded.path) if loaded.path else loaded.name, name, plan["setting"],
+            sparsity=plan.get("sparsity") or 0.0, method=plan.get("method") or "magnitude-global",
+            train=TrainConfig(**fields), progress=False, data=data)
+        labels = record["labels"]
+        examples = []
+        for item, scores, ok in zip(data.test, record["logprobs"], record["correct"]):
+            gold = item.gold[0]
+            best_other = max(s for j, s in enumerate(scores) if j != gold)
+            examples.append(ExampleResult(
+                task=task.name, family=task.family, axis=task.axis, level=task.level,
+                level_rank=task.level_rank, example_id=item.id, metric="accuracy",
+                prediction=labels[max(range(len(scores)), key=scores.__getitem__)],
+                target=labels[gold], correct=ok, margin=scores[gold] - best_other,
+                choices=labels, choice_scores=scores, choice_scores_sum=scores,
+                chance=1 / len(labels), mc_score="mean"))
+        results = EvalResults(examples, {"fine_tuning": {k: record[k] for k in (
+            "setting", "sparsity", "method", "train_items", "steps", "seconds", "final_loss")}})
+        return [example_row(ex.to_dict()) for ex in examples], results.summary()[0]
 
     def estimate(self, recipe: Recipe, model: str, point: CompressionPoint,
                  tasks: list[TaskInfo]) -> tuple[float, float]:
@@ -224,6 +269,66 @@ def example_row(record: dict) -> dict:
     value, weight = get_metric(record.get("metric", "accuracy")).example(record)
     return {"example_id": str(record.get("example_id")), "value": value, "weight": weight,
             "margin": record.get("margin"), "data": record}
+
+
+def _is_encoder_model(model: str) -> bool | None:
+    """Whether a recipe's model is an encoder (zoo kind, or a directory's config.json);
+    None when that cannot be told without loading it."""
+    import json
+    from pathlib import Path
+
+    from prunelab.zoo.models import ZOO
+
+    if model in ZOO:
+        return ZOO[model].kind == "encoder"
+    config = Path(model).expanduser() / "config.json"
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return None
+    return not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+
+
+def _track_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """The encoder track (an encoder model, `finetune` task levels, transfer stages that only
+    choose a setting) and the decoder track do not mix."""
+    from prunelab.tasks.registry import get_tasks
+
+    try:
+        kinds = {t.kind for t in get_tasks(list(recipe.tasks))}
+    except PrunelabError:
+        return []  # reported with the tasks
+    problems = []
+    for i, model in enumerate(recipe.models):
+        encoder = _is_encoder_model(model)
+        if encoder and kinds != {"finetune"}:
+            problems.append((f"models[{i}]", f"{model} is an encoder: it is scored by "
+                             "fine-tuning on `finetune` task levels only (e.g. "
+                             "finetune-multiemo-en), not on prompted tasks"))
+        if encoder is False and "finetune" in kinds:
+            problems.append((f"models[{i}]", f"{model} is a causal LM; `finetune` task levels "
+                             "fine-tune an encoder (e.g. minilm-l6)"))
+        if not encoder:
+            for j, comp in enumerate(recipe.compressions):
+                for k, stage in enumerate(comp.base_stages()):
+                    if stage.get("kind") == "transfer" and not stage.get("train_on"):
+                        problems.append((f"compressions[{j}].stages[{k}]", "a transfer stage "
+                                         "on a causal LM needs train_on: the tasks whose "
+                                         "held-out items it trains on"))
+            continue
+        for j, comp in enumerate(recipe.compressions):
+            stages = comp.base_stages()
+            if len(stages) != 1 or stages[0].get("kind") != "transfer":
+                problems.append((f"compressions[{j}]", "with an encoder, each compression is "
+                                 "one transfer stage (the setting, its method and sparsity)"))
+                continue
+            if any(stages[0].get(k) for k in ("train", "lora_rank", "pattern", "train_on")) \
+                    or stages[0].get("trainable", ["all"]) != ["all"]:
+                problems.append((f"compressions[{j}].stages[0]", "the encoder track trains "
+                                 "every weight of each finetune level on its own split with "
+                                 "eval.finetune: leave out train, train_on, trainable, "
+                                 "lora_rank and pattern"))
+    return problems
 
 
 def _model_problem(model: str) -> str | None:
@@ -284,6 +389,9 @@ def rough_estimate(recipe: Recipe, model: str, point: CompressionPoint,
             compress += MAGNITUDE_SECONDS_PER_MPARAM * mparams  # sorting every matrix
     evaluate = 0.0
     for task in tasks:
+        if task.kind == "finetune":  # train on the level's share of the pool, then score
+            evaluate += _finetune_seconds(recipe, task, per_token, _params(model))
+            continue
         n = task.size or 100
         if recipe.eval.limit is not None:
             n = min(n, recipe.eval.limit)
@@ -302,6 +410,8 @@ def _fine_tuning_seconds(stage, per_token: float, params: float) -> float:
     items the evaluation leaves) times a step's forward, backward and optimiser update."""
     from prunelab.tasks.registry import get_tasks
 
+    if not stage.train_on:  # the encoder track trains when its levels are evaluated
+        return 0.0
     train = stage.train_config(None)
     steps = train.max_steps
     if steps is None:
@@ -315,6 +425,20 @@ def _fine_tuning_seconds(stage, per_token: float, params: float) -> float:
     step = (TRAIN_FORWARDS_PER_STEP * train.batch_size * TRAIN_TOKENS_PER_EXAMPLE * per_token
             + OPTIMIZER_SECONDS_PER_PARAM * params)
     return steps * step
+
+
+def _finetune_seconds(recipe: Recipe, task: TaskInfo, per_token: float,
+                      params: float) -> float:
+    from prunelab.tasks.classification import FINETUNE_TRAIN
+    from prunelab.recover.loop import TrainConfig
+
+    train = TrainConfig(**{"batch_size": 32, **(recipe.eval.finetune or {})})
+    items = math.ceil(FINETUNE_TRAIN * float(task.level) / 100)
+    steps = train.max_steps or train.epochs * -(-items // train.batch_size)
+    step = (TRAIN_FORWARDS_PER_STEP * train.batch_size * TRAIN_TOKENS_PER_EXAMPLE * per_token
+            + OPTIMIZER_SECONDS_PER_PARAM * params)
+    n_test = min(task.size or 500, recipe.eval.limit or task.size or 500)
+    return steps * step + n_test * TRAIN_TOKENS_PER_EXAMPLE * per_token
 
 
 def timed(fn, *args, **kwargs):

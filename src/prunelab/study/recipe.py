@@ -127,6 +127,10 @@ class Evaluation(_Strict):
     limit: int | None = Field(None, ge=1, description="items per task level (None = all)")
     seed: int = Field(0, description="selects the items and few-shot demonstrations")
     batch_size: int = Field(16, ge=1)
+    # How `finetune` task levels (the transfer study's encoder track) are trained before they
+    # are scored: `prunelab.recover.TrainConfig` fields (None: the paper's defaults, batch 32).
+    # The same for the dense model and every transfer arm; each arm's seed is the study seed.
+    finetune: dict[str, Any] | None = None
 
 
 class Perplexity(_Strict):
@@ -216,6 +220,8 @@ class Recipe(_Strict):
         for name in ("divergence", "refusal"):  # recipes from before the field keep their hash
             if data.get(name) is None:
                 data.pop(name, None)
+        if data["eval"].get("finetune") is None:
+            data["eval"].pop("finetune", None)
         text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

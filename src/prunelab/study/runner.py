@@ -188,8 +188,12 @@ class PointWorker:
             if work.refusal:  # the dense model too: the baseline of every refusal curve
                 compression["refusal"] = backend.refusal(handle, work.refusal)
             self.applied = work.compression_key
+        # A `finetune` level is trained before it is scored (the encoder track): with eval's
+        # finetune settings.
+        extra = ({"finetune": work.eval.finetune or {}} if work.task.kind == "finetune"
+                 else {})
         (examples, summary), seconds = timed(backend.evaluate, handle, work.task, work.eval.limit,
-                                             work.eval.seed, work.eval.batch_size)
+                                             work.eval.seed, work.eval.batch_size, **extra)
         return PointResult(work, point_row(work, summary, seconds), examples, compression)
 
 

@@ -164,6 +164,11 @@ def _calibration_config(calibration: dict | None, seed: int | None):
     return CalibrationConfig(**fields, **({} if seed is None else {"seed": seed}))
 
 
+# Where a transfer stage on an encoder leaves its setting (in `loaded.info`): the encoder track
+# fine-tunes per task level when each is evaluated (`PrunelabBackend.evaluate`), not here.
+DEFERRED_TRANSFER = "deferred_transfer"
+
+
 @register_stage
 class TransferStage(Stage):
     """Fine-tuning in one of the Junk DNA paper's transfer settings (`prunelab.recover`):
@@ -177,7 +182,9 @@ class TransferStage(Stage):
     pattern: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     calibration: CalibrationPatch | None = None
-    train_on: list[str] = Field(min_length=1)
+    # The tasks whose held-out items the model trains on (decoder track; the encoder track
+    # trains on each `finetune` level's own split and leaves this out).
+    train_on: list[str] = Field(default_factory=list)
     trainable: list[str] = Field(default_factory=lambda: ["all"])
     lora_rank: int | None = Field(None, ge=1)
     masked_lora: bool = False
@@ -245,8 +252,16 @@ class TransferStage(Stage):
                                        "holdout_seed": recipe.eval.seed})
 
     def run(self, loaded, calibration, seed):
+        from prunelab.recover.encoder import is_encoder
         from prunelab.recover.run import TransferPlan, transfer
 
+        if is_encoder(loaded.model):
+            # The encoder track trains a new head per task level, so fine-tuning happens when
+            # each `finetune` level is evaluated; here the setting is only recorded.
+            loaded.info[DEFERRED_TRANSFER] = {"setting": self.setting, "method": self.method,
+                                              "sparsity": self.sparsity, "seed": seed}
+            return {"setting": self.setting, "method": self.method, "sparsity": self.sparsity,
+                    "seed": seed, "deferred": "fine-tuned per task level when it is evaluated"}
         plan = TransferPlan(self.setting, self.method, self.sparsity, self.pattern,
                             dict(self.options), list(self.train_on), list(self.trainable),
                             self.lora_rank, self.masked_lora, self.train_config(seed),

@@ -22,7 +22,10 @@ from typing import Any
 
 from prunelab.errors import PrunelabError
 
-KINDS = ("mc", "generate", "rolling")
+# "finetune": a classification level scored by fine-tuning an encoder on its training split
+# (the transfer study's encoder track, `prunelab.recover.encoder`), not by prompting.
+KINDS = ("mc", "generate", "rolling", "finetune")
+PROMPTED_KINDS = KINDS[:3]
 # Metric of each generation scorer, see prunelab.evaluate.metrics.
 GENERATE_METRICS = ("contains", "exact_match", "f1")
 
@@ -208,7 +211,7 @@ class Task:
 
 def chance_of(kind: str, items: list[Item]) -> float | None:
     """Expected score of uniform random guessing: mean of |gold|/|choices| for MC."""
-    if kind == "mc":
+    if kind in ("mc", "finetune"):
         return sum(len(it.gold) / len(it.choices) for it in items) / len(items)
     if kind == "generate":
         return 0.0

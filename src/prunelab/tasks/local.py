@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.errors import PrunelabError
-from prunelab.tasks.base import GENERATE_METRICS, KINDS, Item, Task, Template
+from prunelab.tasks.base import GENERATE_METRICS, PROMPTED_KINDS, Item, Task, Template
 from prunelab.tasks.loaders import read_rows
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -91,8 +91,8 @@ def _require(path: Path, spec: dict, key: str) -> Any:
 def _build(path: Path, spec: dict, default_rank: int, several: bool) -> Task:
     name = str(_require(path, spec, "name"))
     kind = _require(path, spec, "kind")
-    if kind not in KINDS:
-        raise PrunelabError(f"{path}: kind {kind!r} is not one of {list(KINDS)}",
+    if kind not in PROMPTED_KINDS:
+        raise PrunelabError(f"{path}: kind {kind!r} is not one of {list(PROMPTED_KINDS)}",
                             "use mc, generate or rolling")
     data = Path(str(_require(path, spec, "data"))).expanduser()
     data = data if data.is_absolute() else path.parent / data

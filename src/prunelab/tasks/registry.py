@@ -13,9 +13,10 @@ _EXTRA: dict[str, Task] = {}
 
 @lru_cache(maxsize=1)
 def _builtin() -> dict[str, Task]:
+    from prunelab.tasks.classification import finetune_tasks
     from prunelab.tasks.suite import builtin_tasks
 
-    return {t.name: t for t in builtin_tasks()}
+    return {t.name: t for t in builtin_tasks() + finetune_tasks()}
 
 
 def _all() -> dict[str, Task]:

@@ -233,6 +233,8 @@ def wikidata_tasks() -> list[Task]:
 
 
 def builtin_tasks() -> list[Task]:
+    """The prompted suite (the encoder track's `finetune` levels are in
+    `prunelab.tasks.classification`)."""
     from prunelab.tasks.squad import squad_tasks
 
     return (arithmetic_tasks() + object_tasks() + squad_tasks() + shots_tasks()

@@ -1,0 +1,121 @@
+"""The encoder track in a study (real backend, tiny random BERT): each compression only records
+its transfer setting, and every `finetune` level is fine-tuned from it when it is evaluated."""
+
+import pytest
+
+from prunelab.recover import encoder
+from prunelab.study.backend import PrunelabBackend
+from prunelab.study.recipe import parse_recipe
+from prunelab.study.results import load_run
+from prunelab.study.runner import run_study
+from prunelab.tasks.base import Item, Task
+from prunelab.tasks.registry import register
+
+
+def _items(n=700):
+    words = ("good", "bad")
+    return [Item(id=str(i), input=f"{words[i % 2]} day number {i}", choices=words,
+                 gold=(i % 2,)) for i in range(n)]
+
+
+@pytest.fixture
+def synthetic(monkeypatch):
+    """A classification task "synth" (700 items: 500 held out, a pool of 200) as two
+    finetune levels, 100% and 50% of the pool."""
+    from prunelab.tasks import classification
+
+    real = classification.classification_items
+    monkeypatch.setattr(classification, "classification_items",
+                        lambda task: _items() if task == "synth" else real(task))
+    for rank, percent in enumerate((100, 50)):
+        register(Task(name=f"finetune-synth:{percent}", family="finetune-synth",
+                      axis="adequacy", level=percent, level_rank=rank, kind="finetune",
+                      loader=lambda: classification.finetune_split("synth").test,
+                      paired_levels=True))
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from prunelab.testing import tiny_tokenizer
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-bert"
+    config = BertConfig(vocab_size=260, hidden_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=128, pad_token_id=0)
+    BertModel(config).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def _recipe(model, **changes):
+    def arm(setting):
+        stage = {"kind": "transfer", "setting": setting}
+        if setting == "dense":
+            return {"stages": [stage]}
+        return {"stages": [{**stage, "method": "magnitude-global"}],
+                "sweep": {"stages[0].sparsity": [0.5]}}
+
+    return parse_recipe({
+        "name": "enc", "models": [str(model)],
+        "compressions": [arm(s) for s in ("dense", "sparse", "freeze")],
+        "tasks": ["finetune-synth:100", "finetune-synth:50"], "seeds": [41],
+        "eval": {"limit": 60, "finetune": {"lr": 2e-3, "epochs": 2, "batch_size": 16,
+                                           "warmup": 0.1}},
+        "analysis": {"n_boot": 100}, **changes})
+
+
+def test_every_level_is_fine_tuned_from_its_compressions_setting(synthetic, tiny_bert, tmp_path,
+                                                                 monkeypatch):
+    calls = []
+    real = encoder.encoder_transfer
+
+    def spy(source, task, setting, **kwargs):
+        record = real(source, task, setting, **kwargs)
+        calls.append((setting, kwargs["sparsity"], kwargs["train"].seed, record["train_items"],
+                      record["masked_nonzero"] if setting == "sparse" else None))
+        return record
+
+    monkeypatch.setattr(encoder, "encoder_transfer", spy)
+    run_study(_recipe(tiny_bert), tmp_path, backend=PrunelabBackend(), progress=False)
+    # the dense model (the paper's seed 42), then each arm at the study seed, per level
+    assert sorted(calls) == sorted([
+        ("dense", 0.0, 42, 200, None), ("dense", 0.0, 42, 100, None),
+        ("dense", 0.0, 41, 200, None), ("dense", 0.0, 41, 100, None),
+        ("sparse", 0.5, 41, 200, 0), ("sparse", 0.5, 41, 100, 0),
+        ("freeze", 0.5, 41, 200, None), ("freeze", 0.5, 41, 100, None)])
+    run = load_run(tmp_path)
+    dense = [p for p in run.points if p["method"] == "dense"]
+    assert [p["n"] for p in dense] == [60, 60] and min(p["score"] for p in dense) > 0.7
+    shares = {(r["task"], r["setting"]) for r in run.analysis.transfer}
+    assert shares == {(f"finetune-synth:{p}", s) for p in (100, 50) for s in ("sparse", "freeze")}
+    from prunelab.report import build_report
+
+    md = build_report(tmp_path)["md"].read_text()
+    assert "Can fine-tuning bring it back?" in md and "finetune-synth:50" in md
+
+
+def test_tracks_do_not_mix(synthetic, tiny_bert, tiny_dir):
+    backend = PrunelabBackend()
+    prompted = _recipe(tiny_bert, tasks=["finetune-synth:100"])
+    assert not [p for p in backend.check(prompted) if p[0].startswith(("models", "compr"))]
+    assert ("models[0]", f"{tiny_bert} is an encoder: it is scored by fine-tuning on "
+            "`finetune` task levels only (e.g. finetune-multiemo-en), not on prompted tasks"
+            ) in backend.check(_recipe(tiny_bert, tasks=["arithmetic:1"]))
+    causal = backend.check(_recipe(tiny_dir))
+    assert any("is a causal LM" in problem for _, problem in causal)
+    assert any("needs train_on" in problem for _, problem in causal)
+    trained = _recipe(tiny_bert, compressions=[{"stages": [
+        {"kind": "transfer", "setting": "dense", "train": {"lr": 1e-3}}]}])
+    assert any("leave out train" in problem for _, problem in backend.check(trained))
+
+
+def test_a_finetune_level_is_not_prompted(synthetic):
+    from prunelab.errors import PrunelabError
+    from prunelab.evaluate.runner import evaluate
+    from prunelab.testing import tiny_loaded
+
+    with pytest.raises(PrunelabError, match="scored by fine-tuning an encoder"):
+        evaluate(tiny_loaded("llama"), ["finetune-synth:100"], limit=5, progress=False)
