@@ -252,9 +252,8 @@ class PrunelabBackend:
                 target=labels[gold], correct=ok, margin=scores[gold] - best_other,
                 choices=labels, choice_scores=scores, choice_scores_sum=scores,
                 chance=1 / len(labels), mc_score="mean"))
-        results = EvalResults(examples, {"fine_tuning": {k: record[k] for k in (
-            "setting", "sparsity", "method", "train_items", "steps", "seconds", "final_loss")}})
-        return [example_row(ex.to_dict()) for ex in examples], results.summary()[0]
+        return ([example_row(ex.to_dict()) for ex in examples],
+                EvalResults(examples).summary()[0])
 
     def estimate(self, recipe: Recipe, model: str, point: CompressionPoint,
                  tasks: list[TaskInfo]) -> tuple[float, float]:
