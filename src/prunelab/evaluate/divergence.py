@@ -134,45 +134,55 @@ def _probabilities(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return p.div_(total), shifted.sub_(total.log()), top.squeeze(-1)
 
 
-def token_divergences(logits_p: torch.Tensor, logits_q: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per row of [N, V] logits: JSD, KL(P‖Q), KL(Q‖P) in nats, and top-1 agreement.
+def token_divergences(logits_p: torch.Tensor, logits_q: torch.Tensor,
+                      targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Per row of [N, V] logits: JSD, KL(P‖Q), KL(Q‖P) in nats, and top-1 agreement; with
+    `targets` [N], each model's log-probability of its row's target too.
 
-    With d = log Q − log P and g = log M − log P the mixture M = (P + Q)/2's log-density
-    relative to P, JSD = ½ [Σ q·d − Σ p·g − Σ q·g], KL(P‖Q) = −Σ p·d, KL(Q‖P) = Σ q·d.
-    g = log(p + q) − ln 2 − log p costs one logarithm per entry, so the whole costs three
-    transcendentals per entry (two exponentials, one logarithm), and the four sums are row
-    dot products that make no [N, V] temporaries. g stays centred (near 0 for similar
-    models), so a small JSD is not lost to cancellation. Where p + q underflows to 0 (a
-    collapsed model's extreme logits) a slice is redone with g = softplus(d) − ln 2, which
-    cannot underflow. Rows whose logits are identical are set to exactly 0; elsewhere the
-    float32 error is about 1e-7 nats.
+    With d = log Q − log P, S = P + Q and g = log(S/2) − log P (the mixture's log-density
+    relative to P), JSD = ½ [Σ q·d − Σ s·g], KL(P‖Q) = −Σ p·d, KL(Q‖P) = Σ q·d. That costs
+    three transcendentals per entry (two exponentials, one logarithm) and three row dot
+    products, computed in place where the inputs are no longer needed. g stays centred (near 0
+    for similar models), so a small JSD is not lost to cancellation. Where p + q underflows
+    to 0 (a collapsed model's extreme logits) the slice is redone with g = softplus(d) − ln 2,
+    which cannot underflow. Rows whose logits are identical are set to exactly 0; elsewhere
+    the float32 error is about 1e-7 nats.
     """
     p, log_p, top_p = _probabilities(logits_p)
     q, log_q, top_q = _probabilities(logits_q)
-    d = log_q - log_p
-    g = (p + q).log_().sub_(LN2).sub_(log_p)
-    sums = [_row_dot(q, d), _row_dot(p, d), _row_dot(p, g), _row_dot(q, g)]
-    if not all(bool(torch.isfinite(x).all()) for x in sums):
+    out = {"agree": (top_p == top_q).float()}
+    if targets is not None:
+        t = targets.unsqueeze(1)
+        out["target_logp_p"] = log_p.gather(1, t).squeeze(1)
+        out["target_logp_q"] = log_q.gather(1, t).squeeze(1)
+    d = log_q.sub_(log_p)  # log_q is not needed again
+    q_d, p_d = _row_dot(q, d), _row_dot(p, d)
+    s = p.add_(q)  # nor p alone
+    g = log_p.neg_().add_(s.log()).sub_(LN2)  # log(s) − ln 2 − log p, in log_p's storage
+    s_g = _row_dot(s, g)
+    if not all(bool(torch.isfinite(x).all()) for x in (q_d, p_d, s_g)):
         # A masked vocabulary entry (logit −inf) has probability 0 and contributes nothing
         # (0 × inf would make the sums NaN); p + q may also have underflowed. Rare: redone
-        # only when it happens.
+        # from the logits only when it happens.
+        p, log_p, _ = _probabilities(logits_p)
+        q, log_q, _ = _probabilities(logits_q)
+        d = log_q - log_p
         d = torch.where(torch.isfinite(d), d, torch.zeros_like(d))
         g = F.softplus(d).sub_(LN2)
-        sums = [_row_dot(q, d), _row_dot(p, d), _row_dot(p, g), _row_dot(q, g)]
-    q_d, p_d, p_g, q_g = sums
-    jsd_rows = 0.5 * (q_d.double() - p_g.double() - q_g.double())
+        q_d, p_d = _row_dot(q, d), _row_dot(p, d)
+        # two sums, added in float64: rows here are far apart, and Σ q·g ≈ Σ q·d is large
+        s_g = _row_dot(p, g).double() + _row_dot(q, g).double()
+    jsd_rows = 0.5 * (q_d.double() - s_g.double())
     # Identical logits give d = 0 exactly; only rows already within float error of 0 are
     # compared entry by entry, so the check costs nothing on models that differ.
     identical = torch.zeros_like(jsd_rows, dtype=torch.bool)
     near = torch.nonzero(jsd_rows.abs() < 1e-6).flatten()
     if near.numel():
         identical[near] = (logits_p[near] == logits_q[near]).all(-1)
-    jsd = torch.where(identical, torch.zeros_like(jsd_rows), jsd_rows).clamp(0.0, LN2)
-    kl_pq = (-p_d).clamp_min(0.0)
-    kl_qp = q_d.clamp_min(0.0)
-    agree = (top_p == top_q).float()
-    return {"jsd": jsd, "kl_pq": kl_pq, "kl_qp": kl_qp, "agree": agree,
-            "log_p": log_p, "log_q": log_q}
+    out["jsd"] = torch.where(identical, torch.zeros_like(jsd_rows), jsd_rows).clamp(0.0, LN2)
+    out["kl_pq"] = (-p_d).clamp_min(0.0)
+    out["kl_qp"] = q_d.clamp_min(0.0)
+    return out
 
 
 @torch.no_grad()
@@ -206,14 +216,13 @@ def windows_divergence(dense_model, compressed_model, windows: torch.Tensor,
                        _logits(compressed_model, h_q[i:i + chunk]), i)
                       for i in range(0, targets.numel(), chunk))
         for logits_p, logits_q, i in _sliced(pieces, _token_chunk(vocab, CACHE_ELEMENTS)):
-            out = token_divergences(logits_p, logits_q)
-            t = targets[i:i + logits_p.shape[0]].unsqueeze(1)
+            out = token_divergences(logits_p, logits_q, targets[i:i + logits_p.shape[0]])
             jsd_all.append(out["jsd"].cpu())
             sums["kl_pq"] += float(out["kl_pq"].double().sum())
             sums["kl_qp"] += float(out["kl_qp"].double().sum())
             sums["agree"] += float(out["agree"].sum())
-            sums["nll_p"] -= float(out["log_p"].gather(1, t).double().sum())
-            sums["nll_q"] -= float(out["log_q"].gather(1, t).double().sum())
+            sums["nll_p"] -= float(out["target_logp_p"].double().sum())
+            sums["nll_q"] -= float(out["target_logp_q"].double().sum())
     jsd = torch.cat(jsd_all).double() if jsd_all else torch.zeros(0, dtype=torch.float64)
     n = jsd.numel()
     if n == 0:
