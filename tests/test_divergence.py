@@ -86,6 +86,20 @@ def test_pass_matches_full_logits_and_chunking_changes_nothing(family):
         assert sum(res.jsd_histogram["counts"]) + res.jsd_histogram["zeros"] == res.tokens
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_reusing_the_dense_hidden_states_gives_the_same_result(family):
+    dense = tiny_loaded(family, seed=0).model
+    other = tiny_loaded(family, seed=1).model
+    windows = torch.randint(4, 260, (3, 16))
+    hidden = dv.dense_hidden_states(dense, windows, batch_size=2)
+    assert hidden is not None and len(hidden) == 2
+    fresh = dv.windows_divergence(dense, other, windows, batch_size=2)
+    reused = dv.windows_divergence(dense, other, windows, batch_size=2, dense_hidden=hidden)
+    assert reused.jsd == fresh.jsd and reused.perplexity_dense == fresh.perplexity_dense
+    with pytest.raises(ValueError, match="other windows"):
+        dv.windows_divergence(dense, other, windows, batch_size=1, dense_hidden=hidden)
+
+
 def test_different_tokenizers_or_vocabularies_are_refused():
     dense = tiny_loaded("llama")
     smaller = tiny_loaded("llama")

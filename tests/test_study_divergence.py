@@ -119,11 +119,14 @@ def test_real_backend_compares_with_its_pristine_dense_copy(tmp_path):
     backend = PrunelabBackend()
     same = backend.divergence(handle, str(text), 32, 2)
     assert same["jsd"] == 0.0 and same["top1_agreement"] == 1.0
+    cached = handle.dense_pass[2]
+    assert cached is not None  # the dense side, computed once for every compressed model
     with torch.no_grad():
         for p in handle.loaded.model.parameters():
             p.mul_((torch.rand_like(p) > 0.5).float())
     handle.dirty = True
     moved = backend.divergence(handle, str(text), 32, 2)
+    assert handle.dense_pass[2] is cached
     assert 0 < moved["jsd"] <= math.log(2) and moved["tokens"] == 62
     backend.reset(handle)
     assert backend.divergence(handle, str(text), 32, 2)["jsd"] == 0.0

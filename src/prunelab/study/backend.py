@@ -49,6 +49,7 @@ class _Handle:
         self.loaded = loaded
         self.pristine = copy.deepcopy(loaded.model)
         self.dirty = False
+        self.dense_pass = None  # (divergence windows' key, windows, dense hidden states)
 
     def reset(self) -> None:
         self.loaded.info.pop(DEFERRED_TRANSFER, None)
@@ -181,10 +182,16 @@ class PrunelabBackend:
     def divergence(self, handle: _Handle, source: str, seqlen: int, n_windows: int) -> dict:
         """The compressed model against the pristine dense copy (`_Handle.pristine`)."""
         from prunelab.data.corpora import eval_windows
-        from prunelab.evaluate.divergence import windows_divergence
+        from prunelab.evaluate.divergence import dense_hidden_states, windows_divergence
 
-        windows = eval_windows(handle.loaded, source, seqlen, n_windows)
-        return windows_divergence(handle.pristine, handle.loaded.model, windows).to_dict()
+        key = (source, seqlen, n_windows)
+        if handle.dense_pass is None or handle.dense_pass[0] != key:
+            # The dense side computed once per model and reused by every compressed one.
+            windows = eval_windows(handle.loaded, source, seqlen, n_windows)
+            handle.dense_pass = (key, windows, dense_hidden_states(handle.pristine, windows))
+        _, windows, hidden = handle.dense_pass
+        return windows_divergence(handle.pristine, handle.loaded.model, windows,
+                                  dense_hidden=hidden).to_dict()
 
     def refusal(self, handle: _Handle, config) -> dict:
         from prunelab.evaluate.refusal import evaluate_refusal, load_requests, load_templates
