@@ -119,3 +119,10 @@ def test_a_finetune_level_is_not_prompted(synthetic):
 
     with pytest.raises(PrunelabError, match="scored by fine-tuning an encoder"):
         evaluate(tiny_loaded("llama"), ["finetune-synth:100"], limit=5, progress=False)
+
+
+def test_prunelab_eval_refuses_a_finetune_level_before_loading(synthetic):
+    from tests.cli_helpers import assert_user_error, run
+
+    assert_user_error(run("eval", "no-such-model", "--tasks", "finetune-synth:100"),
+                      "scored by fine-tuning an encoder")

@@ -31,12 +31,13 @@ def eval_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with ETA"),
 ) -> None:
     """Evaluate MODEL on tasks; print a per-level table with 95% intervals."""
-    from prunelab.evaluate.runner import evaluate
+    from prunelab.evaluate.runner import check_prompted, evaluate
     from prunelab.paths import write_json_atomic
     from prunelab.tasks.registry import get_tasks
     from prunelab.zoo.models import load_model
 
     for task in get_tasks(tasks):  # unknown tasks and too-large limits fail before loading
+        check_prompted(task)
         task.select(limit, seed)
     loaded = load_model(model)
     results = evaluate(loaded, tasks, limit=limit, seed=seed, batch_size=batch_size,

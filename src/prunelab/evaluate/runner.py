@@ -67,12 +67,17 @@ def _too_long(task: Task, item: Item, length: int, limit: int, model: str) -> Pr
         "use fewer shots, fewer distractor paragraphs, or a model with a longer context")
 
 
-def plan_task(loaded, task: Task, limit: int | None, seed: int) -> Plan:
+def check_prompted(task: Task) -> None:
+    """Refuse a task this engine cannot score: a `finetune` level is trained, not prompted."""
     if task.kind == "finetune":
         raise PrunelabError(f"task {task.name} is scored by fine-tuning an encoder on its "
                             "training split, not by prompting a model",
                             "use it in a study with an encoder (recipes/transfer-encoder.yaml) "
                             "or run `prunelab transfer-encoder`")
+
+
+def plan_task(loaded, task: Task, limit: int | None, seed: int) -> Plan:
+    check_prompted(task)
     items = task.select(limit, seed)
     plan = Plan(task, items)
     max_length = loaded.max_length
