@@ -16,12 +16,12 @@ chance when dense are left out. A positive effect: the source keeps more of the 
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 
 import numpy as np
 
 from prunelab.study.stats import _relative, collect, resamples
+from prunelab.study.trend import percentile_ci
 
 
 def _source(stage: dict, default: str) -> str:
@@ -84,9 +84,7 @@ def calibration_effects(points: list[dict], examples, records=None, *,
                     boot = np.mean([_relative(lv, (arm, x), idx, None, measure)
                                     - _relative(lv, (ref_arm, x), idx, None, measure)
                                     for lv, idx in both], axis=0)
-                    boot = boot[np.isfinite(boot)]
-                    low, high = (np.quantile(boot, [0.025, 0.975]) if boot.size
-                                 else (math.nan, math.nan))
+                    low, high = percentile_ci(boot)
                     rows.append({"model": model, "family": family,
                                  "method": arms[arm]["method"], "arm": arm,
                                  "reference_arm": ref_arm, "source": source,

@@ -41,6 +41,7 @@ import numpy as np
 
 from prunelab.evaluate.metrics import Metric, continuous_metric, get_metric
 from prunelab.study import trend
+from prunelab.study.trend import percentile_ci
 
 VERDICTS = ("harder drops more", "no evidence", "opposite", "not monotonic")
 
@@ -256,14 +257,6 @@ def resamples(levels: list[Level], n_boot: int, rng) -> list[np.ndarray | None]:
             for lv in levels]
 
 
-def _ci(samples: np.ndarray) -> tuple[float, float]:
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        return (math.nan, math.nan)
-    low, high = np.quantile(samples, [0.025, 0.975])
-    return float(low), float(high)
-
-
 # -- the analysis ----------------------------------------------------------------------------------
 
 
@@ -319,7 +312,7 @@ def _relative_rows(out: Analysis, fb: FamilyBoot, x_field: str | None) -> None:
         for xi, x in enumerate(fb.xs):
             if math.isnan(fb.point[li, xi]) and (fb.arm, x) not in lv.pruned:
                 continue
-            low, high = _ci(fb.boot[:, li, xi])
+            low, high = percentile_ci(fb.boot[:, li, xi])
             seeds = lv.pruned.get((fb.arm, x), {})
             out.relative.append({
                 "model": fb.model, "arm": fb.arm, "x": x, "x_field": x_field,
@@ -370,7 +363,7 @@ def _rank_rows(out: Analysis, fb: FamilyBoot) -> None:
         row = {**{k: base[k] for k in ("model", "arm", "family", "levels_used")},
                "x": fb.xs[xi],
                "slope": float(trend.slopes(ranks, drop_point[:, xi])),
-               "slope_ci": _ci(slope_b),
+               "slope_ci": percentile_ci(slope_b),
                "p": trend.bootstrap_p(float(trend.slopes(ranks, drop_point[:, xi])), slope_b,
                                       items),
                "spearman": rho, "kendall": float(kendall(ranks, drop_point[:, xi])[0]),
@@ -380,7 +373,7 @@ def _rank_rows(out: Analysis, fb: FamilyBoot) -> None:
             rho_b = spearman(ranks, np.nan_to_num(drop_boot[:, :, xi]))
             tau_b = kendall(ranks, np.nan_to_num(drop_boot[:, :, xi]))
             rho_b[~finite], tau_b[~finite] = np.nan, np.nan
-            row["spearman_ci"], row["kendall_ci"] = _ci(rho_b), _ci(tau_b)
+            row["spearman_ci"], row["kendall_ci"] = percentile_ci(rho_b), percentile_ci(tau_b)
         out.monotonicity.append(row)
     if not usable:
         out.verdicts.append({**base, **empty, "verdict": "no usable sparsity"})
@@ -396,10 +389,10 @@ def _rank_rows(out: Analysis, fb: FamilyBoot) -> None:
     effect_point = float(np.mean(drop_point[hard, usable] - drop_point[easy, usable]))
     effect_boot = np.mean(drop_boot[:, hard, usable] - drop_boot[:, easy, usable], axis=1)
     out.verdicts.append({
-        **base, "verdict": None, "slope": slope, "slope_ci": _ci(slope_boot),
+        **base, "verdict": None, "slope": slope, "slope_ci": percentile_ci(slope_boot),
         "p": trend.bootstrap_p(slope, slope_boot, items), "p_holm": math.nan,
         "spearman": float(np.mean(rho_all)), "spearman_ci": nan2,
-        "effect": effect_point, "effect_ci": _ci(effect_boot), "sparsities": len(usable),
+        "effect": effect_point, "effect_ci": percentile_ci(effect_boot), "sparsities": len(usable),
         "reversals": [f"{fb.levels[valid[a]].level}→{fb.levels[valid[b]].level}"
                       for a, b in trend.adjacent_reversals(ranks, drop_boot[:, :, usable],
                                                            np.sign(slope))]})

@@ -15,9 +15,9 @@ resample for every setting: they answer the same items) and over seeds:
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from prunelab.study.trend import percentile_ci
 
 
 def transfer_settings(points: list[dict]) -> dict[str, str]:
@@ -38,14 +38,6 @@ def _score(lv, key, idx, seed_pick) -> np.ndarray:
         return per_seed.mean(axis=0)
     pick = seed_pick[:, : len(runs)] % len(runs)
     return per_seed[pick, np.arange(per_seed.shape[1])[:, None]].mean(axis=1)
-
-
-def _ci(samples: np.ndarray) -> tuple[float, float]:
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        return (math.nan, math.nan)
-    low, high = np.quantile(samples, [0.025, 0.975])
-    return float(low), float(high)
 
 
 def analyse_transfer(levels: list, settings: dict[str, str], *, n_boot: int = 1000,
@@ -76,19 +68,19 @@ def analyse_transfer(levels: list, settings: dict[str, str], *, n_boot: int = 10
                 boot = lv.metric.relative(_score(lv, key, idx, seed_pick), dense_boot)
                 relative.setdefault((setting, key[1]), (point, boot))
                 shares.append({**base, "setting": setting, "arm": key[0], "x": key[1],
-                               "of_dense_transfer": point, "ci": _ci(boot)})
+                               "of_dense_transfer": point, "ci": percentile_ci(boot)})
             for x in sorted({x for (_, x) in relative}):
                 sparse = relative.get(("sparse", x))
                 regrow = relative.get(("sparse-to-dense", x))
                 frozen = relative.get(("freeze", x))
                 row = {**base, "x": x}
                 # The gap is only a gap where sparse transfer credibly lost something.
-                if sparse and regrow and _ci(sparse[1])[1] < 1:
+                if sparse and regrow and percentile_ci(sparse[1])[1] < 1:
                     closed = (regrow[0] - sparse[0]) / (1 - sparse[0])
                     closed_boot = (regrow[1] - sparse[1]) / (1 - sparse[1])
-                    row.update(gap_closed=closed, gap_closed_ci=_ci(closed_boot))
+                    row.update(gap_closed=closed, gap_closed_ci=percentile_ci(closed_boot))
                 if frozen:
-                    row.update(freeze_keeps=frozen[0], freeze_keeps_ci=_ci(frozen[1]))
+                    row.update(freeze_keeps=frozen[0], freeze_keeps_ci=percentile_ci(frozen[1]))
                 if len(row) > len(base) + 1:
                     recovery.append(row)
     return shares, recovery

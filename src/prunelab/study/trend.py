@@ -20,7 +20,19 @@ of any false "harder drops more" / "opposite" in a report stays at 5%.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+
+def percentile_ci(samples: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap samples, ignoring non-finite replicates
+    (NaN, NaN when none is finite)."""
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return (math.nan, math.nan)
+    low, high = np.quantile(samples, [0.025, 0.975])
+    return float(low), float(high)
 
 
 def slopes(ranks: np.ndarray, drops: np.ndarray) -> np.ndarray:
