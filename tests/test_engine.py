@@ -8,7 +8,7 @@ from prunelab.engine import _collect, _input_groups, BlockRunner, prune_blocks
 from prunelab.errors import PrunelabError
 from prunelab.methods.base import make_method
 from prunelab.methods.masks import NMPattern
-from prunelab.testing import TINY_CONFIGS, tiny_model
+from prunelab.testing import TINY_CONFIGS, dense_layer_inputs, tiny_model
 
 FAMILIES = sorted(TINY_CONFIGS)
 METHODS = ["magnitude", "wanda", "sparsegpt"]
@@ -204,21 +204,6 @@ from prunelab.methods.sparsegpt import sparsegpt_prune  # noqa: E402
 from prunelab.methods.wanda import Wanda  # noqa: E402
 
 
-def _dense_layer_inputs(model, windows):
-    """Each prunable layer's inputs over the windows, from full forwards of the dense model."""
-    found = arch.find_blocks(model)
-    layers = {f"{found.path}.{i}.{n}": m for i, b in enumerate(found.blocks)
-              for n, m in arch.prunable_layers(b).items()}
-    seen = {name: [] for name in layers}
-    handles = [m.register_forward_hook(lambda mod, a, o, n=name: seen[n].append(a[0]))
-               for name, m in layers.items()]
-    with torch.no_grad():
-        model(input_ids=windows, use_cache=False)
-    for h in handles:
-        h.remove()
-    return {n: torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]) for n, xs in seen.items()}
-
-
 class _PlannedWanda(Wanda):
     """Wanda with per-layer sparsities from a plan over the dense model's statistics."""
 
@@ -232,7 +217,7 @@ class _PlannedWanda(Wanda):
 
 def test_plan_sees_dense_statistics_and_sets_per_layer_targets():
     model, windows = tiny_model("llama"), _windows()
-    dense_inputs = _dense_layer_inputs(tiny_model("llama"), windows)
+    dense_inputs = dense_layer_inputs(tiny_model("llama"), windows)
     method = _PlannedWanda(NoOptions())
     records = prune_blocks(model, method, 0.5, None, windows, batch_size=2, progress=False)
     context = method.seen

@@ -190,9 +190,7 @@ def test_the_engine_writes_dequantized_weights_and_keeps_the_codes():
     windows = torch.randint(4, 260, (4, 16), generator=torch.Generator().manual_seed(0))
     records = prune_blocks(model, make_method("gptq", {"bits": "4", "group_size": "32"}), 0.0,
                            None, windows, batch_size=2, progress=False)
-    found = arch.find_blocks(model)
-    names = [f"{found.path}.{i}.{n}" for i, b in enumerate(found.blocks)
-             for n in arch.prunable_layers(b)]
+    names = list(arch.named_prunable_layers(model))
     assert sorted(records.quantized) == sorted(names)
     modules = dict(model.named_modules())
     for name, quantized in records.quantized.items():

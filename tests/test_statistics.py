@@ -86,9 +86,7 @@ def test_gradients_equal_per_window_backward_passes():
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     got = gather_gradients(model, windows, ["grad_sq_sum"])
 
-    found = arch.find_blocks(model)
-    layers = {f"{found.path}.{i}.{n}": m for i, b in enumerate(found.blocks)
-              for n, m in arch.prunable_layers(b).items()}
+    layers = arch.named_prunable_layers(model)
     assert set(got) == set(layers)
     expected = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
     for window in windows:

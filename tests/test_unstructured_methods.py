@@ -15,29 +15,11 @@ from prunelab.methods.dsnot import dsnot_refine
 from prunelab.methods.masks import NMPattern
 from prunelab.methods.owl import nm_pruned_counts, outlier_ratio, owl_sparsities
 from prunelab.methods.wanda_variant import variant_mask
-from prunelab.testing import tiny_model
+from prunelab.testing import dense_layer_inputs, tiny_model
 
 
 def _windows(n=6, length=24, seed=0):
     return torch.randint(4, 260, (n, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _layers(model):
-    found = arch.find_blocks(model)
-    return {f"{found.path}.{i}.{n}": m for i, b in enumerate(found.blocks)
-            for n, m in arch.prunable_layers(b).items()}
-
-
-def _dense_inputs(model, windows):
-    layers = _layers(model)
-    seen = {name: [] for name in layers}
-    handles = [m.register_forward_hook(lambda mod, a, o, n=name: seen[n].append(a[0]))
-               for name, m in layers.items()]
-    with torch.no_grad():
-        model(input_ids=windows, use_cache=False)
-    for h in handles:
-        h.remove()
-    return {n: torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]) for n, xs in seen.items()}
 
 
 # --- OWL ---------------------------------------------------------------------------------
@@ -58,8 +40,8 @@ def _owl_reference(block_scores, sparsity, lam, m):
 def test_owl_plan_equals_the_reference_rule_and_prunes_like_wanda_at_those_sparsities():
     windows = _windows()
     model, reference = tiny_model("gemma3"), tiny_model("gemma3")  # three blocks
-    inputs = _dense_inputs(tiny_model("gemma3"), windows)
-    layers = _layers(reference)
+    inputs = dense_layer_inputs(tiny_model("gemma3"), windows)
+    layers = arch.named_prunable_layers(reference)
     method = make_method("owl", {"lam": 0.1, "m": 2})
     records = prune_blocks(model, method, 0.6, None, windows, batch_size=2, progress=False)
 
@@ -173,7 +155,7 @@ def test_random_baseline_is_seeded_exact_and_differs_by_seed():
         model = tiny_model("llama")
         prune_blocks(model, make_method("random", {"mask_seed": seed}), 0.5, None, None,
                      progress=False)
-        return [arch.weight_matrix(m) == 0 for m in _layers(model).values()]
+        return [arch.weight_matrix(m) == 0 for m in arch.named_prunable_layers(model).values()]
 
     first, again, other = masks(1), masks(1), masks(2)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
@@ -196,9 +178,9 @@ def _write_map(entries, suffix=".json"):
 
 def test_sparsity_map_sets_blocks_and_layers_and_checks_the_mean():
     model = tiny_model("llama")
-    names = list(_layers(model))
+    names = list(arch.named_prunable_layers(model))
     q0 = names[0]  # model.layers.0.self_attn.q_proj, overriding block 0's entry
-    sizes = {n: arch.weight_matrix(m).numel() for n, m in _layers(model).items()}
+    sizes = {n: arch.weight_matrix(m).numel() for n, m in arch.named_prunable_layers(model).items()}
     block0 = [n for n in names if ".0." in n]
     total = sum(sizes.values())
     # Choose block 1's value so that the weighted mean is exactly 0.5.
@@ -254,14 +236,14 @@ def test_gblm_scores_and_masks_equal_a_transcription_of_the_reference():
     # VILA-Lab/GBLM-Pruner: per window, backward of the LM loss (labels = inputs) on the dense
     # model, accumulating (100·g)² in fp32; G = sqrt. Activation term: running mean over
     # windows of Σ_tokens x² (block 0 sees the same inputs whether or not it is sequential).
-    layers = {n: m for n, m in _layers(reference).items() if ".0." in n}
+    layers = {n: m for n, m in arch.named_prunable_layers(reference).items() if ".0." in n}
     grads = {n: torch.zeros_like(m.weight) for n, m in layers.items()}
     for window in windows:
         reference.zero_grad()
         reference(input_ids=window[None], labels=window[None], use_cache=False).loss.backward()
         for n, m in layers.items():
             grads[n] += (m.weight.grad * 100) ** 2
-    inputs = _dense_inputs(reference, windows)
+    inputs = dense_layer_inputs(reference, windows)
     for n, m in layers.items():
         W = m.weight.detach()
         scaler_row = inputs[n].pow(2).sum(0) / len(windows)
@@ -279,7 +261,7 @@ def test_gradients_with_too_little_memory_are_refused_first(monkeypatch):
         prune_blocks(model, make_method("gblm"), 0.5, None, _windows(), progress=False)
     monkeypatch.undo()
     assert engine.backward_bytes(model, 24) > 4 * sum(
-        arch.weight_matrix(m).numel() for m in _layers(model).values())
+        arch.weight_matrix(m).numel() for m in arch.named_prunable_layers(model).values())
 
 
 def test_an_out_of_memory_backward_is_one_user_error(monkeypatch):
@@ -369,7 +351,7 @@ def test_dsnot_after_any_method_keeps_sparsity_patterns_and_skips_the_mlp():
     nm = tiny_model("llama")
     prune_blocks(nm, make_method("dsnot", {"skip": ""}), 0.5, NMPattern(2, 4), windows,
                  progress=False)
-    for m in _layers(nm).values():
+    for m in arch.named_prunable_layers(nm).values():
         assert ((arch.weight_matrix(m) != 0).reshape(m.weight.shape[0], -1, 4).sum(-1)
                 == 2).all()
 

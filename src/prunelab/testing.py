@@ -65,3 +65,22 @@ def tiny_loaded(family: str = "llama", seed: int = 0):
 
     return LoadedModel(model=tiny_model(family, seed), tokenizer=tiny_tokenizer(),
                        name=f"tiny-{family}", path=None, info={"tiny": True})
+
+
+def dense_layer_inputs(model, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each prunable layer's inputs [tokens, in] over `windows`, by full layer name, from one
+    full forward of the unpruned model (the reference the block-by-block engine is checked
+    against)."""
+    from prunelab.arch import named_prunable_layers
+
+    layers = named_prunable_layers(model)
+    seen: dict[str, list] = {name: [] for name in layers}
+    handles = [m.register_forward_hook(lambda mod, a, o, n=name: seen[n].append(a[0]))
+               for name, m in layers.items()]
+    try:
+        with torch.no_grad():
+            model(input_ids=windows, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]) for n, xs in seen.items()}
