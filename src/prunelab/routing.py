@@ -259,11 +259,11 @@ def build_seap_router(loaded, families: Sequence[str], sparsity: float, *, eval_
     if depth > keep_first:
         raise PrunelabError(f"routing depth {depth} reads blocks SEAP prunes (keep_first="
                             f"{keep_first})", f"use a depth of at most {keep_first}")
-    prompts = {f: routing_prompts(f, eval_limit, eval_seed) for f in families}
-    router = fit_router({f: prompt_features(loaded, p, depth) for f, p in prompts.items()},
-                        depth)
-    fitted = {f: float((router.predict(prompt_features(loaded, p, depth))
-                        == router.labels.index(f)).float().mean()) for f, p in prompts.items()}
+    features = {f: prompt_features(loaded, routing_prompts(f, eval_limit, eval_seed), depth)
+                for f in families}
+    router = fit_router(features, depth)
+    fitted = {f: float((router.predict(x) == router.labels.index(f)).float().mean())
+              for f, x in features.items()}
     experts = {}
     for family in families:
         expert = LoadedModel(copy.deepcopy(loaded.model), loaded.tokenizer,

@@ -428,9 +428,13 @@ def _fine_tuning_seconds(stage, per_token: float, params: float) -> float:
                 left = task.size - (stage.holdout_limit or 0)
                 items += max(left, 0)
         steps = train.epochs * -(-items // train.batch_size)
-    step = (TRAIN_FORWARDS_PER_STEP * train.batch_size * TRAIN_TOKENS_PER_EXAMPLE * per_token
+    return steps * _train_step_seconds(train.batch_size, per_token, params)
+
+
+def _train_step_seconds(batch_size: int, per_token: float, params: float) -> float:
+    """One fine-tuning step: forward and backward over the batch, then the AdamW update."""
+    return (TRAIN_FORWARDS_PER_STEP * batch_size * TRAIN_TOKENS_PER_EXAMPLE * per_token
             + OPTIMIZER_SECONDS_PER_PARAM * params)
-    return steps * step
 
 
 def _finetune_seconds(recipe: Recipe, task: TaskInfo, per_token: float,
@@ -441,10 +445,9 @@ def _finetune_seconds(recipe: Recipe, task: TaskInfo, per_token: float,
     train = TrainConfig(**{"batch_size": 32, **(recipe.eval.finetune or {})})
     items = math.ceil(FINETUNE_TRAIN * float(task.level) / 100)
     steps = train.max_steps or train.epochs * -(-items // train.batch_size)
-    step = (TRAIN_FORWARDS_PER_STEP * train.batch_size * TRAIN_TOKENS_PER_EXAMPLE * per_token
-            + OPTIMIZER_SECONDS_PER_PARAM * params)
     n_test = min(task.size or 500, recipe.eval.limit or task.size or 500)
-    return steps * step + n_test * TRAIN_TOKENS_PER_EXAMPLE * per_token
+    return (steps * _train_step_seconds(train.batch_size, per_token, params)
+            + n_test * TRAIN_TOKENS_PER_EXAMPLE * per_token)
 
 
 def timed(fn, *args, **kwargs):
