@@ -151,6 +151,8 @@ def generate(loaded, prompts: list[str], max_new_tokens: int = 64,
     """Greedy answers to each prompt through the chat template (left-padded batches)."""
     import torch
 
+    from prunelab.evaluate.scoring import left_padded
+
     tok, model = loaded.tokenizer, loaded.model
     encoded = [chat_prompt(tok, p) for p in prompts]
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -160,12 +162,8 @@ def generate(loaded, prompts: list[str], max_new_tokens: int = 64,
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            width = max(len(encoded[j]) for j in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for b, j in enumerate(chunk):
-                ids[b, width - len(encoded[j]):] = torch.tensor(encoded[j])
-                mask[b, width - len(encoded[j]):] = 1
+            ids, mask = left_padded([encoded[j] for j in chunk], pad)
+            width = ids.shape[1]
             generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                        max_new_tokens=max_new_tokens, do_sample=False,
                                        num_beams=1, pad_token_id=pad)
@@ -196,6 +194,8 @@ def judge_refusals(judge, pairs: list[tuple[str, str]], batch_size: int = 8) -> 
     its chat template (a plain "Answer:" prompt if it has none)."""
     import torch
 
+    from prunelab.evaluate.scoring import left_padded
+
     tok, model = judge.tokenizer, judge.model
     yes = _first_token_ids(tok, ["Yes", " Yes", "yes", " yes"])
     no = _first_token_ids(tok, ["No", " No", "no", " no"])
@@ -215,12 +215,7 @@ def judge_refusals(judge, pairs: list[tuple[str, str]], batch_size: int = 8) -> 
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
             chunk = list(range(start, min(start + batch_size, len(encoded))))
-            width = max(len(encoded[j]) for j in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for b, j in enumerate(chunk):  # left padding: the last position is the answer's
-                ids[b, width - len(encoded[j]):] = torch.tensor(encoded[j])
-                mask[b, width - len(encoded[j]):] = 1
+            ids, mask = left_padded([encoded[j] for j in chunk], pad)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
             p_yes = torch.logsumexp(logp[:, yes], dim=-1)

@@ -278,6 +278,18 @@ def line_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     return cached
 
 
+def left_padded(sequences: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) [B, longest] with each sequence right-aligned: its last token
+    sits in the last column, where generation continues and next-token logits are read."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, seq in enumerate(sequences):
+        ids[b, width - len(seq):] = torch.tensor(seq)
+        mask[b, width - len(seq):] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate_greedy(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int,
                     batch_size: int = 16, pad_id: int = 0, progress: Progress = None) -> list[list[int]]:
@@ -297,12 +309,8 @@ def generate_greedy(model, tokenizer, prompts: Sequence[list[int]], *, max_new_t
     outputs: list[list[int] | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
-        width = max(len(prompts[j]) for j in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(chunk), width), dtype=torch.long)
-        for b, j in enumerate(chunk):
-            ids[b, width - len(prompts[j]):] = torch.tensor(prompts[j])
-            attn[b, width - len(prompts[j]):] = 1
+        ids, attn = left_padded([prompts[j] for j in chunk], pad_id)
+        width = ids.shape[1]
         stop = _StopAtLineEnd(newline, blank, eos)
         generated = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
                                    generation_config=config,
