@@ -17,6 +17,30 @@ def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
     assert "unknown model" in result.stderr
 
 
+@pytest.mark.parametrize("args,fragment", [
+    (["study", "recipes/demo.yaml", "--no-such-option"], "No such option: --no-such-option"),
+    (["--no-such-option"], "No such option"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+    (["study"], "Missing argument 'recipe': see `prunelab study --help`"),
+    (["prune", "smollm2-135m", "--sparsity", "half"], "Invalid value for '--sparsity'"),
+])
+def test_argument_parsing_errors_are_one_line_too(args, fragment):
+    # typer 0.2x raises its own copy of click's exceptions: neither a traceback nor click's
+    # multi-line usage block may reach the user
+    assert_user_error(run(*args), fragment)
+
+
+def test_a_study_device_that_is_not_here_is_one_line(tmp_path):
+    import torch
+
+    assert_user_error(run("study", "recipes/transfer-quick.yaml", "--run-dir",
+                          str(tmp_path / "run"), "--device", "nonsense"), "not a torch device")
+    if not torch.cuda.is_available():
+        assert_user_error(run("study", "recipes/transfer-quick.yaml", "--run-dir",
+                              str(tmp_path / "run"), "--device", "cuda"), "sees no CUDA GPU")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "calib.txt"

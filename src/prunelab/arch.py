@@ -174,7 +174,8 @@ def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, input_ids: torc
     for block in blocks[1:]:
         block.forward = stand_in
     try:
-        model(input_ids=input_ids, use_cache=False)
+        # the windows are kept on the CPU; the embeddings may be on an accelerator
+        model(input_ids=input_ids.to(model.get_input_embeddings().weight.device), use_cache=False)
     except _StopForward:
         pass
     finally:

@@ -163,18 +163,28 @@ def _register_optional() -> None:
 _register_optional()
 
 
+# typer 0.2x parses with its own copy of click, whose exceptions are not click's
+_EXITS = (click.exceptions.Exit, typer.Exit)
+_USAGE_ERRORS = (click.ClickException, *filter(None, [getattr(typer, "TyperException", None)]))
+_ABORTS = (click.Abort, typer.Abort, KeyboardInterrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False, prog_name="prunelab")
     except PrunelabError as exc:
         typer.echo(f"prunelab: error: {exc}", err=True)
         sys.exit(PrunelabError.exit_code)
-    except click.exceptions.Exit as exc:
+    except _EXITS as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except _USAGE_ERRORS as exc:
+        # one line, like every other bad input (click's own answer is a usage block)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "prunelab"
+        typer.echo(f"prunelab: error: {message.rstrip('.')}: see `{command} --help`", err=True)
+        sys.exit(2)
+    except _ABORTS:
         typer.echo("prunelab: interrupted", err=True)
         sys.exit(130)
 

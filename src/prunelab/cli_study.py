@@ -67,13 +67,16 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {m:02d} min" if hours else f"{m} min {s:02d} s"
 
 
-def _run(recipe, run_dir: Path, force: bool, dry: bool, report: bool) -> None:
+def _run(recipe, run_dir: Path, force: bool, dry: bool, report: bool,
+         device: str | None = None, progress: bool = True) -> None:
+    from prunelab.study.backend import PrunelabBackend
     from prunelab.study.runner import dry_run, run_study
 
+    backend = PrunelabBackend(device)
     if dry:
-        _print_dry_run(dry_run(recipe, run_dir=run_dir))
+        _print_dry_run(dry_run(recipe, backend, run_dir=run_dir))
         return
-    outcome = run_study(recipe, run_dir, force=force)
+    outcome = run_study(recipe, run_dir, force=force, backend=backend, progress=progress)
     typer.echo(f"{outcome.points_run} points run, {outcome.points_done_before} already done "
                f"(of {outcome.points_total}) in {_duration(outcome.seconds)}")
     typer.echo(f"results: {run_dir / 'results.sqlite'}")
@@ -99,12 +102,15 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, help="items per task level"),
         seed: Optional[list[int]] = typer.Option(None, help="replace the recipe's seeds"),
         report: bool = typer.Option(True, help="write report.html / report.md at the end"),
+        device: Optional[str] = typer.Option(None, help="run models there, e.g. cuda "
+                                             "(default: the CPU)"),
+        progress: bool = typer.Option(True, help="show a progress bar with an ETA"),
     ) -> None:
         """Run (or resume) a pruning study; finished points are never recomputed."""
         from prunelab.study.recipe import load_recipe
 
         r = load_recipe(recipe, _overrides(set_, model, tasks, limit, seed))
-        _run(r, run_dir or Path("runs") / r.name, force, dry_run, report)
+        _run(r, run_dir or Path("runs") / r.name, force, dry_run, report, device, progress)
 
     @app.command()
     def demo(

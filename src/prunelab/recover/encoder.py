@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.recover.loop import TrainConfig, fine_tune
+from prunelab.recover.loop import TrainConfig, fine_tune, to_device
 from prunelab.recover.transfer import TransferSetting, check_setting
 from prunelab.tasks.base import Item
 from prunelab.tasks.classification import Split, split
+
 
 def is_encoder(model) -> bool:
     """Whether a model is an encoder (no causal LM head): the transfer study's encoder track."""
@@ -24,13 +25,20 @@ def is_encoder(model) -> bool:
 def load_classifier(source: str, num_labels: int, seed: int):
     """(model, tokenizer): the encoder with a new classification head seeded by `seed`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from prunelab.zoo.models import resolve
 
     target, _ = resolve(source)
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(target, num_labels=num_labels,
-                                                               dtype=torch.float32)
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new head is meant to be missing from the checkpoint
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            target, num_labels=num_labels, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return model.eval(), AutoTokenizer.from_pretrained(target)
 
 
@@ -63,7 +71,8 @@ def label_logprobs(model, tokenizer, items: list[Item], batch_size: int = 64) ->
     for start in range(0, len(examples), batch_size):
         batch = gather(examples[start:start + batch_size])
         batch.pop("labels")
-        out.append(torch.log_softmax(model(**batch).logits.float(), -1).numpy())
+        batch = to_device(batch, next(model.parameters()).device)
+        out.append(torch.log_softmax(model(**batch).logits.float(), -1).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -78,11 +87,13 @@ def encoder_transfer(source: str, task: str, setting: str, *, sparsity: float = 
                      method: str = "magnitude-global", adequacy: float = 1.0,
                      n_train: int = 2000, n_test: int = 500, train: TrainConfig | None = None,
                      progress: bool = True, loaded_model=None, items=None,
-                     data: Split | None = None) -> dict:
+                     data: Split | None = None, device: str | torch.device | None = None
+                     ) -> dict:
     """Prune `source`'s encoder (its blocks' linear layers) at `sparsity` with `method` (global
     magnitude, the paper's choice for encoders), fine-tune it with a new head in `setting`, and
-    score the test split. `loaded_model` = (model, tokenizer) and `items` replace the zoo
-    model and the task's BIG-bench data (tests)."""
+    score the test split, on `device` (default: where the model is, the CPU for a zoo model).
+    `loaded_model` = (model, tokenizer) and `items` replace the zoo model and the task's
+    BIG-bench data (tests)."""
     from prunelab.api import prune
     from prunelab.recover.run import _prunable_weights, _restore
     from prunelab.zoo.models import LoadedModel
@@ -91,6 +102,8 @@ def encoder_transfer(source: str, task: str, setting: str, *, sparsity: float = 
     train = (train or TrainConfig(batch_size=32)).validate()
     data = data or split(task, n_train, n_test, adequacy=adequacy, items=items)
     model, tokenizer = loaded_model or load_classifier(source, len(data.labels), train.seed)
+    if device is not None:
+        model.to(device)
     masks: dict = {}
     if setting != "dense":
         if not 0 < sparsity < 1:

@@ -81,6 +81,17 @@ def linear_schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
     return factor
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A collated batch (a tensor, or a dict/list/tuple of them) on `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
 def fine_tune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list], Any],
               loss_of: Callable[[nn.Module, Any], torch.Tensor], config: TrainConfig, *,
               setting: TransferSetting | None = None, checkpoint: str | Path | None = None,
@@ -90,7 +101,8 @@ def fine_tune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list
 
     With `checkpoint`, the model, optimiser, schedule and step are saved there every
     `config.checkpoint_every` steps (written to a temporary file and renamed) and a run that
-    finds one resumes from it; the file is removed when training ends."""
+    finds one resumes from it; the file is removed when training ends. Batches are moved to
+    the device the model's parameters are on."""
     config.validate()
     if not examples:
         raise PrunelabError("fine-tuning got no training examples",
@@ -99,6 +111,7 @@ def fine_tune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list
     if not params:
         raise PrunelabError("nothing to train: no parameter requires gradients",
                             "choose a trainable subset that exists in this model")
+    device = params[0].device
     per_epoch = math.ceil(len(examples) / config.batch_size)
     total = per_epoch * config.epochs
     if config.max_steps is not None:
@@ -111,7 +124,7 @@ def fine_tune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list
     if setting is not None:
         setting.start()
     if path is not None and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
         if state.get("config") != asdict(config):
             raise PrunelabError(f"{path} is a checkpoint of another training configuration",
                                 "remove it or train with the configuration it was made with")
@@ -132,7 +145,8 @@ def fine_tune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(examples), generator=generator).tolist()
         for start in range(position * config.batch_size, len(examples), config.batch_size):
-            batch = collate([examples[i] for i in order[start:start + config.batch_size]])
+            batch = to_device(collate([examples[i] for i in order[start:start + config.batch_size]]),
+                              device)
             loss = loss_of(model, batch)
             if not bool(torch.isfinite(loss)):
                 # Stopped here, not trained on: the settings' masks multiply by 0/1, and a

@@ -72,12 +72,22 @@ def _same_structure(model, reference) -> bool:
 
 
 class PrunelabBackend:
-    """The real thing: zoo models, registered stages, the task suite and evaluation engine."""
+    """The real thing: zoo models, registered stages, the task suite and evaluation engine.
+
+    With a `device` (e.g. "cuda"), models are moved there when loaded (the pristine dense copy
+    too) and every stage, evaluation and fine-tuning runs there. A device other than the CPU
+    is part of the points' keys, like the software versions: its float rounding differs."""
+
+    def __init__(self, device: str | None = None):
+        self.device = check_study_device(device)
 
     def versions(self) -> dict:
         from prunelab.api import versions
 
-        return versions()
+        found = versions()
+        if self.device is not None and self.device.type != "cpu":
+            found["device"] = self.device.type
+        return found
 
     def check(self, recipe: Recipe) -> list[tuple[str, str]]:
         from prunelab.study.plan import check_compressions, expand, resolve_calibration
@@ -148,9 +158,15 @@ class PrunelabBackend:
         return stage.needs_calibration()
 
     def load(self, model: str) -> _Handle:
+        return _Handle(self._load(model))
+
+    def _load(self, model: str):
         from prunelab.zoo.models import load_model
 
-        return _Handle(load_model(model))
+        loaded = load_model(model)
+        if self.device is not None:
+            loaded.model.to(self.device)
+        return loaded
 
     def model_info(self, handle: _Handle) -> dict:
         from prunelab.zoo.models import DEQUANTIZED_CAVEAT
@@ -198,10 +214,8 @@ class PrunelabBackend:
 
         judge = None
         if config.judge is not None:  # loaded once per study, not once per model judged
-            from prunelab.zoo.models import load_model
-
             if getattr(self, "_judge", (None, None))[0] != config.judge:
-                self._judge = (config.judge, load_model(config.judge))
+                self._judge = (config.judge, self._load(config.judge))
             judge = self._judge[1]
         result = evaluate_refusal(handle.loaded, load_requests(config.requests),
                                   load_templates(config.templates),
@@ -246,7 +260,7 @@ class PrunelabBackend:
         record = encoder_transfer(
             str(loaded.path) if loaded.path else loaded.name, name, plan["setting"],
             sparsity=plan.get("sparsity") or 0.0, method=plan.get("method") or "magnitude-global",
-            train=TrainConfig(**fields), progress=False, data=data)
+            train=TrainConfig(**fields), progress=False, data=data, device=self.device)
         labels = record["labels"]
         examples = []
         for item, scores, ok in zip(data.test, record["logprobs"], record["correct"]):
@@ -265,6 +279,22 @@ class PrunelabBackend:
     def estimate(self, recipe: Recipe, model: str, point: CompressionPoint,
                  tasks: list[TaskInfo]) -> tuple[float, float]:
         return rough_estimate(recipe, model, point, tasks)
+
+
+def check_study_device(device: str | None):
+    """`device` as a torch.device, or None; one line when it is not one or is not here."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        found = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PrunelabError(f"{device!r} is not a torch device", "use e.g. cpu or cuda") from None
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise PrunelabError(f"device {device} was asked for, but torch sees no CUDA GPU here",
+                            "leave --device out to run on the CPU")
+    return found
 
 
 def example_row(record: dict) -> dict:
