@@ -118,7 +118,9 @@ def write_compressed_tensors(model: nn.Module, records: dict[str, QuantizedWeigh
         config_groups={"group_0": QuantizationScheme(targets=_targets(model, list(records)),
                                                      weights=args)},
         format="pack-quantized", quantization_status="frozen")
-    twin = copy.deepcopy(model)  # the library rewrites modules in place
+    # the library rewrites modules in place; the copy is packed on the CPU, where the
+    # quantization records are compared and the file is written
+    twin = copy.deepcopy(model).cpu()
     modules = dict(twin.named_modules())
     for name, record in records.items():
         current = modules[name].weight.data

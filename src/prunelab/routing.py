@@ -77,7 +77,7 @@ class TaskRouter:
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """The label index of each row of [B, hidden] features."""
-        z = (features.float() - self.mean) / self.scale
+        z = (features.float().to(self.mean.device) - self.mean) / self.scale
         return (z @ self.weight.T + self.bias).argmax(-1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

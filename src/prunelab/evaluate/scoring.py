@@ -257,10 +257,12 @@ class _StopAtLineEnd:
         last = input_ids[:, -1]
         if self.has_text is None:
             self.has_text = torch.zeros_like(last, dtype=torch.bool)
-        done = torch.isin(last, self.newline_ids.to(last.device)) & self.has_text
+            self.newline_ids = self.newline_ids.to(last.device)  # once, not once per token
+            self.blank_ids = self.blank_ids.to(last.device)
+        done = torch.isin(last, self.newline_ids) & self.has_text
         if self.eos_id is not None:
             done |= last == self.eos_id
-        self.has_text = self.has_text | ~torch.isin(last, self.blank_ids.to(last.device))
+        self.has_text = self.has_text | ~torch.isin(last, self.blank_ids)
         return done
 
 

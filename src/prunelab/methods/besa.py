@@ -96,18 +96,20 @@ class _LayerAllocation:
     def __init__(self, weight: torch.Tensor, input_sq_sum: torch.Tensor,
                  candidates: torch.Tensor, per_row: bool):
         rows, cols = weight.shape
+        device = weight.device
         order = torch.sort(wanda_scores(weight, input_sq_sum), dim=1, stable=True).indices
         self.rank = torch.empty_like(order)
-        self.rank.scatter_(1, order, torch.arange(cols).expand(rows, cols).contiguous())
+        self.rank.scatter_(1, order,
+                           torch.arange(cols, device=device).expand(rows, cols).contiguous())
         self.rows, self.cols = rows, cols
-        self.candidates = candidates
+        self.candidates = candidates = candidates.to(device)
         units = rows if per_row else 1
-        self.logits = torch.zeros(units, len(candidates), requires_grad=True)
+        self.logits = torch.zeros(units, len(candidates), device=device, requires_grad=True)
         # A weight at rank t is pruned at candidate k when t < int(C·c_k): with the candidates
         # ascending, P(pruned) = Σ p_k over k ≥ first[t], the first candidate that prunes t.
         # `first_of_weight` maps each weight straight to that index (len(candidates): none).
         counts = (candidates * cols).to(torch.long)
-        first = torch.searchsorted(counts, torch.arange(cols), right=True)
+        first = torch.searchsorted(counts, torch.arange(cols, device=device), right=True)
         self.first_of_weight = first[self.rank]
 
     def probabilities(self, smooth: bool) -> torch.Tensor:
@@ -196,7 +198,8 @@ class BESA(PruningMethod):
         with torch.no_grad():
             row_sparsity = torch.cat([a.row_sparsity(a.probabilities(config.sigmoid_smooth))
                                       for a in allocations.values()])
-            widths = torch.cat([torch.full((a.rows,), a.cols) for a in allocations.values()])
+            widths = torch.cat([torch.full((a.rows,), a.cols, device=row_sparsity.device)
+                                 for a in allocations.values()])
             total = sum(a.rows * int(a.cols * targets[n].sparsity)
                         for n, a in allocations.items())
             counts = exact_counts(row_sparsity, widths, total).split(

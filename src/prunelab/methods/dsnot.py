@@ -77,7 +77,8 @@ def dsnot_refine(weight: torch.Tensor, pruned: torch.Tensor, mean: torch.Tensor,
     threshold is meant for (see the module docstring); `pruned` is not modified."""
     pruned = pruned.clone()
     rows, cols = weight.shape
-    row_index = torch.arange(rows)
+    device = weight.device
+    row_index = torch.arange(rows, device=device)
     expected = weight * mean.to(weight.dtype).unsqueeze(0)  # W_ij · E[x_j]
     error = (expected * pruned).sum(dim=1)
     initial_sign = torch.sign(error)
@@ -95,8 +96,9 @@ def dsnot_refine(weight: torch.Tensor, pruned: torch.Tensor, mean: torch.Tensor,
         # Which kept weights may still be pruned: not those grown back (nor, per the
         # reference, those pruned by a swap, which the pattern never picks again).
         prunable_score = torch.where(pruned, math.inf, wanda)
-    pointers = torch.zeros(rows, 4, dtype=torch.long)  # grow up, grow down, prune -, prune +
-    active = torch.ones(rows, dtype=torch.bool)
+    # grow up, grow down, prune -, prune +
+    pointers = torch.zeros(rows, 4, dtype=torch.long, device=device)
+    active = torch.ones(rows, dtype=torch.bool, device=device)
     for _ in range(max_cycles):
         active &= error.abs() > update_threshold
         if not active.any():
@@ -113,7 +115,7 @@ def dsnot_refine(weight: torch.Tensor, pruned: torch.Tensor, mean: torch.Tensor,
             valid &= torch.where(positive, neg < n_prune_neg, pos < n_prune_pos)
         else:
             start = grow - grow % pattern.m
-            group = start.unsqueeze(1) + torch.arange(pattern.m).unsqueeze(0)
+            group = start.unsqueeze(1) + torch.arange(pattern.m, device=device).unsqueeze(0)
             cut = start + prunable_score.gather(1, group).argmin(dim=1)
             valid &= torch.isfinite(prunable_score[row_index, cut])
         change = expected[row_index, cut] - expected[row_index, grow]

@@ -57,7 +57,8 @@ class FlapConfig(StructuredConfig):
 
 def channel_metric(metric: str, weight: torch.Tensor, stats) -> torch.Tensor:
     """FLAP's importance of each input channel of an output projection `weight` [out, in]."""
-    weight = weight.to(torch.float32)
+    # on the statistics' device (the engine's), which a model kept elsewhere may not share
+    weight = weight.to(stats["input_mean_var"].var.device, torch.float32)
     if metric == "WIFN":
         mean_sq = stats["input_sq_sum"].to(torch.float32) / max(stats.n_tokens, 1)
         return (weight.abs() * mean_sq.sqrt()[None, :]).mean(dim=0)
@@ -133,6 +134,9 @@ class Flap(StructuredMethod):
         """AL-AM: pool every removable unit of the model; each layer keeps its best unit of
         attention and its best channel (they are left out of the pool)."""
         config, parts_list = self.config, self._parts
+        # pooled and sorted on the CPU, where the costs and layer indices are built
+        head_scores = [h.cpu() for h in head_scores]
+        channel_scores = [c.cpu() for c in channel_scores]
         units = [attention_units(p, config.gqa) for p in parts_list]
         orders = [u.order(h) for u, h in zip(units, head_scores)]
         # Attention pool: every unit but each layer's last (best); channel pool likewise.

@@ -84,7 +84,7 @@ class GBLM(PruningMethod):
         return None
 
     def prune_layer(self, weight, stats, target):
-        grad_norm = self._grad_norm.pop(target.name)
+        grad_norm = self._grad_norm.pop(target.name).to(weight.device)
         scores = gblm_scores(weight, stats["input_sq_sum"], self._n_windows, grad_norm,
                              self.config.alpha)
         return LayerDecision(weight, masks.select(scores, target.sparsity, target.pattern,

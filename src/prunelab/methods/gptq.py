@@ -77,9 +77,10 @@ class RoundToGrid:
         self.group_of = group_of
         self.scales, self.zeros, self.static = scales, zeros, static
         self.prune, self.keep_zero = prune, keep_zero
-        self.codes = torch.empty(rows, cols)
+        self.codes = torch.empty(rows, cols, device=scales.device)
         self.maxq = float(2 ** bits - 1)
-        self.code = torch.empty(rows)  # one column's codes, reused (no allocation per column)
+        # one column's codes, reused (no allocation per column)
+        self.code = torch.empty(rows, device=scales.device)
         self.group = -1  # the group whose grid `scale` and `zero` hold
 
     def begin_block(self, W1, diag, columns):
@@ -142,9 +143,9 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     diag = torch.diag(hessian).to(torch.float32).clone()
     diag[dead] = 1
     order = torch.argsort(diag, descending=True, stable=True) if act_order else None
-    scales = torch.empty(rows, n_groups)
-    zeros = torch.empty(rows, n_groups)
-    columns = order if order is not None else torch.arange(cols)
+    scales = torch.empty(rows, n_groups, device=W.device)
+    zeros = torch.empty(rows, n_groups, device=W.device)
+    columns = order if order is not None else torch.arange(cols, device=W.device)
     static = group_size is None or (act_order and static_groups)
     if static:
         # Grids from the weights before any update (dead inputs zeroed, as the sweep does),
@@ -157,7 +158,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     else:
         # Groups in sweep order (GPTQ without static groups): column j of the sweep is in
         # group j // size, whichever column of the matrix it is.
-        group_of = (torch.arange(cols) // size).tolist()
+        group_of = [j // size for j in range(cols)]
         align = math.lcm(align, size)
     blocksize = max(align, blocksize - blocksize % align)
     keep_zero = None
@@ -175,8 +176,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     if order is not None:
         codes = codes[:, torch.argsort(order)]
         if not static:
-            group_index = torch.empty(cols, dtype=torch.long)
-            group_index[order] = torch.arange(cols) // size
+            group_index = torch.empty(cols, dtype=torch.long, device=W.device)
+            group_index[order] = torch.arange(cols, device=W.device) // size
     quantized = QuantizedWeight(codes.to(torch.uint8), scales, zeros.to(torch.uint8), bits,
                                 size, symmetric, act_order, group_index=group_index,
                                 per_channel=group_size is None)

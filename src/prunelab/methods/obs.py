@@ -64,7 +64,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, retries: int,
     works, the user is told to act."""
     mean_diag = float(torch.mean(torch.diag(hessian)))
     damp = percdamp
-    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype)
+    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     for attempt in range(retries + 1):
         try:
             lower = torch.linalg.cholesky(hessian + damp * mean_diag * eye)

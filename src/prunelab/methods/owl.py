@@ -109,8 +109,9 @@ class OWL(WrappingMethod):
         ratios, sizes = [], []
         for b in order:
             names = [n for n in context.weights if blocks[n] == b]
-            scores = [wanda_scores(context.weights[n].to(torch.float32),
-                                   context.statistics[n]["input_sq_sum"]) for n in names]
+            scores = [wanda_scores(context.weights[n].to(
+                context.statistics[n]["input_sq_sum"].device, torch.float32),
+                context.statistics[n]["input_sq_sum"]) for n in names]
             ratios.append(outlier_ratio(scores, self.config.m))
             sizes.append(sum(context.weights[n].numel() for n in names))
             del scores

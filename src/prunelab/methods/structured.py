@@ -97,8 +97,8 @@ class AttentionUnits:
             return ([list(range(j * g, (j + 1) * g)) for j in order],
                     scores[order].to(torch.float32))
         ranks = torch.sort(per_group, dim=1, stable=True)
-        units = [[j * g + int(ranks.indices[j, k]) for j in range(self.kv_heads)]
-                 for k in range(g)]
+        index = ranks.indices.tolist()  # one copy, not one per head from an accelerator
+        units = [[j * g + index[j][k] for j in range(self.kv_heads)] for k in range(g)]
         return units, ranks.values.mean(dim=0).to(torch.float32)
 
     def keep_after(self, units: list[list[int]], removed: int) -> tuple[torch.Tensor,

@@ -23,7 +23,7 @@ def pruned_for_alpha(sorted_scores: torch.Tensor, order: torch.Tensor,
     """Per row, the smallest scores whose running sum is ≤ α · the row's sum."""
     cumulative = sorted_scores.cumsum(dim=1)
     counts = (cumulative <= alpha * cumulative[:, -1:]).sum(dim=1, keepdim=True)
-    in_sorted = torch.arange(order.shape[1]).unsqueeze(0) < counts
+    in_sorted = torch.arange(order.shape[1], device=order.device).unsqueeze(0) < counts
     pruned = torch.zeros_like(in_sorted)
     pruned.scatter_(1, order, in_sorted)
     return pruned

@@ -124,7 +124,9 @@ def fine_tune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list
     if setting is not None:
         setting.start()
     if path is not None and path.is_file():
-        state = torch.load(path, map_location=device, weights_only=True)
+        # loaded on the CPU: load_state_dict copies into the model's and the optimiser's own
+        # devices (and keeps AdamW's step counters on the CPU, where it wants them)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("config") != asdict(config):
             raise PrunelabError(f"{path} is a checkpoint of another training configuration",
                                 "remove it or train with the configuration it was made with")

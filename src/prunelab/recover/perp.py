@@ -74,8 +74,9 @@ class LoRALinear(nn.Module):
         self.base, self.scale, self.masked = base, alpha / rank, masked
         base.weight.requires_grad_(False)
         out_features, in_features = base.weight.shape
-        self.lora_a = nn.Parameter(torch.empty(rank, in_features, dtype=base.weight.dtype))
-        self.lora_b = nn.Parameter(torch.zeros(out_features, rank, dtype=base.weight.dtype))
+        where = dict(dtype=base.weight.dtype, device=base.weight.device)
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features, **where))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank, **where))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
         if masked:
             self.register_buffer("keep", base.weight.detach() != 0, persistent=False)
