@@ -13,7 +13,6 @@ from prunelab.study.runner import run_study
 from prunelab.tasks.base import Item, Task
 from prunelab.tasks.registry import register
 from tests.test_study_encoder import _recipe as encoder_recipe
-from tests.test_study_encoder import synthetic, tiny_bert  # noqa: F401 (fixtures)
 
 GPU = "cuda"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -90,7 +89,7 @@ def test_a_decoder_study_runs_on_the_gpu_like_on_the_cpu(tiny_dir, tmp_path):
 
 
 @cuda
-def test_an_encoder_study_fine_tunes_on_the_gpu(synthetic, tiny_bert, tmp_path):  # noqa: F811
+def test_an_encoder_study_fine_tunes_on_the_gpu(synthetic, tiny_bert, tmp_path):
     run_study(encoder_recipe(tiny_bert), tmp_path, backend=PrunelabBackend("cuda"),
               progress=False)
     run = load_run(tmp_path)
