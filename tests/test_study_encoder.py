@@ -49,12 +49,21 @@ def test_every_level_is_fine_tuned_from_its_compressions_setting(synthetic, tiny
     run = load_run(tmp_path)
     dense = [p for p in run.points if p["method"] == "dense"]
     assert [p["n"] for p in dense] == [60, 60] and min(p["score"] for p in dense) > 0.7
+    # each level's fine-tuning is stored with its point: sparse held every pruned weight at 0
+    trainings = run.store.trainings()
+    assert sorted(trainings) == sorted(p["key"] for p in run.points)
+    assert sorted((t["setting"], t["train_items"]) for t in trainings.values()) == sorted(
+        (c[0], c[3]) for c in calls)
+    sparse = [t for t in trainings.values() if t["setting"] == "sparse"]
+    assert sparse and all(t["masked_weights"] > 0 and t["masked_nonzero"] == 0 for t in sparse)
+    assert all(t["steps"] > 0 and t["seconds"] >= 0 for t in trainings.values())
     shares = {(r["task"], r["setting"]) for r in run.analysis.transfer}
     assert shares == {(f"finetune-synth:{p}", s) for p in (100, 50) for s in ("sparse", "freeze")}
     from prunelab.report import build_report
 
     md = build_report(tmp_path)["md"].read_text()
     assert "Can fine-tuning bring it back?" in md and "finetune-synth:50" in md
+    assert "8 fine-tunings of task levels" in md and ", 0 of them nonzero at the end." in md
 
 
 def test_tracks_do_not_mix(synthetic, tiny_bert, tiny_dir):

@@ -234,7 +234,7 @@ def sections(run: Run) -> list[Section]:
         out.append(sweep)
 
     if a.transfer:
-        out.append(_transfer_section(a))
+        out.append(_transfer_section(a, run.store.trainings()))
 
     comp = Section("Compressed models")
     rows = []
@@ -265,7 +265,7 @@ def sections(run: Run) -> list[Section]:
     return out
 
 
-def _transfer_section(a) -> Section:
+def _transfer_section(a, trainings: dict[str, dict]) -> Section:
     section = Section("Can fine-tuning bring it back?")
     section.text.append(
         "Each transfer setting's score as a share of Dense Transfer (the dense model fine-tuned "
@@ -294,6 +294,17 @@ def _transfer_section(a) -> Section:
                                       _pct(r.get("freeze_keeps")),
                                       _pct_ci(r.get("freeze_keeps_ci"))]
                                      for r in a.recovery]))
+    if trainings:  # the encoder track's per-level fine-tunings
+        runs = list(trainings.values())
+        held = [t for t in runs if t.get("setting") == "sparse"]
+        text = (f"{len(runs)} fine-tunings of task levels, {sum(t['steps'] for t in runs):,} "
+                f"steps in {sum(t['seconds'] for t in runs) / 60:.1f} min of training")
+        if held:
+            regrown = sum(t["masked_nonzero"] for t in held)
+            total = sum(t["masked_weights"] for t in held)
+            text += (f"; the {len(held)} sparse ones held {total:,} pruned weights in all, "
+                     f"{regrown} of them nonzero at the end")
+        section.text.append(text + ".")
     return section
 
 

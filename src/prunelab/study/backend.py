@@ -273,8 +273,11 @@ class PrunelabBackend:
                 target=labels[gold], correct=ok, margin=scores[gold] - best_other,
                 choices=labels, choice_scores=scores, choice_scores_sum=scores,
                 chance=1 / len(labels), mc_score="mean"))
-        return ([example_row(ex.to_dict()) for ex in examples],
-                EvalResults(examples).summary()[0])
+        summary = EvalResults(examples).summary()[0]
+        summary["training"] = {k: record[k] for k in (
+            "setting", "sparsity", "method", "train_items", "steps", "seconds", "final_loss",
+            "masked_weights", "masked_nonzero") if k in record}
+        return [example_row(ex.to_dict()) for ex in examples], summary
 
     def estimate(self, recipe: Recipe, model: str, point: CompressionPoint,
                  tasks: list[TaskInfo]) -> tuple[float, float]:

@@ -141,6 +141,7 @@ class PointResult:
     examples: list[dict]
     # Set on the point that built its compressed model: the compressions row to store.
     compression: dict | None = None
+    training: dict | None = None  # a `finetune` level's fine-tuning record
 
 
 class PointWorker:
@@ -194,7 +195,9 @@ class PointWorker:
                  else {})
         (examples, summary), seconds = timed(backend.evaluate, handle, work.task, work.eval.limit,
                                              work.eval.seed, work.eval.batch_size, **extra)
-        return PointResult(work, point_row(work, summary, seconds), examples, compression)
+        training = summary.pop("training", None)
+        return PointResult(work, point_row(work, summary, seconds), examples, compression,
+                           training)
 
 
 def point_row(work: PointWork, summary: dict, seconds: float) -> dict:
@@ -280,7 +283,7 @@ def run_study(recipe: Recipe, run_dir: str | Path, *, force: bool = False,
                 if result.compression is not None:
                     store.put_compression(**result.compression)
                     bar.update(weights.get(work.compression_key, 0.0))
-                store.put_point(result.row, result.examples)
+                store.put_point(result.row, result.examples, result.training)
                 points_run += 1
                 bar.update(weights.get(work.key, 0.0))
                 if points_run < len(todo):

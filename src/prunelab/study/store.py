@@ -50,8 +50,10 @@ CREATE TABLE IF NOT EXISTS compressions (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Measures of a whole compressed model beyond perplexity, JSON by kind: "divergence" (from the
--- dense model, recipe `divergence:`), "refusal" (recipe `refusal:`). A table of its own, so
--- stores written before it existed open unchanged (same schema version).
+-- dense model, recipe `divergence:`), "refusal" (recipe `refusal:`); and of one point:
+-- "training" (a `finetune` level's fine-tuning: steps, time, loss, the setting's held weights),
+-- keyed by the point's key. A table of its own, so stores written before it existed open
+-- unchanged (same schema version).
 CREATE TABLE IF NOT EXISTS measures (key TEXT NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL,
                                      PRIMARY KEY (key, kind));
 """
@@ -101,8 +103,9 @@ class Store:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def put_point(self, row: dict, examples: list[dict]) -> None:
-        """Write a finished point and its examples atomically (replacing an older copy)."""
+    def put_point(self, row: dict, examples: list[dict], training: dict | None = None) -> None:
+        """Write a finished point, its examples and its fine-tuning record (a `finetune`
+        level's) atomically, replacing an older copy."""
         row = {**row, "finished": time.time(), "level": json.dumps(row["level"])}
         values = [_cell(row.get(c)) for c in POINT_COLUMNS]
         ex_rows = [(row["key"], i, str(ex.get("example_id", i)), ex.get("value"),
@@ -114,6 +117,11 @@ class Store:
             self.conn.execute(f"INSERT OR REPLACE INTO points ({', '.join(POINT_COLUMNS)}) "
                               f"VALUES ({', '.join('?' * len(POINT_COLUMNS))})", values)
             self.conn.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?)", ex_rows)
+            self.conn.execute("DELETE FROM measures WHERE key = ? AND kind = 'training'",
+                              (row["key"],))
+            if training is not None:
+                self.conn.execute("INSERT INTO measures VALUES (?, 'training', ?)",
+                                  (row["key"], json.dumps(training, default=str)))
 
     def put_compression(self, key: str, model: str, config: dict, result: dict | None,
                         perplexity: float | None, model_info: dict, seconds: float,
@@ -167,6 +175,11 @@ class Store:
     def example_records(self, point_key: str) -> list[dict]:
         return [json.loads(r[0]) for r in self.conn.execute(
             "SELECT data FROM examples WHERE point_key = ? ORDER BY idx", (point_key,))]
+
+    def trainings(self) -> dict[str, dict]:
+        """Each fine-tuned point's training record, by point key."""
+        return {k: json.loads(d) for k, d in self.conn.execute(
+            "SELECT key, data FROM measures WHERE kind = 'training'")}
 
     def compressions(self) -> list[dict]:
         measures = {(k, kind): json.loads(d) for k, kind, d in
