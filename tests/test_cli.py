@@ -41,6 +41,20 @@ def test_a_study_device_that_is_not_here_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_transfer_commands_check_their_device_before_loading(tmp_path):
+    import torch
+
+    out = tmp_path / "out"
+    decoder = ("transfer", "no-such-model", "--out", str(out), "--setting", "dense",
+               "--train-on", "arithmetic:1")
+    assert_user_error(run(*decoder, "--device", "nonsense"), "not a torch device")
+    assert_user_error(run("transfer-encoder", "no-such-model", "--setting", "dense",
+                          "--device", "nonsense"), "not a torch device")
+    if not torch.cuda.is_available():
+        assert_user_error(run(*decoder, "--device", "cuda"), "sees no CUDA GPU")
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "calib.txt"

@@ -351,6 +351,19 @@ def _check_device(device) -> None:
         raise PrunelabError(f"{device!r} is not a torch device", "use e.g. cpu or cuda:0") from None
 
 
+def resolve_device(device: str | None) -> torch.device | None:
+    """`device` as a torch.device (None stays None); one line when it is not a device or
+    torch cannot use it here."""
+    if device is None:
+        return None
+    _check_device(device)
+    found = torch.device(device)
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise PrunelabError(f"device {device} was asked for, but torch sees no CUDA GPU here",
+                            "leave --device out to run on the CPU")
+    return found
+
+
 def versions() -> dict:
     import transformers
 

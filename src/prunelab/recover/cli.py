@@ -40,6 +40,7 @@ def transfer_command(
     lora_rank: Optional[int] = typer.Option(None, help="LoRA adapters of this rank on the "
                                             "pruned linears (PERP)"),
     masked_lora: bool = typer.Option(False, help="MaskLoRA: the adapters keep the mask"),
+    device: Optional[str] = typer.Option(None, help="train there, e.g. cuda (default: the CPU)"),
 ) -> None:
     """Fine-tune MODEL in a Junk DNA transfer setting and save it."""
     from prunelab import api
@@ -58,6 +59,7 @@ def transfer_command(
                         TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, warmup=warmup,
                                     max_steps=max_steps, seed=seed))
     plan.check(masks_given=mask_from is not None)
+    where = api.resolve_device(device)
     if method is not None and setting != "dense":
         api.check_prune_args(method, None if pattern else sparsity, pattern, None, {})
     tasks = [t for t in train_on if not t.startswith("text:")]
@@ -67,6 +69,8 @@ def transfer_command(
         raise PrunelabError(f"output directory {out} already exists",
                             "choose a new --out, or remove the old one")
     loaded = load_model(model)
+    if where is not None:
+        loaded.model.to(where)
     masks = masks_from_directory(loaded.model, mask_from) if mask_from is not None else None
     record = transfer(loaded, plan, eval_limit=eval_limit, eval_seed=eval_seed, masks=masks)
     api.save(loaded, out, extra={"transfer": record})
@@ -93,6 +97,7 @@ def encoder_command(
     seed: int = typer.Option(42, help="seed of the head and the data order"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the result (with every test "
                                        "item's correctness) as JSON here"),
+    device: Optional[str] = typer.Option(None, help="train there, e.g. cuda (default: the CPU)"),
 ) -> None:
     """Fine-tune an encoder with a new head in a transfer setting; print test accuracy."""
     from prunelab.errors import PrunelabError
@@ -103,7 +108,10 @@ def encoder_command(
     from prunelab.recover.loop import TrainConfig
     from prunelab.recover.transfer import check_setting
 
+    from prunelab.api import resolve_device
+
     check_setting(setting)
+    where = resolve_device(device)
     if task not in CLASSIFICATION_TASKS:
         raise PrunelabError(f"unknown classification task {task!r}",
                             f"use one of {', '.join(CLASSIFICATION_TASKS)}")
@@ -111,7 +119,8 @@ def encoder_command(
     if out is not None and out.exists():
         raise PrunelabError(f"{out} already exists", "choose a new --out")
     record = encoder_transfer(model, task, setting, sparsity=sparsity, method=method,
-                              adequacy=adequacy, n_train=n_train, n_test=n_test, train=train)
+                              adequacy=adequacy, n_train=n_train, n_test=n_test, train=train,
+                              device=where)
     low, high = wilson(sum(record["correct"]), len(record["correct"]))
     typer.echo(f"{task} {setting} {sparsity:.0%}: accuracy {record['accuracy']:.3f} "
                f"[{low:.3f}, {high:.3f}] on {record['test_items']} held-out items, trained on "

@@ -79,7 +79,9 @@ class PrunelabBackend:
     is part of the points' keys, like the software versions: its float rounding differs."""
 
     def __init__(self, device: str | None = None):
-        self.device = check_study_device(device)
+        from prunelab.api import resolve_device
+
+        self.device = resolve_device(device)
 
     def versions(self) -> dict:
         from prunelab.api import versions
@@ -282,22 +284,6 @@ class PrunelabBackend:
     def estimate(self, recipe: Recipe, model: str, point: CompressionPoint,
                  tasks: list[TaskInfo]) -> tuple[float, float]:
         return rough_estimate(recipe, model, point, tasks)
-
-
-def check_study_device(device: str | None):
-    """`device` as a torch.device, or None; one line when it is not one or is not here."""
-    if device is None:
-        return None
-    import torch
-
-    try:
-        found = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise PrunelabError(f"{device!r} is not a torch device", "use e.g. cpu or cuda") from None
-    if found.type == "cuda" and not torch.cuda.is_available():
-        raise PrunelabError(f"device {device} was asked for, but torch sees no CUDA GPU here",
-                            "leave --device out to run on the CPU")
-    return found
 
 
 def example_row(record: dict) -> dict:
