@@ -46,6 +46,23 @@ def test_percent_of_dense_transfer_and_irreversibility(tmp_path):
                                                                  "freeze"}
 
 
+def test_the_share_of_parameters_trained_stands_beside_each_transfer_result(tmp_path):
+    from prunelab.report import build_report
+
+    stage = {"kind": "transfer", "train_on": ["digits:1"], "method": "wanda"}
+    recipe = _recipe(compressions=[
+        {"stages": [{**stage, "setting": "dense", "method": None}]},
+        {"stages": [{**stage, "setting": "sparse"}], "sweep": {"stages[0].sparsity": [0.5]}},
+        {"stages": [{**stage, "setting": "sparse", "trainable": ["biases", "norms"]}],
+         "sweep": {"stages[0].sparsity": [0.5]}}])
+    run_study(recipe, tmp_path, backend=FakeBackend(size=300), progress=False)
+    md = build_report(tmp_path)["md"].read_text()
+    assert "| parameters trained |" in md
+    rows = [line for line in md.splitlines() if line.startswith("| m | digits:1 | sparse |")]
+    assert len(rows) == 2
+    assert {row.split(" | ")[5] for row in rows} == {"100%", "0.42%"}
+
+
 def test_a_transfer_stage_without_a_mask_source_is_refused():
     from prunelab.errors import PrunelabError
 

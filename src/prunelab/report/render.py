@@ -71,6 +71,11 @@ def _verdict_text(v: dict) -> str:
     return text
 
 
+def _trained(share: float | None) -> str:
+    """A share of parameters trained: small ones (PERP's biases and norms) keep two decimals."""
+    return "–" if share is None else f"{share:.0%}" if share >= 0.995 else f"{share:.2%}"
+
+
 def _pct_ci(pair) -> str:
     if pair is None or not all(math.isfinite(v) for v in pair):
         return "–"
@@ -234,7 +239,7 @@ def sections(run: Run) -> list[Section]:
         out.append(sweep)
 
     if a.transfer:
-        out.append(_transfer_section(a, run.store.trainings()))
+        out.append(_transfer_section(a, run.store.trainings(), _trained_shares(run)))
 
     comp = Section("Compressed models")
     rows = []
@@ -265,7 +270,20 @@ def sections(run: Run) -> list[Section]:
     return out
 
 
-def _transfer_section(a, trainings: dict[str, dict]) -> Section:
+def _trained_shares(run) -> dict[tuple[str, str, float], float]:
+    """(model, arm, x) -> the share of parameters its transfer stage trained (PERP's subsets
+    and adapters train few; the four settings train every parameter they do not hold)."""
+    out = {}
+    for p in run.points:
+        compression = run.compression_of(p)
+        share = ((compression or {}).get("result") or {}).get("trainable_fraction")
+        if share is not None:
+            out[(p["model"], p["arm"], p["x"])] = share
+    return out
+
+
+def _transfer_section(a, trainings: dict[str, dict],
+                      trained: dict[tuple[str, str, float], float]) -> Section:
     section = Section("Can fine-tuning bring it back?")
     section.text.append(
         "Each transfer setting's score as a share of Dense Transfer (the dense model fine-tuned "
@@ -274,9 +292,10 @@ def _transfer_section(a, trainings: dict[str, dict]) -> Section:
         "pruned once, then all weights train and may regrow; freeze: the weights pruning "
         "would remove keep their pre-trained values, the rest train.")
     section.tables.append(Table("% of Dense Transfer", ["model", "task", "setting", "arm",
-                                                        "sparsity", "of dense transfer",
-                                                        "95% CI"],
+                                                        "sparsity", "parameters trained",
+                                                        "of dense transfer", "95% CI"],
                                 [[r["model"], r["task"], r["setting"], r["arm"], _pct(r["x"]),
+                                  _trained(trained.get((r["model"], r["arm"], r["x"]))),
                                   _pct(r["of_dense_transfer"]),
                                   _pct_ci(r["ci"])]
                                  for r in a.transfer]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from prunelab.study.recipe import Recipe
@@ -29,6 +30,14 @@ class Run:
             if c["model_info"]:
                 out.setdefault(c["model"], c["model_info"])
         return out
+
+    @cached_property
+    def _compressions_by_key(self) -> dict[tuple[str, str], dict]:
+        return {(c["model"], _canon(c["config"])): c for c in self.compressions}
+
+    def compression_of(self, point: dict) -> dict | None:
+        """The compressions row (its result, perplexity, measures) a point was evaluated on."""
+        return self._compressions_by_key.get(_compression_key(point))
 
     @property
     def total_points(self) -> int:

@@ -128,8 +128,12 @@ class FakeBackend:
         time.sleep(self.compress_sleep)
         handle.point = point
         first = point.first
-        return {"method": first["method"], "sparsity": first["sparsity"],
-                "overall_sparsity": first["sparsity"], "seconds": self.compress_sleep}
+        record = {"method": first["method"], "sparsity": first["sparsity"],
+                  "overall_sparsity": first["sparsity"], "seconds": self.compress_sleep}
+        stage = point.stages[0].model_dump() if point.stages else {}
+        if stage.get("kind") == "transfer":  # PERP's subsets train a sliver of the model
+            record["trainable_fraction"] = 1.0 if stage["trainable"] == ["all"] else 0.0042
+        return record
 
     def perplexity(self, handle, source, seqlen, n_windows) -> float:
         s = handle.point.first["sparsity"] if handle.point else 0.0
