@@ -47,6 +47,7 @@ def main() -> None:
                        calibration=CalibrationConfig("squadshifts-new_wiki", 128, 512, 0))
         pruned_ppl = perplexity(loaded, "squad-dev", 512, args.windows)
         rows.append((method, "none (pruned)", "0.00%", dense_ppl, pruned_ppl, "-", "-"))
+        print(rows[-1], flush=True)  # each row as it comes: a long run may be stopped
         pruned_state = copy.deepcopy(loaded.model.state_dict())
         for name, fields in RETRAINING.items():
             loaded.model.load_state_dict(pruned_state)
