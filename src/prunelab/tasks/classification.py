@@ -30,7 +30,7 @@ CLASSIFICATION_TASKS = {
 # In a study, each classification task is a family of `finetune` levels: the share of the
 # training pool trained on (data adequacy; less data = harder), every level tested on the same
 # held-out split (so levels are paired item by item).
-FINETUNE_ADEQUACY = (1.0, 0.5, 0.25, 0.1)
+FINETUNE_ADEQUACY = (1.0, 0.75, 0.5, 0.25, 0.1)
 FINETUNE_TRAIN, FINETUNE_TEST = 2000, 500
 FINETUNE_PREFIX = "finetune-"
 
