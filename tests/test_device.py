@@ -108,7 +108,8 @@ METHODS = [
     ("owl", {}, True), ("dsnot", {}, True), ("gblm", {}, True), ("random", {}, False),
     ("besa", {"epochs": 1}, False), ("sparsegpt", {"bits": 4, "group_size": 32}, True),
     ("rtn", {"bits": 4, "group_size": 32}, None), ("gptq", {"bits": 4, "group_size": 32}, None),
-    ("flap", {}, None), ("wanda-sp", {}, None), ("magnitude-sp", {}, None), ("seap", {"keep_first": 0, "keep_last": 0}, None)]
+    ("flap", {}, None), ("wanda-sp", {}, None), ("magnitude-sp", {}, None),
+    ("seap", {"keep_first": 0, "keep_last": 0}, None)]
 
 
 @cuda

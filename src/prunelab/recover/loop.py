@@ -147,8 +147,8 @@ def fine_tune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(len(examples), generator=generator).tolist()
         for start in range(position * config.batch_size, len(examples), config.batch_size):
-            batch = to_device(collate([examples[i] for i in order[start:start + config.batch_size]]),
-                              device)
+            chosen = order[start:start + config.batch_size]
+            batch = to_device(collate([examples[i] for i in chosen]), device)
             loss = loss_of(model, batch)
             if not bool(torch.isfinite(loss)):
                 # Stopped here, not trained on: the settings' masks multiply by 0/1, and a

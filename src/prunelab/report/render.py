@@ -239,7 +239,9 @@ def sections(run: Run) -> list[Section]:
         out.append(sweep)
 
     if a.transfer:
-        out.append(_transfer_section(a, run.store.trainings(), _trained_shares(run)))
+        keys = {p["key"] for p in run.points}  # this recipe's points, not older copies
+        trainings = {k: t for k, t in run.store.trainings().items() if k in keys}
+        out.append(_transfer_section(a, trainings, _trained_shares(run)))
 
     comp = Section("Compressed models")
     rows = []
