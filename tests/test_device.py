@@ -5,7 +5,7 @@ no GPU (CI); they run on a GPU machine with `pytest tests/test_device.py`."""
 import pytest
 import torch
 
-from prunelab.recover.loop import to_device
+from prunelab.arch import to_device
 from prunelab.study.backend import PrunelabBackend
 from prunelab.study.recipe import parse_recipe
 from prunelab.study.results import load_run

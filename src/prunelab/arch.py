@@ -125,6 +125,20 @@ def block_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
+def to_device(obj, device):
+    """A model's call arguments or a collated batch (tensors, nested in tuples, lists and
+    dicts) on `device`; anything else is returned as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(to_device(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [to_device(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
 def block_output(output) -> torch.Tensor:
     """Blocks return a tensor in transformers 5 and a tuple in older versions."""
     return output[0] if isinstance(output, (tuple, list)) else output

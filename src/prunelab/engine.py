@@ -81,18 +81,6 @@ class PruneRecords(list):
         self.quantized: dict[str, QuantizedWeight] = {}
 
 
-def _to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to_device(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to_device(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    return obj
-
-
 class BlockInputs:
     """One block's calibration inputs, batch by batch, for a method that runs the block itself
     (`PruningMethod.needs_block_inputs`): e.g. to optimise masks against the block's output.
@@ -248,7 +236,7 @@ class BlockRunner:
             self.inputs[-1].copy_(first)
             start += size
             del first
-            self.calls.append(_to_device(calls_by_size[size], device))
+            self.calls.append(arch.to_device(calls_by_size[size], device))
 
     def run(self, index: int, advance: bool,
             after_batch: Callable[[], None] | None = None) -> None:

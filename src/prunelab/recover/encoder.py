@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from prunelab.arch import to_device
 from prunelab.errors import PrunelabError
-from prunelab.recover.loop import TrainConfig, fine_tune, to_device
+from prunelab.recover.loop import TrainConfig, fine_tune
 from prunelab.recover.transfer import TransferSetting, check_setting
 from prunelab.tasks.base import Item
 from prunelab.tasks.classification import Split, split

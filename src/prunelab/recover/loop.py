@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from prunelab.arch import to_device
 from prunelab.errors import PrunelabError
 from prunelab.recover.transfer import TransferSetting
 
@@ -79,17 +80,6 @@ def linear_schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
         return max(0.0, (total_steps - step) / max(1, total_steps - warm))
 
     return factor
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """A collated batch (a tensor, or a dict/list/tuple of them) on `device`."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 def fine_tune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list], Any],
