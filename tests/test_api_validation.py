@@ -1,6 +1,7 @@
 """`api.check_prune_args` refuses every bad argument before any model or data is touched."""
 
 import pytest
+import torch
 
 from prunelab import api
 from prunelab.data.corpora import CalibrationConfig
@@ -83,6 +84,8 @@ def test_existing_output_dir_is_refused(tmp_path):
     (dict(sparsity=0.5, calibration=CalibrationConfig(n_samples=0)), "at least one sample"),
     (dict(sparsity=0.5, batch_size=0), "batch size"),
     (dict(sparsity=0.5, device="toaster"), "device"),
+    pytest.param(dict(sparsity=0.5, device="cuda"), "sees no CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_prune_checks_before_touching_the_model(untouchable, kwargs, fragment):
     with pytest.raises(PrunelabError, match=fragment):

@@ -181,7 +181,7 @@ def prune(loaded: LoadedModel, method: str = "wanda", sparsity: float | None = N
     only = arch.check_only(options.pop("only", None))
     args = check_prune_args(method, sparsity, pattern, calibration, options, seed=seed)
     _check_batch_size(batch_size)
-    _check_device(device)
+    resolve_device(device)
     check_model_fit(loaded, args)
     chosen, sparsity, nm, calibration = args.method, args.sparsity, args.pattern, args.calibration
 
