@@ -2,6 +2,7 @@
 full sparse fine-tuning at the same number of steps.
 
     .venv/bin/python bench/bench_perp.py [--methods wanda,magnitude] [--steps 50]
+        [--retraining "full sparse"]
 
 For each method at 50%: prune once (the README's calibration), measure perplexity (the
 README's 32 x 512 windows of squad-dev), then from that same pruned model retrain, each for
@@ -38,7 +39,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--windows", type=int, default=32, help="perplexity windows of 512")
+    parser.add_argument("--retraining", default=",".join(RETRAINING),
+                        help="comma-separated rows to run, of: " + ", ".join(RETRAINING))
     args = parser.parse_args()
+    chosen = args.retraining.split(",")
+    unknown = sorted(set(chosen) - set(RETRAINING))
+    if unknown:
+        parser.error(f"unknown retraining {unknown}: choose from {', '.join(RETRAINING)}")
     rows = []
     for method in args.methods.split(","):
         loaded = load_model(args.model)
@@ -49,7 +56,8 @@ def main() -> None:
         rows.append((method, "none (pruned)", "0.00%", dense_ppl, pruned_ppl, "-", "-"))
         print(rows[-1], flush=True)  # each row as it comes: a long run may be stopped
         pruned_state = copy.deepcopy(loaded.model.state_dict())
-        for name, fields in RETRAINING.items():
+        for name in chosen:
+            fields = RETRAINING[name]
             loaded.model.load_state_dict(pruned_state)
             fields = dict(fields)
             lr = fields.pop("lr")
