@@ -147,3 +147,17 @@ def test_every_method_prunes_on_the_gpu_as_on_the_cpu(tmp_path, method, options,
         for k, w in weights["cpu"].items():
             scale = w.abs().max().clamp_min(1e-8)
             assert (weights["gpu"][k] - w).abs().max() / scale < 0.2, k
+
+
+@cuda
+def test_divergence_compares_a_dense_model_on_the_cpu_with_a_compressed_one_on_the_gpu():
+    from prunelab.evaluate.divergence import windows_divergence
+    from prunelab.testing import tiny_loaded
+
+    dense, other = tiny_loaded("llama", seed=0).model, tiny_loaded("llama", seed=1).model
+    windows = torch.randint(4, 260, (3, 16))
+    both_here = windows_divergence(dense, other, windows, batch_size=2)
+    split = windows_divergence(dense, other.to(GPU), windows, batch_size=2)
+    assert split.tokens == both_here.tokens
+    assert split.jsd == pytest.approx(both_here.jsd, rel=1e-4)
+    assert split.perplexity_compressed == pytest.approx(both_here.perplexity_compressed, rel=1e-4)

@@ -215,6 +215,9 @@ def windows_divergence(dense_model, compressed_model, windows: torch.Tensor,
     vocab = _vocab_size(dense_model)
     chunk = _token_chunk(vocab, max_logit_elements)
     device = next(dense_model.parameters()).device
+    # The two models may sit on different devices (a dense copy kept on the CPU, say): each
+    # runs where it is, and the compressed model's logits join the dense ones.
+    device_q = next(compressed_model.parameters()).device
     jsd_all: list[torch.Tensor] = []
     sums = {"kl_pq": 0.0, "kl_qp": 0.0, "agree": 0.0, "nll_p": 0.0, "nll_q": 0.0}
     batches = windows.split(batch_size)
@@ -225,10 +228,12 @@ def windows_divergence(dense_model, compressed_model, windows: torch.Tensor,
         batch = batch.to(device)
         targets = batch[:, 1:].reshape(-1)
         h_p = dense_hidden[k] if dense_hidden is not None else _hidden_states(dense_model, batch)
-        h_q = _hidden_states(compressed_model, batch) if h_p is not None else None
+        h_q = (_hidden_states(compressed_model, batch.to(device_q)) if h_p is not None
+               else None)
         if h_p is None or h_q is None:  # an unusual head: whole-window logits, as a fallback
             full_p = dense_model(input_ids=batch, use_cache=False).logits[:, :-1]
-            full_q = compressed_model(input_ids=batch, use_cache=False).logits[:, :-1]
+            full_q = compressed_model(input_ids=batch.to(device_q),
+                                      use_cache=False).logits[:, :-1].to(device)
             pieces = [(full_p.reshape(-1, full_p.shape[-1])[i:i + chunk],
                        full_q.reshape(-1, full_q.shape[-1])[i:i + chunk], i)
                       for i in range(0, targets.numel(), chunk)]
@@ -236,7 +241,7 @@ def windows_divergence(dense_model, compressed_model, windows: torch.Tensor,
             h_p = h_p[:, :-1].reshape(-1, h_p.shape[-1])
             h_q = h_q[:, :-1].reshape(-1, h_q.shape[-1])
             pieces = ((_logits(dense_model, h_p[i:i + chunk]),
-                       _logits(compressed_model, h_q[i:i + chunk]), i)
+                       _logits(compressed_model, h_q[i:i + chunk]).to(device), i)
                       for i in range(0, targets.numel(), chunk))
         for logits_p, logits_q, i in _sliced(pieces, _token_chunk(vocab, CACHE_ELEMENTS)):
             out = token_divergences(logits_p, logits_q, targets[i:i + logits_p.shape[0]])
