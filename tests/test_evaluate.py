@@ -14,7 +14,8 @@ from prunelab.errors import PrunelabError
 from prunelab.evaluate import metrics
 from prunelab.evaluate.results import EvalResults, ExampleResult, by_dense_margin, margin_bins
 from prunelab.evaluate.runner import evaluate
-from prunelab.evaluate.scoring import Group, generate_greedy, rolling_windows, score_groups
+from prunelab.evaluate.scoring import (Group, generate_and_score, generate_greedy,
+                                      rolling_windows, score_groups)
 from prunelab.tasks.base import Item, Task
 from prunelab.tasks.registry import register
 from prunelab.testing import TINY_CONFIGS, tiny_loaded, tiny_model, tiny_tokenizer
@@ -135,6 +136,42 @@ def test_batched_generation_matches_one_at_a_time():
             assert int(logits[len(p) - 1 + i].argmax()) == token
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "gemma3"])
+def test_gold_answers_scored_from_the_generation_cache_match_a_pass_of_their_own(family):
+    model, tok = tiny_model(family), tiny_tokenizer()
+    rng = random.Random(1)
+    prompts = [[rng.randrange(4, 260) for _ in range(n)] for n in (3, 11, 7, 20, 5)]
+    golds = [[rng.randrange(4, 260) for _ in range(n)] for n in (4, 1, 6, 2, 3)]
+    golds[2] = None  # an item without a gold answer
+    tokens, sums = generate_and_score(model, tok, prompts, golds, max_new_tokens=5,
+                                      batch_size=3)
+    assert tokens == generate_greedy(model, tok, prompts, max_new_tokens=5, batch_size=3)
+    assert sums[2] is None
+    if family == "gemma3":  # sliding-window layers: the cache is not cut back, scored apart
+        assert sums == [None] * len(prompts)
+        return
+    for prompt, gold, cached in zip(prompts, golds, sums):
+        if gold is not None:
+            assert cached == pytest.approx(hand_logprob(model, prompt, gold), abs=1e-4)
+
+
+def test_generation_gives_the_same_gold_logprob_with_and_without_the_cache(loaded, monkeypatch):
+    import prunelab.evaluate.runner as runner
+
+    items = [Item(id=str(k), input=f"what is {k} and {k + 1}?", targets=(f"{2 * k + 1}",))
+             for k in range(7)]
+    register(Task(name="tiny_gold:1", family="tiny_gold", axis="none", level=1, level_rank=0,
+                  kind="generate", metric="contains", loader=lambda: items))
+    cached = evaluate(loaded, ["tiny_gold:1"], progress=False, batch_size=4).examples
+    real = runner.generate_and_score
+    monkeypatch.setattr(runner, "generate_and_score",
+                        lambda *a, **kw: (real(*a, **kw)[0], [None] * len(items)))
+    apart = evaluate(loaded, ["tiny_gold:1"], progress=False, batch_size=4).examples
+    for one, other in zip(cached, apart):
+        assert one.prediction == other.prediction
+        assert one.gold_logprob == pytest.approx(other.gold_logprob, abs=1e-5)
+
+
 def test_generation_reads_the_first_non_empty_line(loaded, monkeypatch):
     import prunelab.evaluate.runner as runner
 
@@ -144,10 +181,12 @@ def test_generation_reads_the_first_non_empty_line(loaded, monkeypatch):
     task = register(Task(name="tiny_gen:1", family="tiny_gen", axis="none", level=1,
                          level_rank=0, kind="generate", metric="contains", loader=lambda: items))
 
-    def fake_generate(model, tokenizer, prompts, **kw):
-        return [tok(outputs[it.id], add_special_tokens=False).input_ids for it in items]
+    def fake_generate(model, tokenizer, prompts, golds, **kw):
+        # no cached gold sums: the runner scores the gold answers in a pass of their own
+        return ([tok(outputs[it.id], add_special_tokens=False).input_ids for it in items],
+                [None] * len(items))
 
-    monkeypatch.setattr(runner, "generate_greedy", fake_generate)
+    monkeypatch.setattr(runner, "generate_and_score", fake_generate)
     results = evaluate(loaded, [task.name], progress=False)
     got = {ex.example_id: ex for ex in results.examples}
     assert got["0"].prediction == "Paris" and got["0"].correct == 1.0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.metrics import GENERATION_SCORERS, first_line
 from prunelab.evaluate.results import EvalResults, ExampleResult
-from prunelab.evaluate.scoring import Group, generate_greedy, rolling_windows, score_groups
+from prunelab.evaluate.scoring import Group, generate_and_score, rolling_windows, score_groups
 from prunelab.tasks.base import Item, Task, split_whitespace
 from prunelab.tasks.registry import get_tasks
 
@@ -182,19 +182,25 @@ def _run(loaded, plan: Plan, *, seed: int, batch_size: int, mc_score: str, packi
         progress(len(plan.items))
         return out
     # generate
-    new_tokens = generate_greedy(model, loaded.tokenizer, plan.prompts,
-                                 max_new_tokens=task.max_new_tokens, batch_size=batch_size,
-                                 pad_id=pad, progress=progress)
-    present = [g for g in plan.groups if g is not None]
-    gold_sums = iter(score_groups(model, present, batch_size=batch_size, pad_id=pad,
-                                  packing=packing)) if present else iter(())
+    # The gold answer is scored from generation's cache where its context is the prompt
+    # itself (the usual case); any other gold is scored in a pass of its own.
+    golds = [g.continuations[0] if g is not None and g.context == prompt else None
+             for g, prompt in zip(plan.groups, plan.prompts)]
+    new_tokens, cached_sums = generate_and_score(
+        model, loaded.tokenizer, plan.prompts, golds, max_new_tokens=task.max_new_tokens,
+        batch_size=batch_size, pad_id=pad, progress=progress)
+    apart = [g for g, cached in zip(plan.groups, cached_sums) if g is not None and cached is None]
+    apart_sums = iter(score_groups(model, apart, batch_size=batch_size, pad_id=pad,
+                                   packing=packing)) if apart else iter(())
     out = []
-    for item, prompt, group, tokens in zip(plan.items, plan.prompts, plan.groups, new_tokens):
+    for item, prompt, group, tokens, cached in zip(plan.items, plan.prompts, plan.groups,
+                                                   new_tokens, cached_sums):
         text = first_line(loaded.tokenizer.decode(tokens, skip_special_tokens=True))
         scores = {name: fn(text, item.targets) for name, fn in GENERATION_SCORERS.items()}
         gold_logprob = None
         if group is not None:
-            gold_logprob = next(gold_sums)[0] / len(group.continuations[0])
+            total = cached if cached is not None else next(apart_sums)[0]
+            gold_logprob = total / len(group.continuations[0])
         out.append(ExampleResult(
             **_base(task, item, seed), prediction=text, target=list(item.targets),
             correct=scores[task.metric], chance=0.0, scores=scores, gold_logprob=gold_logprob,

@@ -58,11 +58,15 @@ def can_pack(model) -> bool:
     return impl in ("eager", "sdpa")
 
 
-def _keeps_logits(model) -> bool:
+def _accepts(model, argument: str) -> bool:
     try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
+        return argument in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _keeps_logits(model) -> bool:
+    return _accepts(model, "logits_to_keep")
 
 
 def _forward_logits(model, input_ids, attention_mask, position_ids, first_needed: int):
@@ -300,31 +304,103 @@ def generate_greedy(model, tokenizer, prompts: Sequence[list[int]], *, max_new_t
     Prompts are left-padded into batches of similar length; `generate` derives position
     ids from the attention mask, so padding does not shift positions.
     """
+    return generate_and_score(model, tokenizer, prompts, None, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, pad_id=pad_id, progress=progress)[0]
+
+
+@torch.no_grad()
+def generate_and_score(model, tokenizer, prompts: Sequence[list[int]],
+                       golds: Sequence[list[int] | None] | None, *, max_new_tokens: int,
+                       batch_size: int = 16, pad_id: int = 0, progress: Progress = None,
+                       ) -> tuple[list[list[int]], list[float | None]]:
+    """`generate_greedy`'s continuations, and the summed log-probability of `golds[i]` (the
+    gold answer's tokens) right after `prompts[i]`.
+
+    The gold answer is scored from the keys and values generation already computed for the
+    prompt: the cache is cut back to the prompt and only the answer's tokens run, where a
+    separate scoring pass would run the whole prompt again (for long-context QA most of the
+    cost). None for a row without a gold, or where the model's cache cannot be cut back
+    (sliding-window layers, a router's own `generate`): score those apart.
+    """
     from transformers import GenerationConfig, StoppingCriteriaList
 
     device = _device(model)
     eos = tokenizer.eos_token_id
     newline, blank = (torch.tensor(ids, dtype=torch.long) for ids in line_token_ids(tokenizer))
+    wants_gold = golds is not None and any(golds)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              pad_token_id=pad_id, eos_token_id=eos)
+                              pad_token_id=pad_id, eos_token_id=eos,
+                              return_dict_in_generate=wants_gold)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[list[int] | None] = [None] * len(prompts)
+    gold_sums: list[float | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
         ids, attn = left_padded([prompts[j] for j in chunk], pad_id)
+        ids, attn = ids.to(device), attn.to(device)
         width = ids.shape[1]
         stop = _StopAtLineEnd(newline, blank, eos)
-        generated = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                   generation_config=config,
+        generated = model.generate(input_ids=ids, attention_mask=attn, generation_config=config,
                                    stopping_criteria=StoppingCriteriaList([stop]))
+        cache = None
+        if not isinstance(generated, torch.Tensor):  # a GenerateOutput
+            cache = getattr(generated, "past_key_values", None) or getattr(generated, "cache",
+                                                                            None)
+            generated = generated.sequences
         for b, j in enumerate(chunk):
             # Rows that stopped early are padded afterwards: cut at EOS or at the first
             # newline that follows some text (the same rule as the stopping criterion).
             new = generated[b, width:].tolist()
             outputs[j] = _cut(new, set(newline.tolist()), set(blank.tolist()), eos)
+        if wants_gold and cache is not None and any(golds[j] for j in chunk):
+            sums = _gold_after_prompt(model, cache, ids, attn, [golds[j] for j in chunk], pad_id)
+            if sums is not None:
+                for j, value in zip(chunk, sums):
+                    gold_sums[j] = value if golds[j] else None
         if progress:
             progress(len(chunk))
-    return outputs  # type: ignore[return-value]
+    return outputs, gold_sums  # type: ignore[return-value]
+
+
+def _plain_cache(cache) -> bool:
+    """A cache of whole-sequence keys and values in every layer: cutting it back to the
+    prompt leaves exactly what a fresh pass over the prompt would compute."""
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        return type(cache) is DynamicCache and all(type(layer) is DynamicLayer
+                                                   for layer in cache.layers)
+    except (ImportError, AttributeError):
+        return False
+
+
+def _gold_after_prompt(model, cache, ids: torch.Tensor, attn: torch.Tensor,
+                       golds: Sequence[list[int] | None], pad_id: int) -> list[float] | None:
+    """Summed log p(gold | prompt) per row, reusing generation's cache of the left-padded
+    prompts `ids`; None when the cache is not a plain one."""
+    if not _plain_cache(cache):
+        return None
+    width = ids.shape[1]
+    # Keep the prompt but its last token: feeding that token again yields the logits that
+    # predict the gold's first token, so no logits need to survive from generation.
+    cache.crop(-(cache.get_seq_length() - (width - 1)))
+    longest = max(len(g) for g in golds if g)
+    gold_ids = torch.full((len(golds), longest), pad_id, dtype=torch.long)
+    gold_mask = torch.zeros_like(gold_ids)
+    for b, gold in enumerate(golds):
+        if gold:
+            gold_ids[b, :len(gold)] = torch.tensor(gold)
+            gold_mask[b, :len(gold)] = 1
+    gold_ids, gold_mask = gold_ids.to(ids.device), gold_mask.to(ids.device)
+    mask = torch.cat([attn, gold_mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, width - 1:]
+    # recent transformers 5.x name the argument `cache`; earlier 5.x `past_key_values`
+    cache_argument = "cache" if _accepts(model, "cache") else "past_key_values"
+    logits = model(input_ids=torch.cat([ids[:, -1:], gold_ids], dim=1), attention_mask=mask,
+                   position_ids=positions, use_cache=True, **{cache_argument: cache}).logits
+    logits = logits[:, :-1].float()
+    picked = logits.gather(-1, gold_ids[..., None])[..., 0] - logits.logsumexp(dim=-1)
+    return (picked * gold_mask).sum(dim=1).tolist()
 
 
 def _cut(tokens: list[int], newline: set[int], blank: set[int], eos: int | None) -> list[int]:
