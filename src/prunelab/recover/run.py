@@ -89,6 +89,7 @@ def transfer(loaded, plan: TransferPlan, *, calibration=None, eval_limit: int | 
     if plan.lora_rank:
         add_adapters(loaded.model, list(masks or _linear_names(loaded.model)),
                      rank=plan.lora_rank, masked=plan.masked_lora)
+    held = setting.held_trainable()
     result = fine_tune(loaded.model, examples, collate_lm(pad_token(loaded)), lm_loss,
                        plan.train, setting=setting, checkpoint=checkpoint, progress=progress)
     if plan.lora_rank:
@@ -99,8 +100,10 @@ def transfer(loaded, plan: TransferPlan, *, calibration=None, eval_limit: int | 
         p.requires_grad_(False)
     record.update({"steps": result.steps, "seconds": round(result.seconds, 2),
                    "final_loss": result.losses[-1] if result.losses else None,
-                   "trainable": result.trainable, "trainable_fraction":
-                   result.trainable_fraction, **setting.summary()})
+                   # a weight the setting holds is not trained, though it has a gradient
+                   "trainable": result.trainable - held,
+                   "trainable_fraction": (result.trainable - held) / max(result.total, 1),
+                   **setting.summary()})
     return record
 
 

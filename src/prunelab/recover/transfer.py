@@ -99,6 +99,14 @@ class TransferSetting:
             elif self.setting == "freeze":
                 weight.mul_(self._keep[name]).add_(self._frozen[name])
 
+    def held_trainable(self) -> int:
+        """How many entries of trainable weights the setting holds (at zero for sparse, at
+        their pre-trained values for freeze): trainable parameters that never change."""
+        if self.setting not in ("sparse", "freeze"):
+            return 0
+        return sum(int(mask.sum()) for weight, mask in self.masked.values()
+                   if weight.requires_grad)
+
     def summary(self) -> dict:
         """How many weights the setting holds, and how many of them are nonzero now."""
         held = sum(int(mask.sum()) for _, mask in self.masked.values())
