@@ -159,3 +159,17 @@ def test_cli_route_bad_input_and_a_run(tiny_dir, tmp_path):
     assert len(out.read_text().splitlines()) == 40
     assert {json.loads(line)["task"] for line in out.read_text().splitlines()} == {
         "clidigits:1", "cliwords:1"}
+
+
+def test_a_router_generates_and_its_gold_answers_are_scored_apart():
+    from prunelab.evaluate.scoring import generate_and_score, generate_greedy
+    from prunelab.testing import tiny_tokenizer
+
+    experts, router = _experts()
+    routed, tok = RoutedModel(experts, router), tiny_tokenizer()
+    prompts = [_batch(4, 60, rows=1, width=6, seed=3)[0].tolist(),
+               _batch(200, 259, rows=1, width=9, seed=4)[0].tolist()]
+    tokens, sums = generate_and_score(routed, tok, prompts, [[5, 6], [7]], max_new_tokens=4)
+    # a router's `generate` returns token ids, no cache: the runner scores the golds apart
+    assert tokens == generate_greedy(routed, tok, prompts, max_new_tokens=4)
+    assert sums == [None, None]

@@ -322,12 +322,13 @@ def generate_and_score(model, tokenizer, prompts: Sequence[list[int]],
     cost). None for a row without a gold, or where the model's cache cannot be cut back
     (sliding-window layers, a router's own `generate`): score those apart.
     """
-    from transformers import GenerationConfig, StoppingCriteriaList
+    from transformers import GenerationConfig, GenerationMixin, StoppingCriteriaList
 
     device = _device(model)
     eos = tokenizer.eos_token_id
     newline, blank = (torch.tensor(ids, dtype=torch.long) for ids in line_token_ids(tokenizer))
-    wants_gold = golds is not None and any(golds)
+    # Only transformers' own `generate` returns its cache (a router's returns token ids)
+    wants_gold = golds is not None and any(golds) and isinstance(model, GenerationMixin)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               pad_token_id=pad_id, eos_token_id=eos,
                               return_dict_in_generate=wants_gold)
