@@ -326,7 +326,9 @@ def generate_and_score(model, tokenizer, prompts: Sequence[list[int]],
 
     device = _device(model)
     eos = tokenizer.eos_token_id
-    newline, blank = (torch.tensor(ids, dtype=torch.long) for ids in line_token_ids(tokenizer))
+    newline_ids, blank_ids = line_token_ids(tokenizer)
+    newline, blank = (torch.tensor(ids, dtype=torch.long) for ids in (newline_ids, blank_ids))
+    newline_set, blank_set = set(newline_ids), set(blank_ids)
     # Only transformers' own `generate` returns its cache (a router's returns token ids)
     wants_gold = golds is not None and any(golds) and isinstance(model, GenerationMixin)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -352,7 +354,7 @@ def generate_and_score(model, tokenizer, prompts: Sequence[list[int]],
             # Rows that stopped early are padded afterwards: cut at EOS or at the first
             # newline that follows some text (the same rule as the stopping criterion).
             new = generated[b, width:].tolist()
-            outputs[j] = _cut(new, set(newline.tolist()), set(blank.tolist()), eos)
+            outputs[j] = _cut(new, newline_set, blank_set, eos)
         if wants_gold and cache is not None and any(golds[j] for j in chunk):
             sums = _gold_after_prompt(model, cache, ids, attn, [golds[j] for j in chunk], pad_id)
             if sums is not None:
