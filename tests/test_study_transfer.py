@@ -106,3 +106,23 @@ def test_the_dry_run_estimate_counts_fine_tuning_steps():
     assert twenty - ten > 0.5 * ten  # the training steps dominate a transfer point
     # without max_steps: epochs over the items, ceil(80 / 16) = 5 steps an epoch, 3 epochs
     assert seconds(max_items=80) == pytest.approx(seconds(train={"max_steps": 15}))
+
+
+def test_the_dry_run_estimate_tells_the_pruners_apart():
+    from prunelab.study.backend import rough_estimate
+    from prunelab.study.plan import CompressionPoint
+    from prunelab.study.stages import PruneStage
+
+    recipe = parse_recipe({"name": "t", "models": ["smollm2-135m"], "tasks": ["arithmetic:1"],
+                           "compressions": [{"method": "magnitude", "sparsity": [0.5]}]})
+    calibration = {"n_samples": 32, "seqlen": 256}
+
+    def seconds(method, **options):
+        stage = PruneStage(method=method, sparsity=0.5, options=options)
+        point = CompressionPoint(stages=(stage,), calibration=(calibration,), seed=0)
+        return rough_estimate(recipe, "smollm2-135m", point, [])[0]
+
+    wanda, sparsegpt = seconds("wanda"), seconds("sparsegpt")
+    assert wanda < seconds("dsnot") < seconds("owl") < seconds("gblm") < seconds("besa")
+    # a wrapper costs its own pass plus its base's
+    assert seconds("owl", base="sparsegpt") - seconds("owl") == pytest.approx(sparsegpt - wanda)

@@ -372,8 +372,13 @@ def _model_problem(model: str) -> str | None:
 # it, with constants fitted to smollm2-135m's pruning and evaluation times on such a machine.
 SECONDS_PER_PARAM_TOKEN = 1.3e-11
 # Pruning wall time in dense forward passes over the calibration set (sequential pruning needs
-# two passes per block), plus SparseGPT's Hessian work, which grows with the weights.
-PRUNE_PASSES = {"wanda": 2.5, "sparsegpt": 3.0}
+# two passes per block), plus SparseGPT's Hessian work, which grows with the weights. The other
+# methods are scaled from Wanda by their time ratios in bench/bench_methods.py: GBLM adds a
+# backward pass per window, BESA a forward and backward of every block with its masks per
+# window; the methods that take a `base` add their own work to the base's.
+PRUNE_PASSES = {"wanda": 2.5, "sparsegpt": 3.0, "gblm": 7.0, "besa": 20.0, "wanda-variant": 2.6,
+                "flap": 1.0, "seap": 1.0, "wanda-sp": 2.5}
+WRAPPER_PASSES = {"owl": 2.5, "dsnot": 0.3, "sparsity-map": 0.0}
 SPARSEGPT_SECONDS_PER_MPARAM = 0.1
 MAGNITUDE_SECONDS_PER_MPARAM = 0.06
 # Tokens scored per item (MC choices are packed after one shared prompt).
@@ -407,7 +412,10 @@ def rough_estimate(recipe: Recipe, model: str, point: CompressionPoint,
             compress += _fine_tuning_seconds(stage, per_token, _params(model))
         if calibration is not None:
             tokens = calibration["n_samples"] * calibration["seqlen"]
-            compress += PRUNE_PASSES.get(method, 3.0) * tokens * per_token
+            passes = WRAPPER_PASSES.get(method, 0.0)
+            if method in WRAPPER_PASSES:
+                method = getattr(stage, "options", {}).get("base", "wanda")
+            compress += (passes + PRUNE_PASSES.get(method, 3.0)) * tokens * per_token
             if method in ("sparsegpt", "gptq"):  # the same sweep over every column
                 compress += SPARSEGPT_SECONDS_PER_MPARAM * mparams
         else:
