@@ -376,7 +376,7 @@ SECONDS_PER_PARAM_TOKEN = 1.3e-11
 # methods are scaled from Wanda by their time ratios in bench/bench_methods.py: GBLM adds a
 # backward pass per window, BESA a forward and backward of every block with its masks per
 # window; the methods that take a `base` add their own work to the base's.
-PRUNE_PASSES = {"wanda": 2.5, "sparsegpt": 3.0, "gblm": 7.0, "besa": 20.0, "wanda-variant": 2.6,
+PRUNE_PASSES = {"wanda": 2.5, "sparsegpt": 3.0, "gblm": 7.0, "besa": 8.3, "wanda-variant": 2.6,
                 "flap": 1.0, "seap": 1.0, "wanda-sp": 2.5}
 WRAPPER_PASSES = {"owl": 2.5, "dsnot": 0.3, "sparsity-map": 0.0}
 SPARSEGPT_SECONDS_PER_MPARAM = 0.1
