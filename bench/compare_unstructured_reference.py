@@ -1,4 +1,5 @@
-"""OWL's allocation and GBLM's gradients beside the reference code, on the same real inputs.
+"""OWL's allocation, SparseGPT at OWL's block sparsities and GBLM's gradients beside the
+reference code, on the same real inputs.
 
 Same model (smollm2-135m, fp32), same calibration windows, one process. From luuyin/OWL it
 calls `check_outlier_mean` (the outlier ratio) on each block's concatenated Wanda scores and
@@ -8,10 +9,17 @@ from VILA-Lab/GBLM-Pruner it runs `gradient_computation` (its per-window accumul
 
     git clone https://github.com/luuyin/OWL ../OWL
     git clone https://github.com/VILA-Lab/GBLM-Pruner ../GBLM-Pruner
-    python bench/compare_unstructured_reference.py --owl-repo ../OWL --gblm-repo ../GBLM-Pruner
+    git clone https://github.com/IST-DASLab/sparsegpt ../sparsegpt
+    python bench/compare_unstructured_reference.py --owl-repo ../OWL --gblm-repo ../GBLM-Pruner \
+        --sparsegpt-repo ../sparsegpt --sparsegpt-at 0.6662,0.7529
 
 Prints, per block, both outlier ratios and sparsities; for GBLM, the largest relative
-difference of the gradient norms and how much of block 0's masks agree.
+difference of the gradient norms and how much of block 0's masks agree. For SparseGPT, on
+block 0's q_proj and down_proj at each given sparsity (OWL-SparseGPT prunes its blocks at
+sparsities like these), how much prunelab's masks and weights agree with the reference's
+`fasterprune` on the same Hessian, beside how much the reference agrees with itself when
+the Hessian's sums come in another order: the OBS sweep amplifies rounding, so that drift is
+the yardstick.
 """
 
 from __future__ import annotations
@@ -111,11 +119,74 @@ def compare_gblm(loaded, windows, repo: str, sparsity: float) -> None:
           f"G to fp16); masks agree on {agree / total:.4%} of weights")
 
 
+def compare_sparsegpt(loaded, windows, repo: str, sparsities: list[float]) -> None:
+    sys.path.insert(0, repo)
+    torch.cuda.synchronize = lambda *a, **k: None
+    import sparsegpt as reference  # the reference's SparseGPT class
+
+    from prunelab.methods.sparsegpt import sparsegpt_prune
+
+    block = arch.find_blocks(loaded.model).blocks[0]
+    layers = {n: layer for n, layer in arch.prunable_layers(block).items()
+              if n.endswith(("q_proj", "down_proj"))}
+    accumulators = {n: reference.SparseGPT(layer) for n, layer in layers.items()}
+    inputs: dict[str, list] = {n: [] for n in layers}
+
+    def hook(name):
+        def record(module, args, output):
+            accumulators[name].add_batch(args[0].data, output.data)
+            inputs[name].append(args[0].detach().reshape(-1, args[0].shape[-1]).double())
+        return record
+
+    handles = [layer.register_forward_hook(hook(n)) for n, layer in layers.items()]
+    with torch.no_grad():
+        for window in windows:
+            loaded.model(window[None])
+    for handle in handles:
+        handle.remove()
+
+    def reference_prune(layer, original, hessian, sparsity):
+        layer.weight.data = original.clone()
+        pruner = reference.SparseGPT(layer)
+        pruner.H, pruner.nsamples = hessian.clone(), len(windows)
+        pruner.fasterprune(sparsity)
+        return layer.weight.data.clone()
+
+    # The last column: how many more weights the reference prunes (its threshold is `<=` the
+    # int(n·s)-th smallest score of a block, one more than int(n·s); prunelab prunes exactly).
+    print("layer        sparsity  masks ours/ref  weights ours/ref  masks ref/ref'  "
+          "weights ref/ref'  zeros ref-ours")
+    for name, layer in layers.items():
+        original = layer.weight.data.clone()
+        hessian = accumulators[name].H
+        x = torch.cat(inputs[name])
+        reordered = ((2 / x.shape[0]) * x.T @ x).float()  # the same H, summed otherwise
+        for sparsity in sparsities:
+            ref = reference_prune(layer, original, hessian, sparsity)
+            ref_again = reference_prune(layer, original, reordered, sparsity)
+            ours, pruned, _ = sparsegpt_prune(original.clone(), hessian.clone(), sparsity)
+
+            def agree(a, b):
+                return float(((a == 0) == (b == 0)).double().mean())
+
+            def drift(a, b):
+                return float((a - b).norm() / b.norm())
+
+            extra = int((ref == 0).sum()) - int(pruned.sum())
+            print(f"{name.split('.')[-1]:12} {sparsity:8.4f}  {agree(ours, ref):14.6f}  "
+                  f"{drift(ours, ref):16.2e}  {agree(ref_again, ref):14.6f}  "
+                  f"{drift(ref_again, ref):16.2e}  {extra:+d}")
+        layer.weight.data = original
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--owl-repo")
     parser.add_argument("--gblm-repo")
+    parser.add_argument("--sparsegpt-repo")
+    parser.add_argument("--sparsegpt-at", default="0.6662,0.7529,0.5",
+                        help="sparsities for the SparseGPT comparison")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--sparsity", type=float, default=0.7)
@@ -129,6 +200,9 @@ def main() -> None:
         compare_owl(loaded, windows, args.owl_repo, args.sparsity, args.lam, args.m)
     if args.gblm_repo:
         compare_gblm(loaded, windows, args.gblm_repo, 0.5)
+    if args.sparsegpt_repo:
+        compare_sparsegpt(loaded, windows, args.sparsegpt_repo,
+                          [float(x) for x in args.sparsegpt_at.split(",")])
 
 
 if __name__ == "__main__":
