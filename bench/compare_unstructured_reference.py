@@ -10,8 +10,9 @@ from VILA-Lab/GBLM-Pruner it runs `gradient_computation` (its per-window accumul
     git clone https://github.com/luuyin/OWL ../OWL
     git clone https://github.com/VILA-Lab/GBLM-Pruner ../GBLM-Pruner
     git clone https://github.com/IST-DASLab/sparsegpt ../sparsegpt
+    git clone https://github.com/zyxxmu/DSnoT ../DSnoT
     python bench/compare_unstructured_reference.py --owl-repo ../OWL --gblm-repo ../GBLM-Pruner \
-        --sparsegpt-repo ../sparsegpt --sparsegpt-at 0.6662,0.7529
+        --sparsegpt-repo ../sparsegpt --sparsegpt-at 0.6662,0.7529 --dsnot-repo ../DSnoT
 
 Prints, per block, both outlier ratios and sparsities; for GBLM, the largest relative
 difference of the gradient norms and how much of block 0's masks agree. For SparseGPT, on
@@ -19,7 +20,7 @@ block 0's q_proj and down_proj at each given sparsity (OWL-SparseGPT prunes its 
 sparsities like these), how much prunelab's masks and weights agree with the reference's
 `fasterprune` on the same Hessian, beside how much the reference agrees with itself when
 the Hessian's sums come in another order: the OBS sweep amplifies rounding, so that drift is
-the yardstick.
+the yardstick. For DSnoT, its statistics against the reference's accumulator on block 0.
 """
 
 from __future__ import annotations
@@ -179,12 +180,50 @@ def compare_sparsegpt(loaded, windows, repo: str, sparsities: list[float]) -> No
         layer.weight.data = original
 
 
+def compare_dsnot(loaded, windows, repo: str) -> None:
+    """DSnoT's statistics, which set what its threshold means: the reference's `WrappedGPT`
+    (running mean over windows of each window's Σ_t x, its variance, Σ x²) against prunelab's
+    on block 0's inputs. Its swap loop is checked against a transcription in the tests."""
+    sys.path.insert(0, repo)
+    from lib.layerwrapper import WrappedGPT  # the reference's accumulator
+
+    found = arch.find_blocks(loaded.model)
+    layers = arch.prunable_layers(found.blocks[0])
+    wrapped = {n: WrappedGPT(layer, initial_method="wanda") for n, layer in layers.items()}
+
+    def hook(name):
+        def record(module, args, output):
+            wrapped[name].add_batch(args[0].data, output.data)
+        return record
+
+    handles = [layer.register_forward_hook(hook(n)) for n, layer in layers.items()]
+    with torch.no_grad():
+        for window in windows:
+            loaded.model(window[None])
+    for handle in handles:
+        handle.remove()
+    stats = engine._dense_statistics(loaded.model, found.blocks[:1], found.path,
+                                     ["input_mean_var", "input_sq_sum"], windows, 8, "cpu", False)
+
+    def rel(ours, ref):
+        return float((ours - ref.flatten()).abs().max() / ref.abs().max())
+
+    print("layer              E[x] scale  variance  Σx² / windows  (largest relative difference)")
+    for name in layers:
+        full = f"{found.path}.0.{name}"
+        moments = stats[full]["input_mean_var"]
+        print(f"{name:18} {rel(moments.mean * windows.shape[1], wrapped[name].sum_metric_row):10.2e}"
+              f"  {rel(moments.var, wrapped[name].var):8.2e}"
+              f"  {rel(stats[full]['input_sq_sum'] / len(windows), wrapped[name].scaler_row):13.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--owl-repo")
     parser.add_argument("--gblm-repo")
     parser.add_argument("--sparsegpt-repo")
+    parser.add_argument("--dsnot-repo")
     parser.add_argument("--sparsegpt-at", default="0.6662,0.7529,0.5",
                         help="sparsities for the SparseGPT comparison")
     parser.add_argument("--samples", type=int, default=8)
@@ -203,6 +242,8 @@ def main() -> None:
     if args.sparsegpt_repo:
         compare_sparsegpt(loaded, windows, args.sparsegpt_repo,
                           [float(x) for x in args.sparsegpt_at.split(",")])
+    if args.dsnot_repo:
+        compare_dsnot(loaded, windows, args.dsnot_repo)
 
 
 if __name__ == "__main__":
