@@ -120,6 +120,19 @@ def compare_gblm(loaded, windows, repo: str, sparsity: float) -> None:
           f"G to fp16); masks agree on {agree / total:.4%} of weights")
 
 
+def _run_windows_recording(loaded, windows, layers: dict, record) -> None:
+    """Run the model over `windows` one at a time (the references' batch of 1), calling
+    record(name, layer input, layer output) for each of `layers` on every window."""
+    handles = [layer.register_forward_hook(
+        lambda module, args, output, name=name: record(name, args[0].data, output.data))
+        for name, layer in layers.items()]
+    with torch.no_grad():
+        for window in windows:
+            loaded.model(window[None])
+    for handle in handles:
+        handle.remove()
+
+
 def compare_sparsegpt(loaded, windows, repo: str, sparsities: list[float]) -> None:
     sys.path.insert(0, repo)
     torch.cuda.synchronize = lambda *a, **k: None
@@ -133,18 +146,11 @@ def compare_sparsegpt(loaded, windows, repo: str, sparsities: list[float]) -> No
     accumulators = {n: reference.SparseGPT(layer) for n, layer in layers.items()}
     inputs: dict[str, list] = {n: [] for n in layers}
 
-    def hook(name):
-        def record(module, args, output):
-            accumulators[name].add_batch(args[0].data, output.data)
-            inputs[name].append(args[0].detach().reshape(-1, args[0].shape[-1]).double())
-        return record
+    def record(name, x, y):
+        accumulators[name].add_batch(x, y)
+        inputs[name].append(x.reshape(-1, x.shape[-1]).double())
 
-    handles = [layer.register_forward_hook(hook(n)) for n, layer in layers.items()]
-    with torch.no_grad():
-        for window in windows:
-            loaded.model(window[None])
-    for handle in handles:
-        handle.remove()
+    _run_windows_recording(loaded, windows, layers, record)
 
     def reference_prune(layer, original, hessian, sparsity):
         layer.weight.data = original.clone()
@@ -152,6 +158,12 @@ def compare_sparsegpt(loaded, windows, repo: str, sparsities: list[float]) -> No
         pruner.H, pruner.nsamples = hessian.clone(), len(windows)
         pruner.fasterprune(sparsity)
         return layer.weight.data.clone()
+
+    def agree(a, b):  # share of entries where both are zero or both are not
+        return float(((a == 0) == (b == 0)).double().mean())
+
+    def drift(a, b):
+        return float((a - b).norm() / b.norm())
 
     # The last column: how many more weights the reference prunes (its threshold is `<=` the
     # int(n·s)-th smallest score of a block, one more than int(n·s); prunelab prunes exactly).
@@ -166,13 +178,6 @@ def compare_sparsegpt(loaded, windows, repo: str, sparsities: list[float]) -> No
             ref = reference_prune(layer, original, hessian, sparsity)
             ref_again = reference_prune(layer, original, reordered, sparsity)
             ours, pruned, _ = sparsegpt_prune(original.clone(), hessian.clone(), sparsity)
-
-            def agree(a, b):
-                return float(((a == 0) == (b == 0)).double().mean())
-
-            def drift(a, b):
-                return float((a - b).norm() / b.norm())
-
             extra = int((ref == 0).sum()) - int(pruned.sum())
             print(f"{name.split('.')[-1]:12} {sparsity:8.4f}  {agree(ours, ref):14.6f}  "
                   f"{drift(ours, ref):16.2e}  {agree(ref_again, ref):14.6f}  "
@@ -191,17 +196,8 @@ def compare_dsnot(loaded, windows, repo: str) -> None:
     layers = arch.prunable_layers(found.blocks[0])
     wrapped = {n: WrappedGPT(layer, initial_method="wanda") for n, layer in layers.items()}
 
-    def hook(name):
-        def record(module, args, output):
-            wrapped[name].add_batch(args[0].data, output.data)
-        return record
-
-    handles = [layer.register_forward_hook(hook(n)) for n, layer in layers.items()]
-    with torch.no_grad():
-        for window in windows:
-            loaded.model(window[None])
-    for handle in handles:
-        handle.remove()
+    _run_windows_recording(loaded, windows, layers,
+                           lambda name, x, y: wrapped[name].add_batch(x, y))
     stats = engine._dense_statistics(loaded.model, found.blocks[:1], found.path,
                                      ["input_mean_var", "input_sq_sum"], windows, 8, "cpu", False)
 
