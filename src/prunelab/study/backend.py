@@ -414,7 +414,9 @@ def rough_estimate(recipe: Recipe, model: str, point: CompressionPoint,
             tokens = calibration["n_samples"] * calibration["seqlen"]
             passes = WRAPPER_PASSES.get(method, 0.0)
             if method in WRAPPER_PASSES:
-                method = getattr(stage, "options", {}).get("base", "wanda")
+                from prunelab.methods.wrapping import WrappingConfig
+
+                method = stage.options.get("base", WrappingConfig().base)
             compress += (passes + PRUNE_PASSES.get(method, 3.0)) * tokens * per_token
             if method in ("sparsegpt", "gptq"):  # the same sweep over every column
                 compress += SPARSEGPT_SECONDS_PER_MPARAM * mparams
