@@ -32,7 +32,8 @@ def test_every_public_name_is_the_facades():
 
 def test_no_public_name_is_a_subpackage_or_module():
     package = Path(prunelab.__file__).parent
-    modules = {p.stem for p in package.glob("*.py")} | {p.parent.name for p in package.glob("*/__init__.py")}
+    modules = {p.stem for p in package.glob("*.py")}
+    modules |= {p.parent.name for p in package.glob("*/__init__.py")}
     assert not set(prunelab.__all__) & modules
 
 

@@ -119,7 +119,7 @@ STILL_IMPORTING_THE_FACADE = ("prunelab.cli", "prunelab.cli_divergence", "prunel
 def test_no_part_of_prunelab_imports_the_facade():
     offenders = sorted(m for m, targets in _imports().items()
                        if "prunelab.api" in targets and m not in STILL_IMPORTING_THE_FACADE)
-    assert not offenders, f"import from the module that does the work, not prunelab.api: {offenders}"
+    assert not offenders, f"import the module that does the work, not prunelab.api: {offenders}"
 
 
 def test_the_exceptions_are_still_needed():

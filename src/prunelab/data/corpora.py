@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from prunelab import defaults
-from prunelab.data.checks import check_seqlen
-from prunelab.errors import PrunelabError
 # The config and the source registry live in their own torch-free modules; they stay
 # importable from here, where most callers (bench/, tests, study/) have always found them.
 from prunelab.data.calibration import CalibrationConfig
+from prunelab.data.checks import check_seqlen
 from prunelab.data.sources import TEXT_PROVIDERS, TEXT_SOURCES, load_text
+from prunelab.errors import PrunelabError
 
 __all__ = ["CalibrationConfig", "TEXT_PROVIDERS", "TEXT_SOURCES", "calibration_windows",
            "check_seqlen_fits", "eval_windows", "load_text", "token_stream", "tokens_digest"]

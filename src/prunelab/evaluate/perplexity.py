@@ -37,7 +37,8 @@ def windows_nll(model, windows: torch.Tensor, batch_size: int = defaults.PERPLEX
 
 
 def perplexity_of_windows(model, windows: torch.Tensor,
-                          batch_size: int = defaults.PERPLEXITY_BATCH_SIZE, progress: bool = False) -> float:
+                          batch_size: int = defaults.PERPLEXITY_BATCH_SIZE,
+                          progress: bool = False) -> float:
     total, count = windows_nll(model, windows, batch_size, progress)
     return math.exp(total / count)
 
