@@ -1,5 +1,5 @@
-"""The allocator settings: huge pages asked for at import, the glibc threshold as the fallback
-scoped to pruning, both off on request, and bad values refused."""
+"""The allocator settings: huge pages asked for on request (never by importing prunelab), the
+glibc threshold as the fallback scoped to pruning, both off on request, bad values refused."""
 
 import os
 import subprocess
@@ -86,25 +86,37 @@ def test_huge_pages_are_asked_for_unless_the_user_set_the_variable(monkeypatch):
     assert allocator.TORCH_HUGE_PAGES not in os.environ
 
 
-def _fresh_process_uses_huge_pages(setting: str | None, torch_first: bool = False) -> bool:
+def _fresh_process(code: str, setting: str | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if k != allocator.TORCH_HUGE_PAGES}
     if setting is not None:
         env[allocator.TORCH_HUGE_PAGES] = setting
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_importing_prunelab_changes_no_setting_of_the_process():
+    code = ("import os, sys; before = dict(os.environ); import prunelab; "
+            "print(dict(os.environ) == before, 'torch' in sys.modules)")
+    assert _fresh_process(code) == "True False"
+
+
+def _fresh_process_uses_huge_pages(setting: str | None, *, configure: bool,
+                                   torch_first: bool = False) -> bool:
     first = "import torch; torch.zeros(3); " if torch_first else ""
-    code = (first + "import prunelab; from prunelab.allocator import torch_uses_huge_pages; "
-            "print(torch_uses_huge_pages())")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    return out.strip() == "True"
+    opt_in = "prunelab.allocator.configure(); " if configure else ""
+    code = (first + "import prunelab.allocator; " + opt_in +
+            "print(prunelab.allocator.torch_uses_huge_pages())")
+    return _fresh_process(code, setting) == "True"
 
 
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and allocator.kernel_offers_huge_pages()),
                     reason="transparent huge pages are a Linux feature this kernel does not offer")
-def test_importing_prunelab_first_puts_torch_in_huge_page_mode():
-    assert _fresh_process_uses_huge_pages(None)
-    assert not _fresh_process_uses_huge_pages("0")
-    # torch reads the setting at its first allocation: too late for prunelab to ask
-    assert not _fresh_process_uses_huge_pages(None, torch_first=True)
+def test_configure_before_torch_allocates_puts_it_in_huge_page_mode():
+    assert _fresh_process_uses_huge_pages(None, configure=True)
+    assert not _fresh_process_uses_huge_pages(None, configure=False)  # opt-in only
+    assert not _fresh_process_uses_huge_pages("0", configure=True)  # the user's setting wins
+    # torch reads the setting at its first allocation: too late to ask after it
+    assert not _fresh_process_uses_huge_pages(None, configure=True, torch_first=True)
 
 
 def _resident_bytes() -> int:

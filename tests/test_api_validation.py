@@ -55,6 +55,9 @@ def test_valid_arguments_come_back_converted(text_file):
     (dict(sparsity=0.5, calibration="/no/such/file.txt"), "does not exist"),
     (dict(sparsity=0.5, calibration=CalibrationConfig(n_samples=0)), "at least one sample"),
     (dict(sparsity=0.5, calibration=CalibrationConfig(seqlen=1)), "too short"),
+    (dict(sparsity=0.5, calibration=CalibrationConfig(seqlen=7)), "use --seqlen 8 or more"),
+    (dict(sparsity=0.5, calibration=CalibrationConfig(seed=-1)), "not a non-negative integer"),
+    (dict(sparsity=0.5, seed=True), "not a non-negative integer"),
     (dict(sparsity=0.5, calibration=42), "not a calibration"),
 ])
 def test_bad_arguments_are_refused(kwargs, fragment):
@@ -112,3 +115,28 @@ def test_model_dependent_checks(text_file):
     api.check_model_fit(loaded, few)  # the text's length is not checked unless asked
     with pytest.raises(PrunelabError, match="fewer than one window"):
         api.check_model_fit(loaded, few, calibration_text=True)
+
+
+def test_one_calibration_config_from_what_a_caller_holds(text_file):
+    from prunelab.data.calibration import calibration_config
+
+    assert calibration_config() == CalibrationConfig()  # every default, from defaults.py
+    assert calibration_config(text_file, seed=2) == CalibrationConfig(str(text_file), seed=2)
+    study_section = {"source": str(text_file), "n_samples": 4, "seqlen": 64}
+    assert calibration_config(study_section, 5) == CalibrationConfig(str(text_file), 4, 64, 5)
+    with pytest.raises(PrunelabError, match="at least one sample"):
+        calibration_config({**study_section, "n_samples": 0})
+
+
+def test_the_text_and_window_checks_load_no_torch():
+    """So that the command line can refuse a bad source or size before the model stack loads."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from prunelab.data.calibration import calibration_config; "
+            "from prunelab.data.checks import check_perplexity_args; "
+            "check_perplexity_args(); calibration_config(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "False"

@@ -204,7 +204,8 @@ def test_a_bad_allocator_setting_comes_before_loading(tmp_path, no_model_load, m
 
 @pytest.fixture
 def no_dense_perplexity(monkeypatch):
-    _refuse(monkeypatch, "prunelab.api.eval_windows", "the dense perplexity was measured")
+    _refuse(monkeypatch, "prunelab.evaluate.perplexity.eval_windows",
+            "the dense perplexity was measured")
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -237,7 +238,7 @@ def test_dense_perplexity_is_cached_between_runs(tmp_path, tiny_dir, text_file, 
     def small_windows(loaded, source, seqlen, n_windows):
         return corpora.eval_windows(loaded, text_file, 32, 2)
 
-    monkeypatch.setattr("prunelab.api.eval_windows", small_windows)
+    monkeypatch.setattr("prunelab.evaluate.perplexity.eval_windows", small_windows)
     common = ["--method", "magnitude", "--sparsity", "0.5", "--calib-source", str(text_file)]
     first = run("prune", str(tiny_dir), "--out", str(tmp_path / "a"), *common)
     assert first.returncode == 0, first.stderr

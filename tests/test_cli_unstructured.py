@@ -50,8 +50,9 @@ def test_bad_options_are_one_line_before_loading(tmp_path, args, fragment, monke
                                             ("skewed", "averages")])
 def test_a_bad_sparsity_map_is_one_line_before_any_work(tmp_path, tiny_dir, text_file, maps,
                                                         which, fragment, monkeypatch):
-    monkeypatch.setattr("prunelab.api.eval_windows", lambda *a, **k: (_ for _ in ()).throw(
-        AssertionError("the dense perplexity was measured")))
+    monkeypatch.setattr("prunelab.evaluate.perplexity.eval_windows",
+                        lambda *a, **k: (_ for _ in ()).throw(
+                            AssertionError("the dense perplexity was measured")))
     out = tmp_path / "out"
     result = run("prune", str(tiny_dir), "--out", str(out), "--method", "sparsity-map",
                  "--sparsity", "0.5", "--option", f"file={maps[which]}",

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from prunelab import api, ppl_cache
+from prunelab.evaluate import perplexity as measuring
 from prunelab.testing import tiny_loaded, tiny_model, tiny_tokenizer
 from prunelab.zoo.models import load_model
 
@@ -29,13 +30,13 @@ def text(tmp_path):
 def forward_passes(monkeypatch):
     """Counts the perplexity forward passes that really run."""
     calls = []
-    real = api.perplexity_of_windows
+    real = measuring.perplexity_of_windows
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "perplexity_of_windows", counting)
+    monkeypatch.setattr(measuring, "perplexity_of_windows", counting)
     return calls
 
 

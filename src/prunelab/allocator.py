@@ -11,10 +11,12 @@ Two remedies, the first preferred:
 
 1. torch's own huge-page mode (THP_MEM_ALLOC_ENABLE=1): every CPU tensor of 2 MiB or more is
    allocated page-aligned (posix_memalign) and madvised for transparent huge pages; why that
-   also keeps the heap from growing is observed, not yet explained. `request_huge_pages()`
-   sets the variable when prunelab is imported (a value you set yourself wins, 0 turns it
-   off). c10 reads it once, at torch's first CPU allocation, so it takes effect only if
-   prunelab is imported before any tensor exists (always so for the `prunelab` command).
+   also keeps the heap from growing is observed, not yet explained. `configure()` sets the
+   variable (a value you set yourself wins, 0 turns it off); importing prunelab does not, as
+   a library should leave the process's settings alone. c10 reads it once, at torch's first
+   CPU allocation, so it takes effect only if called before any tensor exists: the
+   `prunelab` command calls it first thing; a script that prunes big models calls
+   `prunelab.allocator.configure()` before importing torch, or exports the variable itself.
    It gave the lowest and steadiest peak at no cost in time.
 2. Where huge pages are not in effect, `compact_heap()` fixes glibc's mmap threshold at 4 MiB
    for the duration of a pruning run: each tensor of 4 MiB or more gets, and returns, its own
@@ -57,11 +59,21 @@ def kernel_offers_huge_pages() -> bool:
 def request_huge_pages() -> None:
     """Ask torch's CPU allocator for huge pages, unless the user has set the variable.
 
-    Called when prunelab is imported, before torch allocates anything (see the module's doc).
-    Child processes inherit the variable, as they would if the user had set it.
+    To be called before torch allocates anything (see the module's doc). Child processes
+    inherit the variable, as they would if the user had set it.
     """
     if sys.platform.startswith("linux") and kernel_offers_huge_pages():
         os.environ.setdefault(TORCH_HUGE_PAGES, "1")
+
+
+def configure() -> None:
+    """Opt in to the allocator settings that keep a big model's pruning peak low and steady.
+
+    Sets what must be set before torch's first allocation (huge pages); the glibc threshold
+    needs nothing here, `compact_heap()` applies it around each pruning run. Changes the
+    whole process, so the `prunelab` command calls it, and a library import never does.
+    """
+    request_huge_pages()
 
 
 def torch_uses_huge_pages() -> bool:

@@ -170,6 +170,9 @@ _ABORTS = (click.Abort, typer.Abort, KeyboardInterrupt)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from prunelab.allocator import configure
+
+    configure()  # before torch's first allocation: this process will hold big models
     try:
         app(args=argv, standalone_mode=False, prog_name="prunelab")
     except PrunelabError as exc:

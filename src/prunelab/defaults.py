@@ -25,3 +25,5 @@ QUANT_METHOD = "gptq"
 QUANT_BITS = 4
 QUANT_GROUP_SIZE = 128
 EVAL_BATCH_SIZE = 16
+PRUNE_BATCH_SIZE = 8         # calibration windows per forward pass while pruning
+PERPLEXITY_BATCH_SIZE = 4    # windows per forward pass of a perplexity measurement

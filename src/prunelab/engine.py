@@ -498,7 +498,7 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
     _split_statistics(method.planning_statistics)  # unknown names fail here, before any work
     if method.needs_calibration and windows is None:
         raise PrunelabError(f"method {method.name} needs calibration data",
-                            "pass calibration windows (api.prune draws them from its source)")
+                            "pass calibration windows (prunelab.compress.prune draws them from its source)")
 
     use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False

@@ -250,8 +250,8 @@ def build_seap_router(loaded, families: Sequence[str], sparsity: float, *, eval_
     """One SEAP model per task family, each calibrated on that family's held-out prompts,
     behind a router fitted on the same prompts. Returns (LoadedModel of a RoutedModel,
     {family: share of its held-out prompts the router sends home})."""
-    from prunelab.api import prune
-    from prunelab.data.corpora import CalibrationConfig
+    from prunelab.compress import prune
+    from prunelab.data.calibration import CalibrationConfig
     from prunelab.zoo.models import LoadedModel
 
     keep_first = int(options.get("keep_first", 2))

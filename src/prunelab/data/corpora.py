@@ -9,76 +9,21 @@ written later and about other articles. Any local UTF-8 text file works as eithe
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from prunelab import defaults
+# The config and the source registry live in their own torch-free modules; they stay
+# importable from here, where most callers (bench/, tests, study/) have always found them.
+from prunelab.data.calibration import CalibrationConfig
+from prunelab.data.checks import check_seqlen
+from prunelab.data.sources import TEXT_PROVIDERS, TEXT_SOURCES, load_text
 from prunelab.errors import PrunelabError
 
-# name -> (BIG-bench task folder, file, description)
-TEXT_SOURCES: dict[str, tuple[str, str, str]] = {
-    "squad-dev": ("squad_shifts", "squaddev_v1.1.json",
-                  "Wikipedia paragraphs of the SQuAD v1.1 dev set (perplexity default)"),
-    "squadshifts-new_wiki": ("squad_shifts", "new_wiki_v1.0.json",
-                             "newer Wikipedia paragraphs from SQuADShifts (calibration default)"),
-    "squadshifts-nyt": ("squad_shifts", "nyt_v1.0.json", "New York Times paragraphs (SQuADShifts)"),
-    "squadshifts-reddit": ("squad_shifts", "reddit_v1.0.json", "Reddit posts (SQuADShifts)"),
-    "squadshifts-amazon": ("squad_shifts", "amazon_reviews_v1.0.json",
-                           "Amazon product reviews (SQuADShifts)"),
-}
-# Text sources that other parts provide by a name prefix (name -> text): "task:" is a task's
-# own prompts (`prunelab.tasks.calibration`, which registers itself when imported).
-TEXT_PROVIDERS: dict[str, Callable[[str], str]] = {}
-DEFAULT_EVAL_SOURCE = "squad-dev"
-DEFAULT_CALIBRATION_SOURCE = "squadshifts-new_wiki"
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    """Which text calibrates a method, and how much of it.
-
-    `n_samples` windows of `seqlen` tokens, drawn at seeded random offsets from the token
-    stream of `source` (a name from TEXT_SOURCES or a local text file).
-    """
-
-    source: str = DEFAULT_CALIBRATION_SOURCE
-    n_samples: int = 128
-    seqlen: int = 512
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def load_text(source: str | Path) -> str:
-    """The whole text of a named corpus or a local file; paragraphs joined by blank lines."""
-    name = str(source)
-    for prefix, provide in TEXT_PROVIDERS.items():
-        if name.startswith(prefix):
-            return provide(name)
-    if name in TEXT_SOURCES:
-        from prunelab.data.bigbench import task_dir
-
-        folder, filename, _ = TEXT_SOURCES[name]
-        data = json.loads((task_dir(folder) / filename).read_text(encoding="utf-8"))
-        paragraphs = [p["context"].strip() for article in data["data"]
-                      for p in article["paragraphs"]]
-        return "\n\n".join(paragraphs)
-    path = Path(name).expanduser()
-    if path.is_file():
-        try:
-            return path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise PrunelabError(f"{path} is not UTF-8 text", "pass a plain UTF-8 text file") from None
-    raise PrunelabError(
-        f"unknown text source {name!r}",
-        f"use one of {', '.join(TEXT_SOURCES)} or the path of a local text file",
-    )
-
+__all__ = ["CalibrationConfig", "TEXT_PROVIDERS", "TEXT_SOURCES", "calibration_windows",
+           "check_seqlen_fits", "eval_windows", "load_text", "token_stream", "tokens_digest"]
 
 _TOKEN_CACHE: dict[tuple[str, int], torch.Tensor] = {}
 
@@ -92,9 +37,9 @@ def token_stream(loaded, source: str | Path) -> torch.Tensor:
     return _TOKEN_CACHE[key]
 
 
-def _check_seqlen(loaded, seqlen: int) -> None:
-    if seqlen < 2:
-        raise PrunelabError(f"sequence length {seqlen} is too short", "use --seqlen 2 or more")
+def check_seqlen_fits(loaded, seqlen: int) -> None:
+    """A window of `seqlen` tokens is long enough and fits the model's context."""
+    check_seqlen(seqlen)
     if seqlen > loaded.max_length:
         raise PrunelabError(
             f"sequence length {seqlen} is longer than the model's context of {loaded.max_length}",
@@ -112,7 +57,7 @@ def _prepend_bos(loaded, windows: torch.Tensor) -> torch.Tensor:
 
 def calibration_windows(loaded, config: CalibrationConfig) -> torch.Tensor:
     """`n_samples` seeded random windows of `seqlen` tokens, shape [n_samples, seqlen]."""
-    _check_seqlen(loaded, config.seqlen)
+    check_seqlen_fits(loaded, config.seqlen)
     if config.n_samples < 1:
         raise PrunelabError("calibration needs at least one sample", "use --calib-samples 1 or more")
     stream = token_stream(loaded, config.source)
@@ -134,10 +79,11 @@ def calibration_windows(loaded, config: CalibrationConfig) -> torch.Tensor:
     return _prepend_bos(loaded, torch.stack([stream[s:s + span] for s in starts]))
 
 
-def eval_windows(loaded, source: str | Path = DEFAULT_EVAL_SOURCE, seqlen: int = 512,
-                 n_windows: int | None = 32) -> torch.Tensor:
+def eval_windows(loaded, source: str | Path = defaults.EVAL_SOURCE,
+                 seqlen: int = defaults.EVAL_SEQLEN,
+                 n_windows: int | None = defaults.EVAL_WINDOWS) -> torch.Tensor:
     """Consecutive non-overlapping windows of `seqlen` tokens from the start of `source`."""
-    _check_seqlen(loaded, seqlen)
+    check_seqlen_fits(loaded, seqlen)
     stream = token_stream(loaded, source)
     span = seqlen - (1 if loaded.add_bos else 0)
     available = len(stream) // span

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from prunelab import defaults
 from prunelab.errors import PrunelabError
 
 LN2 = math.log(2.0)
@@ -285,8 +286,9 @@ def histogram(values: torch.Tensor) -> dict[str, list]:
     return {"edges": list(HISTOGRAM_EDGES), "zeros": zeros, "counts": counts}
 
 
-def divergence(dense, compressed, source: str = "squad-dev", seqlen: int = 512,
-               n_windows: int | None = 32, batch_size: int = 1,
+def divergence(dense, compressed, source: str = defaults.EVAL_SOURCE,
+               seqlen: int = defaults.EVAL_SEQLEN,
+               n_windows: int | None = defaults.EVAL_WINDOWS, batch_size: int = 1,
                progress: bool = False) -> DivergenceResult:
     """JSD, KL both ways and top-1 agreement of `compressed` against `dense` (both
     `prunelab.LoadedModel`s sharing one tokenizer) over the perplexity windows of `source`."""

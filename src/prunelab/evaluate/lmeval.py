@@ -18,6 +18,7 @@ import json
 import re
 from pathlib import Path
 
+from prunelab import defaults
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_file
 from prunelab.tasks.base import Task, split_whitespace
@@ -37,7 +38,7 @@ def lmeval_name(task: Task) -> str:
     return "prunelab_" + re.sub(r"[^A-Za-z0-9_]+", "_", task.name).strip("_")
 
 
-def hflm(loaded, *, batch_size: int = 16):
+def hflm(loaded, *, batch_size: int = defaults.EVAL_BATCH_SIZE):
     """An lm-eval HFLM wrapping the loaded model and tokenizer as they are (no copy, no save)."""
     require_lm_eval()
     from lm_eval.models.huggingface import HFLM
@@ -48,7 +49,8 @@ def hflm(loaded, *, batch_size: int = 16):
 
 
 def run_lmeval(loaded, tasks: list[str], *, include_path: str | Path | None = None,
-               limit: int | None = None, num_fewshot: int | None = None, batch_size: int = 16,
+               limit: int | None = None, num_fewshot: int | None = None,
+               batch_size: int = defaults.EVAL_BATCH_SIZE,
                log_samples: bool = False, include_defaults: bool | None = None) -> dict:
     """Run lm-eval tasks on a loaded (possibly pruned) model; returns lm-eval's result dict.
 

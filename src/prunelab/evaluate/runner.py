@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from prunelab import defaults
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.metrics import GENERATION_SCORERS, first_line
 from prunelab.evaluate.results import EvalResults, ExampleResult
@@ -114,8 +115,8 @@ def plan_task(loaded, task: Task, limit: int | None, seed: int) -> Plan:
 
 
 def evaluate(loaded, tasks: list[str] | str, *, limit: int | None = None, seed: int = 0,
-             batch_size: int = 16, progress: bool = True, mc_score: str | None = None,
-             packing: bool | str = "auto") -> EvalResults:
+             batch_size: int = defaults.EVAL_BATCH_SIZE, progress: bool = True,
+             mc_score: str | None = None, packing: bool | str = "auto") -> EvalResults:
     """Score `tasks` (selectors: family, family:level, task name, or spec file) on a model.
 
     limit: at most this many items per task level, chosen by a seeded hash of item ids (so

@@ -95,7 +95,7 @@ def encoder_transfer(source: str, task: str, setting: str, *, sparsity: float = 
     score the test split, on `device` (default: where the model is, the CPU for a zoo model).
     `loaded_model` = (model, tokenizer) and `items` replace the zoo model and the task's
     BIG-bench data (tests)."""
-    from prunelab.api import prune
+    from prunelab.compress import prune
     from prunelab.recover.run import _prunable_weights, _restore
     from prunelab.zoo.models import LoadedModel
 

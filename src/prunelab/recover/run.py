@@ -55,7 +55,7 @@ def transfer(loaded, plan: TransferPlan, *, calibration=None, eval_limit: int | 
              checkpoint: str | Path | None = None, progress: bool = True) -> dict:
     """Apply `plan` to `loaded` in place and return a record of it. The training items of each
     task are those its evaluation (`eval_limit`, `eval_seed`) does not test."""
-    from prunelab.api import prune
+    from prunelab.compress import prune
     from prunelab.tasks.registry import get_tasks
 
     plan.check(masks_given=masks is not None)

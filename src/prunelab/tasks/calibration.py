@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-from prunelab.data.corpora import TEXT_PROVIDERS
+from prunelab.data.sources import TEXT_PROVIDER_CHECKS, TEXT_PROVIDERS
 from prunelab.errors import PrunelabError
 
 PREFIX = "task:"
@@ -105,3 +105,4 @@ def task_text(source: str) -> str:
 
 
 TEXT_PROVIDERS[PREFIX] = task_text  # `load_text("task:...")` and so calibration windows
+TEXT_PROVIDER_CHECKS[PREFIX] = check  # `check_text_source`, before the model is loaded

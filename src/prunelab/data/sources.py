@@ -1,0 +1,100 @@
+"""The text sources: named corpora, sources provided by a name prefix, and local files.
+
+What a source name means and whether it can be read, without tokenizing anything (no torch
+here, so argument checks can run before the model stack is imported). Cutting the text into
+token windows is `prunelab.data.corpora`'s.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from prunelab.errors import PrunelabError
+
+# name -> (BIG-bench task folder, file, description)
+TEXT_SOURCES: dict[str, tuple[str, str, str]] = {
+    "squad-dev": ("squad_shifts", "squaddev_v1.1.json",
+                  "Wikipedia paragraphs of the SQuAD v1.1 dev set (perplexity default)"),
+    "squadshifts-new_wiki": ("squad_shifts", "new_wiki_v1.0.json",
+                             "newer Wikipedia paragraphs from SQuADShifts (calibration default)"),
+    "squadshifts-nyt": ("squad_shifts", "nyt_v1.0.json", "New York Times paragraphs (SQuADShifts)"),
+    "squadshifts-reddit": ("squad_shifts", "reddit_v1.0.json", "Reddit posts (SQuADShifts)"),
+    "squadshifts-amazon": ("squad_shifts", "amazon_reviews_v1.0.json",
+                           "Amazon product reviews (SQuADShifts)"),
+}
+# Calibration sources that other parts provide by a name prefix: name -> its text, and name ->
+# a check that refuses it in one line before any text is built. "task:" is a task's own prompts
+# (`prunelab.tasks.calibration`, which registers itself when imported; `prunelab.compress`
+# imports it, so every pruning run knows the prefix).
+TEXT_PROVIDERS: dict[str, Callable[[str], str]] = {}
+TEXT_PROVIDER_CHECKS: dict[str, Callable[[str], object]] = {}
+
+
+def load_text(source: str | Path) -> str:
+    """The whole text of a named corpus or a local file; paragraphs joined by blank lines."""
+    name = str(source)
+    for prefix, provide in TEXT_PROVIDERS.items():
+        if name.startswith(prefix):
+            return provide(name)
+    if name in TEXT_SOURCES:
+        from prunelab.data.bigbench import task_dir
+
+        folder, filename, _ = TEXT_SOURCES[name]
+        data = json.loads((task_dir(folder) / filename).read_text(encoding="utf-8"))
+        paragraphs = [p["context"].strip() for article in data["data"]
+                      for p in article["paragraphs"]]
+        return "\n\n".join(paragraphs)
+    path = Path(name).expanduser()
+    if path.is_file():
+        try:
+            return path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise PrunelabError(f"{path} is not UTF-8 text", "pass a plain UTF-8 text file") from None
+    raise PrunelabError(
+        f"unknown text source {name!r}",
+        f"use one of {', '.join(TEXT_SOURCES)} or the path of a local text file",
+    )
+
+
+def check_text_source(source: str, role: str) -> None:
+    """A named corpus, or a local file that holds UTF-8 text (read through once, in pieces).
+
+    `role` ("calibration", "text") names the source in the messages; only calibration may
+    name a provided source (TEXT_PROVIDERS, e.g. "task:NAME").
+    """
+    if source in TEXT_SOURCES:
+        return
+    if role == "calibration":
+        for prefix, check in TEXT_PROVIDER_CHECKS.items():
+            if source.startswith(prefix):
+                check(source)  # e.g. enough task items left after the evaluation's
+                return
+    path = Path(source).expanduser()
+    names = ", ".join(TEXT_SOURCES)
+    if not path.exists():
+        if path.suffix or os.sep in source or (os.altsep and os.altsep in source):
+            raise PrunelabError(f"{role} file {source} does not exist",
+                                f"check the path, or name a corpus: {names}")
+        raise PrunelabError(f"unknown text source {source!r}",
+                            f"use one of {names} or the path of a local text file")
+    if not path.is_file():
+        raise PrunelabError(f"{role} source {source} is not a file",
+                            "pass a UTF-8 text file or a corpus name")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    has_text = False
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                has_text = bool(decoder.decode(chunk).strip()) or has_text
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise PrunelabError(f"{path} is not UTF-8 text", "pass a plain UTF-8 text file") from None
+    except OSError as exc:
+        raise PrunelabError(f"cannot read {path}: {exc.strerror}",
+                            "check that the file is readable") from None
+    if not has_text:
+        raise PrunelabError(f"{role} file {path} is empty", "pass a file with some text in it")
