@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import codecs
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -23,24 +21,28 @@ import torch
 
 import prunelab
 from prunelab import arch, ppl_cache
-from prunelab.allocator import compact_heap, mmap_threshold_from_env, release_free_heap
-from prunelab.data.corpora import (DEFAULT_EVAL_SOURCE, TEXT_SOURCES, CalibrationConfig,
-                                   calibration_windows, eval_windows, tokens_digest)
+from prunelab.allocator import compact_heap, release_free_heap
+from prunelab.checks import MIN_SEQLEN, check_perplexity_args, check_prune_request  # noqa: F401
+from prunelab.checks import check_batch_size as _check_batch_size
+from prunelab.checks import check_calibration as _calibration_config  # noqa: F401
+from prunelab.checks import check_text_source as _check_text_source  # noqa: F401
+from prunelab.checks import check_window_args as _check_window_args
+from prunelab.checks import pattern_unsupported
+from prunelab.data.corpora import (DEFAULT_EVAL_SOURCE, CalibrationConfig, calibration_windows,
+                                   eval_windows, tokens_digest)
 from prunelab.data.corpora import _check_seqlen as check_seqlen
 from prunelab.engine import (LayerRecord, check_gradient_memory, check_method_fit,
                              prune_blocks)
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.perplexity import perplexity_of_windows
 from prunelab.methods.base import PruningMethod, make_method
-from prunelab.methods.masks import NMPattern, check_sparsity, parse_pattern
+from prunelab.methods.masks import NMPattern
 from prunelab.methods.statistics import accumulator
 from prunelab.paths import atomic_dir
 from prunelab.structure import model_size
 from prunelab.zoo.models import LoadedModel
 
 PROVENANCE_FILE = "prunelab.json"
-# What `prunelab.data.corpora` accepts: a window must hold a token and the one it predicts.
-MIN_SEQLEN = 2
 
 
 @dataclass
@@ -109,38 +111,16 @@ def check_prune_args(method: str = "wanda", sparsity: float | None = None,
     (derived from the pattern when not given), the parsed pattern and the calibration config
     (`seed`, when given, replaces its seed). `out`, when given, must not exist yet.
     """
-    options = dict(options or {})
-    arch.check_only(options.pop("only", None))  # every method's: which layers (see `prune`)
-    chosen = make_method(method, options)
-    nm = parse_pattern(pattern)
-    if nm is not None and not chosen.supports_nm:
+    request = check_prune_request(method, sparsity, pattern, calibration, options, seed=seed,
+                                  out=out)
+    chosen = make_method(method, request.options)
+    if request.pattern is not None and not chosen.supports_nm:  # a wrapper's base cannot
         from prunelab.methods.base import list_methods
 
-        supporting = ", ".join(m.name for m in list_methods() if m.supports_nm)
-        raise PrunelabError(f"method {method} does not support N:M patterns",
-                            f"leave out --pattern, or choose one of {supporting}")
-    if chosen.quantizes and (nm is not None or sparsity):
-        raise PrunelabError(f"method {method} quantizes weights and prunes none",
-                            "leave out --sparsity and --pattern (prune first with a method "
-                            "that prunes, or use sparsegpt --option bits=4 for both at once)")
-    if sparsity is None and chosen.quantizes:
-        sparsity = 0.0
-    if sparsity is None:
-        if nm is None:
-            raise PrunelabError("no sparsity given", "pass --sparsity 0.5 or --pattern 2:4")
-        sparsity = nm.sparsity
-    sparsity = check_sparsity(sparsity)
-    if nm is not None and abs(sparsity - nm.sparsity) > 1e-9:
-        raise PrunelabError(f"sparsity {sparsity} disagrees with pattern {nm} "
-                            f"(which removes {nm.sparsity:.3f})",
-                            "leave out the sparsity when giving a pattern")
-    chosen.check_request(sparsity, nm)
-    calibration = _calibration_config(calibration, seed)
-    mmap_threshold_from_env()  # read again when pruning starts; a bad value should fail now
-    if out is not None and Path(out).exists():
-        raise PrunelabError(f"output directory {out} already exists",
-                            "choose a new --out, or remove the old one")
-    return PruneArgs(method=chosen, sparsity=sparsity, pattern=nm, calibration=calibration)
+        raise pattern_unsupported(method, [m.name for m in list_methods() if m.supports_nm])
+    chosen.check_request(request.sparsity, request.pattern)
+    return PruneArgs(method=chosen, sparsity=request.sparsity, pattern=request.pattern,
+                     calibration=request.calibration)
 
 
 def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,
@@ -221,13 +201,6 @@ def quantize(loaded: LoadedModel, method: str = "gptq", bits: int = 4,
                  group_size=group_size, symmetric=symmetric, **options)
 
 
-def check_perplexity_args(source: str = DEFAULT_EVAL_SOURCE, seqlen: int = 512,
-                          n_windows: int | None = 32, batch_size: int = 4) -> None:
-    """Check a perplexity measurement's arguments without the model (the CLI does, first)."""
-    _check_window_args(seqlen, n_windows, batch_size)
-    _check_text_source(str(source), "text")
-
-
 def perplexity(loaded: LoadedModel, source: str = DEFAULT_EVAL_SOURCE, seqlen: int = 512,
                n_windows: int | None = 32, batch_size: int = 4, progress: bool = False) -> float:
     """Perplexity on `n_windows` consecutive non-overlapping windows of `seqlen` tokens."""
@@ -262,84 +235,6 @@ def dense_perplexity(loaded: LoadedModel, source: str = DEFAULT_EVAL_SOURCE, seq
                                      "seqlen": seqlen, "windows": int(windows.shape[0]),
                                      "windows_sha256": tokens_digest(windows)})
     return Measured(value, cached=False)
-
-
-def _calibration_config(calibration, seed: int | None) -> CalibrationConfig:
-    if calibration is None or isinstance(calibration, (str, Path)):
-        calibration = (CalibrationConfig() if calibration is None
-                       else CalibrationConfig(source=str(calibration)))
-    if not isinstance(calibration, CalibrationConfig):
-        raise PrunelabError(f"{calibration!r} is not a calibration source",
-                            "pass a CalibrationConfig, a text source name or a file path")
-    if seed is not None:
-        calibration = CalibrationConfig(calibration.source, calibration.n_samples,
-                                        calibration.seqlen, seed)
-    if not isinstance(calibration.n_samples, int) or calibration.n_samples < 1:
-        raise PrunelabError("calibration needs at least one sample",
-                            "use --calib-samples 1 or more")
-    if not isinstance(calibration.seqlen, int) or calibration.seqlen < MIN_SEQLEN:
-        raise PrunelabError(f"sequence length {calibration.seqlen} is too short",
-                            f"use --seqlen {MIN_SEQLEN} or more")
-    if not isinstance(calibration.seed, int):
-        raise PrunelabError(f"calibration seed {calibration.seed!r} is not an integer",
-                            "use e.g. --seed 0")
-    _check_text_source(calibration.source, "calibration")
-    return calibration
-
-
-def _check_text_source(source: str, role: str) -> None:
-    """A named corpus, or a local file that holds UTF-8 text (read through once, in pieces).
-
-    `role` ("calibration", "text") names the source in the messages.
-    """
-    if source in TEXT_SOURCES:
-        return
-    if role == "calibration" and source.startswith("task:"):
-        from prunelab.tasks.calibration import check  # also registers the "task:" source
-
-        check(source)  # enough items left after the evaluation's
-        return
-    path = Path(source).expanduser()
-    names = ", ".join(TEXT_SOURCES)
-    if not path.exists():
-        if path.suffix or os.sep in source or (os.altsep and os.altsep in source):
-            raise PrunelabError(f"{role} file {source} does not exist",
-                                f"check the path, or name a corpus: {names}")
-        raise PrunelabError(f"unknown text source {source!r}",
-                            f"use one of {names} or the path of a local text file")
-    if not path.is_file():
-        raise PrunelabError(f"{role} source {source} is not a file",
-                            "pass a UTF-8 text file or a corpus name")
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    has_text = False
-    try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                has_text = bool(decoder.decode(chunk).strip()) or has_text
-            decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise PrunelabError(f"{path} is not UTF-8 text", "pass a plain UTF-8 text file") from None
-    except OSError as exc:
-        raise PrunelabError(f"cannot read {path}: {exc.strerror}",
-                            "check that the file is readable") from None
-    if not has_text:
-        raise PrunelabError(f"{role} file {path} is empty", "pass a file with some text in it")
-
-
-def _check_window_args(seqlen: int, n_windows: int | None, batch_size: int) -> None:
-    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < MIN_SEQLEN:
-        raise PrunelabError(f"sequence length {seqlen} is too short",
-                            f"use --seqlen {MIN_SEQLEN} or more")
-    if n_windows is not None and (isinstance(n_windows, bool) or not isinstance(n_windows, int)
-                                  or n_windows < 1):
-        raise PrunelabError(f"{n_windows} windows is too few", "use --windows 1 or more")
-    _check_batch_size(batch_size)
-
-
-def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise PrunelabError(f"batch size {batch_size!r} is not a positive integer",
-                            "use a batch size of 1 or more")
 
 
 def _check_device(device) -> None:

@@ -11,47 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from prunelab.data.sources import (DEFAULT_CALIBRATION_SOURCE,  # noqa: F401  (re-exported)
+                                   DEFAULT_EVAL_SOURCE, TEXT_PROVIDERS, TEXT_SOURCES,
+                                   CalibrationConfig)
 from prunelab.errors import PrunelabError
-
-# name -> (BIG-bench task folder, file, description)
-TEXT_SOURCES: dict[str, tuple[str, str, str]] = {
-    "squad-dev": ("squad_shifts", "squaddev_v1.1.json",
-                  "Wikipedia paragraphs of the SQuAD v1.1 dev set (perplexity default)"),
-    "squadshifts-new_wiki": ("squad_shifts", "new_wiki_v1.0.json",
-                             "newer Wikipedia paragraphs from SQuADShifts (calibration default)"),
-    "squadshifts-nyt": ("squad_shifts", "nyt_v1.0.json", "New York Times paragraphs (SQuADShifts)"),
-    "squadshifts-reddit": ("squad_shifts", "reddit_v1.0.json", "Reddit posts (SQuADShifts)"),
-    "squadshifts-amazon": ("squad_shifts", "amazon_reviews_v1.0.json",
-                           "Amazon product reviews (SQuADShifts)"),
-}
-# Text sources that other parts provide by a name prefix (name -> text): "task:" is a task's
-# own prompts (`prunelab.tasks.calibration`, which registers itself when imported).
-TEXT_PROVIDERS: dict[str, Callable[[str], str]] = {}
-DEFAULT_EVAL_SOURCE = "squad-dev"
-DEFAULT_CALIBRATION_SOURCE = "squadshifts-new_wiki"
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    """Which text calibrates a method, and how much of it.
-
-    `n_samples` windows of `seqlen` tokens, drawn at seeded random offsets from the token
-    stream of `source` (a name from TEXT_SOURCES or a local text file).
-    """
-
-    source: str = DEFAULT_CALIBRATION_SOURCE
-    n_samples: int = 128
-    seqlen: int = 512
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def load_text(source: str | Path) -> str:
