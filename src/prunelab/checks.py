@@ -24,6 +24,9 @@ MIN_SEQLEN = 2
 # Which layers of a block a pruning run touches: all (None), "attention" or "mlp". Pruning
 # attention only is how Hasan et al. (2024) pruned aligned chat models (Wanda, 10-30%).
 LAYER_KINDS = ("attention", "mlp")
+SUPPORTED_BITS = (2, 3, 4, 6, 8)  # what the quantizers (rtn, gptq, sparsegpt's joint mode) store
+# How a quantized model is saved: fp32 weights, or packed integers (`prunelab.quant_export`).
+CHECKPOINT_FORMATS = ("dequantized", "compressed-tensors")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,26 @@ def check_only(kind: str | None) -> str | None:
         raise PrunelabError(f"cannot prune only {kind!r} layers",
                             f"use one of {', '.join(LAYER_KINDS)} (or all)")
     return kind
+
+
+def check_bits(bits: int, who: str) -> None:
+    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+        raise PrunelabError(f"{who}: {bits} bits is not supported",
+                            f"use one of {', '.join(map(str, SUPPORTED_BITS))} "
+                            "(e.g. --option bits=4)")
+
+
+def check_group_size(group_size: int | None, who: str) -> None:
+    if group_size is not None and (isinstance(group_size, bool) or group_size < 1):
+        raise PrunelabError(f"{who}: group size {group_size} is not a positive integer",
+                            "use 32, 64, 128 or a divisor of the layer width, or none "
+                            "for one grid per output channel")
+
+
+def check_format_name(format: str) -> None:
+    if format not in CHECKPOINT_FORMATS:
+        raise PrunelabError(f"unknown checkpoint format {format!r}",
+                            f"use one of {', '.join(CHECKPOINT_FORMATS)}")
 
 
 def pattern_unsupported(method: str, supporting: list[str]) -> PrunelabError:

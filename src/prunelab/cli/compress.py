@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from prunelab import defaults
-from prunelab.checks import check_new_dir, check_prune_request
+from prunelab.checks import (CHECKPOINT_FORMATS, SUPPORTED_BITS, check_bits, check_format_name,
+                             check_group_size, check_new_dir, check_prune_request)
 from prunelab.cli.common import COMPRESS_PPL, PPL_HELP, TRUST_HELP, app, option_pairs, size_line
 from prunelab.data.sources import CalibrationConfig
 from prunelab.errors import PrunelabError
-from prunelab.method_catalogue import method_shape
+from prunelab.method_catalogue import METHOD_CATALOGUE, check_options, method_shape
 
 if TYPE_CHECKING:
     from prunelab.zoo.models import LoadedModel
@@ -42,7 +43,7 @@ class Compression:
     provenance: Callable[[Any], tuple[Any, dict]] = field(default=lambda result: (result, {}))
     prepare: Callable[[LoadedModel], None] = _nothing  # checks and moves needing the model
     perplexity_as: str | None = None  # measure before and after, naming the result so
-    format: str = "dequantized"
+    format: str = CHECKPOINT_FORMATS[0]
     saved_note: str = ""
     trust_remote_code: bool = False
 
@@ -130,14 +131,15 @@ def quantize(
     out: Path = typer.Option(..., "--out", help="directory to write the quantized model to"),
     method: str = typer.Option(defaults.QUANT_METHOD, help="rtn or gptq (see `prunelab "
                                "methods`)"),
-    bits: int = typer.Option(defaults.QUANT_BITS, help="bits per weight: 8, 6, 4, 3 or 2"),
+    bits: int = typer.Option(defaults.QUANT_BITS, help="bits per weight: " + ", ".join(
+        map(str, reversed(SUPPORTED_BITS[1:]))) + f" or {SUPPORTED_BITS[0]}"),
     group_size: str = typer.Option(str(defaults.QUANT_GROUP_SIZE), help="input columns per "
                                    "grid (32, 64, 128, a divisor of the width), or none for "
                                    "per channel"),
     symmetric: bool = typer.Option(False, help="grid symmetric about zero (no zero point)"),
     act_order: bool = typer.Option(False, help="GPTQ: columns by decreasing diag(H), "
                                    "with static groups"),
-    format: str = typer.Option("dequantized", "--format",
+    format: str = typer.Option(CHECKPOINT_FORMATS[0], "--format",
                                help="dequantized (fp32 safetensors) or compressed-tensors "
                                     "(packed int, what vLLM reads)"),
     calib_source: str = typer.Option(defaults.CALIBRATION_SOURCE, help="calibration text"),
@@ -160,12 +162,17 @@ def quantize(
             raise PrunelabError(f"--option {key} repeats a flag of `quantize`",
                                 f"give it once, as --{key.replace('_', '-')}")
         options[key] = value
-    if not method_shape(method).quantizes:
+    shape = method_shape(method)
+    if not shape.quantizes:
         raise PrunelabError(f"method {method} does not quantize",
                             "use --method rtn or gptq (prune, or prune and quantize with "
                             "sparsegpt --option bits=4, with `prunelab prune`)")
     calibration = CalibrationConfig(calib_source, calib_samples, seqlen, seed)
     check_prune_request(method, None, None, calibration, options, out=out)
+    given = check_options(method, options, shape.options, METHOD_CATALOGUE)
+    check_bits(given["bits"], "quantization")  # as the quantizers' config will, with torch
+    check_group_size(given["group_size"], "quantization")
+    check_format_name(format)
     from prunelab import api
     from prunelab.quant_export import check_format, check_model_for_format
 
