@@ -39,20 +39,21 @@ def route(
                             "e.g. --families arithmetic,options")
     options = option_pairs(option)
     check_prune_request("seap", sparsity, None, None, options)
-    from prunelab.api import check_prune_args
-    from prunelab.evaluate.runner import evaluate
-    from prunelab.routing import build_seap_router
-    from prunelab.tables import print_table
     from prunelab.tasks.calibration import check as check_held_out
     from prunelab.tasks.registry import get_tasks
-    from prunelab.zoo.models import load_model
 
-    check_prune_args("seap", sparsity, None, None, options)
     for family in names:  # unknown families, then too few held-out items, before the model
         for task in get_tasks([family]):
             task.select(min(limit, task.size), seed)
     for family in names:
         check_held_out(f"task:{family}?limit={limit}&seed={seed}")
+    from prunelab.api import check_prune_args
+    from prunelab.evaluate.runner import evaluate
+    from prunelab.routing import build_seap_router
+    from prunelab.tables import print_table
+    from prunelab.zoo.models import load_model
+
+    check_prune_args("seap", sparsity, None, None, options)  # the option values (seap's code)
     loaded = load_model(model)
     routed, fitted = build_seap_router(loaded, names, sparsity, eval_limit=limit,
                                        eval_seed=seed, n_samples=samples, seqlen=seqlen,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-from prunelab.data.corpora import TEXT_PROVIDERS
+from prunelab.data.sources import TEXT_PROVIDERS
 from prunelab.errors import PrunelabError
 
 PREFIX = "task:"
