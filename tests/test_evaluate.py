@@ -293,16 +293,7 @@ def test_limit_and_unknown_task_errors(loaded):
 
 # --- CLI -------------------------------------------------------------------------------------
 def _app():
-    import typer
-
-    from prunelab.evaluate.cli import register as register_cli
-
-    app = typer.Typer()
-    register_cli(app)
-
-    @app.callback()
-    def main() -> None:  # a group, so that "eval" and "tasks" are subcommands
-        pass
+    from prunelab.cli import app
 
     return app
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from prunelab.checks import LAYER_KINDS, check_only  # noqa: F401  (re-exported)
 from prunelab.errors import PrunelabError
 
 PRUNABLE_TYPES = (nn.Linear, Conv1D)
@@ -69,9 +70,6 @@ def named_prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
             for name, layer in prunable_layers(block).items()}
 
 
-# Which layers of a block a pruning run touches: all (None), "attention" or "mlp". Pruning
-# attention only is how Hasan et al. (2024) pruned aligned chat models (Wanda, 10-30%).
-LAYER_KINDS = ("attention", "mlp")
 _ONLY: ContextVar[str | None] = ContextVar("prunelab_only_layers", default=None)
 
 
@@ -80,15 +78,6 @@ def layer_kind(name: str) -> str:
     GPT-2 `attn`, GPT-NeoX `attention`), else "mlp" (feed-forward: `mlp`, OPT's fc1/fc2)."""
     parts = name.lower().split(".")
     return "attention" if any("attn" in p or "attention" in p for p in parts) else "mlp"
-
-
-def check_only(kind: str | None) -> str | None:
-    if kind is None or kind == "" or kind == "all":
-        return None
-    if kind not in LAYER_KINDS:
-        raise PrunelabError(f"cannot prune only {kind!r} layers",
-                            f"use one of {', '.join(LAYER_KINDS)} (or all)")
-    return kind
 
 
 @contextmanager

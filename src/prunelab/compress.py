@@ -12,16 +12,17 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 from prunelab import arch, defaults
-from prunelab.allocator import compact_heap, mmap_threshold_from_env, release_free_heap
+from prunelab.allocator import compact_heap, release_free_heap
+from prunelab.checks import pattern_unsupported
+from prunelab.prune_request import check_prune_request
 from prunelab.data.checks import check_batch_size
-from prunelab.data.calibration import CalibrationConfig, calibration_config
+from prunelab.data.calibration import CalibrationConfig
 from prunelab.data.corpora import calibration_windows, check_seqlen_fits, tokens_digest
 from prunelab.devices import resolve_device
 from prunelab.engine import (LayerRecord, check_gradient_memory, check_method_fit,
                              prune_blocks)
-from prunelab.errors import PrunelabError
 from prunelab.methods.base import PruningMethod, make_method
-from prunelab.methods.masks import NMPattern, check_sparsity, parse_pattern
+from prunelab.methods.masks import NMPattern
 from prunelab.methods.statistics import accumulator
 from prunelab.structure import model_size
 from prunelab.tasks import calibration as _task_calibration  # noqa: F401 (registers "task:")
@@ -94,38 +95,16 @@ def check_prune_args(method: str = defaults.PRUNE_METHOD, sparsity: float | None
     (derived from the pattern when not given), the parsed pattern and the calibration config
     (`seed`, when given, replaces its seed). `out`, when given, must not exist yet.
     """
-    options = dict(options or {})
-    arch.check_only(options.pop("only", None))  # every method's: which layers (see `prune`)
-    chosen = make_method(method, options)
-    nm = parse_pattern(pattern)
-    if nm is not None and not chosen.supports_nm:
+    request = check_prune_request(method, sparsity, pattern, calibration, options, seed=seed,
+                                  out=out)
+    chosen = make_method(method, request.options)
+    if request.pattern is not None and not chosen.supports_nm:  # a wrapper's base cannot
         from prunelab.methods.base import list_methods
 
-        supporting = ", ".join(m.name for m in list_methods() if m.supports_nm)
-        raise PrunelabError(f"method {method} does not support N:M patterns",
-                            f"leave out --pattern, or choose one of {supporting}")
-    if chosen.quantizes and (nm is not None or sparsity):
-        raise PrunelabError(f"method {method} quantizes weights and prunes none",
-                            "leave out --sparsity and --pattern (prune first with a method "
-                            "that prunes, or use sparsegpt --option bits=4 for both at once)")
-    if sparsity is None and chosen.quantizes:
-        sparsity = 0.0
-    if sparsity is None:
-        if nm is None:
-            raise PrunelabError("no sparsity given", "pass --sparsity 0.5 or --pattern 2:4")
-        sparsity = nm.sparsity
-    sparsity = check_sparsity(sparsity)
-    if nm is not None and abs(sparsity - nm.sparsity) > 1e-9:
-        raise PrunelabError(f"sparsity {sparsity} disagrees with pattern {nm} "
-                            f"(which removes {nm.sparsity:.3f})",
-                            "leave out the sparsity when giving a pattern")
-    chosen.check_request(sparsity, nm)
-    calibration = calibration_config(calibration, seed)
-    mmap_threshold_from_env()  # read again when pruning starts; a bad value should fail now
-    if out is not None and Path(out).exists():
-        raise PrunelabError(f"output directory {out} already exists",
-                            "choose a new --out, or remove the old one")
-    return PruneArgs(method=chosen, sparsity=sparsity, pattern=nm, calibration=calibration)
+        raise pattern_unsupported(method, [m.name for m in list_methods() if m.supports_nm])
+    chosen.check_request(request.sparsity, request.pattern)
+    return PruneArgs(method=chosen, sparsity=request.sparsity, pattern=request.pattern,
+                     calibration=request.calibration)
 
 
 def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,

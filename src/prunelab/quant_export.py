@@ -24,10 +24,11 @@ import torch
 from torch import nn
 
 from prunelab import arch
+from prunelab.checks import CHECKPOINT_FORMATS as FORMATS
+from prunelab.checks import check_format_name
 from prunelab.errors import PrunelabError
 from prunelab.methods.quant import QuantizedWeight
 
-FORMATS = ("dequantized", "compressed-tensors")
 INSTALL_HINT = ("pip install --no-deps compressed-tensors==0.20.0 loguru "
                 "(or pip install 'prunelab[compressed-tensors]')")
 
@@ -35,9 +36,7 @@ INSTALL_HINT = ("pip install --no-deps compressed-tensors==0.20.0 loguru "
 def check_format(format: str, options: dict | None = None) -> None:
     """Refuse an unknown format, a missing library, or options the format cannot store;
     before any model is loaded."""
-    if format not in FORMATS:
-        raise PrunelabError(f"unknown checkpoint format {format!r}",
-                            f"use one of {', '.join(FORMATS)}")
+    check_format_name(format)
     if format != "compressed-tensors":
         return
     options = options or {}

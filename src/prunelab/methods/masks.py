@@ -9,53 +9,10 @@ thresholds with `score <= kth value`, which over-prunes on ties.)
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import torch
 
+from prunelab.checks import NMPattern, check_sparsity, parse_pattern  # noqa: F401  (re-exported)
 from prunelab.errors import PrunelabError
-
-
-@dataclass(frozen=True)
-class NMPattern:
-    """At most `n` non-zero weights in every group of `m` consecutive inputs of a row.
-
-    This is the usual reading of "2:4" (NVIDIA's). Beware that the Wanda repository's
-    `--sparsity_type N:M` passes the number of *zeroed* weights as N; for 2:4 both agree.
-    """
-
-    n: int
-    m: int
-
-    @property
-    def sparsity(self) -> float:
-        return 1 - self.n / self.m
-
-    def __str__(self) -> str:
-        return f"{self.n}:{self.m}"
-
-
-def parse_pattern(pattern: str | None) -> NMPattern | None:
-    """Parse "N:M"; None or "unstructured" means no pattern."""
-    if pattern is None or pattern in ("", "unstructured"):
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
-    if not match:
-        raise PrunelabError(f"pattern {pattern!r} is not of the form N:M",
-                            "write it like 2:4 (keep 2 of every 4 weights)")
-    n, m = int(match.group(1)), int(match.group(2))
-    if not 0 < n < m:
-        raise PrunelabError(f"pattern {pattern}: N must be at least 1 and below M",
-                            "use e.g. 2:4, 4:8 or 1:8 (N kept out of every M)")
-    return NMPattern(n, m)
-
-
-def check_sparsity(sparsity: float) -> float:
-    if not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise PrunelabError(f"sparsity {sparsity} is outside [0, 1)",
-                            "give a fraction such as 0.5 for 50%")
-    return float(sparsity)
 
 
 def lowest_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:

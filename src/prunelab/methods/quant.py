@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prunelab.checks import SUPPORTED_BITS, check_bits, check_group_size  # noqa: F401
 from prunelab.errors import PrunelabError
 
-SUPPORTED_BITS = (2, 3, 4, 6, 8)
 # Scales are counted at 16 bits in the bits-per-weight axis: what a bf16/fp16 checkpoint
 # stores (prunelab's own compressed-tensors files keep them in fp32, see api.save).
 SCALE_BITS = 16
@@ -63,20 +63,6 @@ class QuantizedWeight:
                                self.zeros.to(device), self.bits, self.group_size,
                                self.symmetric, self.act_order, index, dict(self.notes),
                                self.per_channel)
-
-
-def check_bits(bits: int, who: str) -> None:
-    if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
-        raise PrunelabError(f"{who}: {bits} bits is not supported",
-                            f"use one of {', '.join(map(str, SUPPORTED_BITS))} "
-                            "(e.g. --option bits=4)")
-
-
-def check_group_size(group_size: int | None, who: str) -> None:
-    if group_size is not None and (isinstance(group_size, bool) or group_size < 1):
-        raise PrunelabError(f"{who}: group size {group_size} is not a positive integer",
-                            "use 32, 64, 128 or a divisor of the layer width, or none "
-                            "for one grid per output channel")
 
 
 def check_group_fits(group_size: int | None, width: int, layer: str) -> None:

@@ -1,5 +1,5 @@
 """`prunelab route MODEL`: SEAP's task experts behind a router, evaluated on the tasks (see
-`prunelab.routing`). Wired in by `prunelab.cli`."""
+`prunelab.routing`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from typing import Optional
 
 import typer
 
+from prunelab import defaults
+from prunelab.prune_request import check_prune_request
+from prunelab.cli.common import app, option_pairs
+from prunelab.errors import PrunelabError
 
-def register(app: typer.Typer) -> None:
-    app.command("route")(route_command)
 
-
-def route_command(
+@app.command()
+def route(
     model: str = typer.Argument(..., help="zoo name or local model directory"),
     families: str = typer.Option(..., "--families", help="comma-separated task families, one "
                                  "expert each (e.g. arithmetic,options)"),
@@ -24,34 +26,34 @@ def route_command(
     seqlen: int = typer.Option(256, help="tokens per calibration window"),
     option: Optional[list[str]] = typer.Option(None, "--option", help="a seap option, "
                                                "KEY=VALUE (repeatable; see `prunelab methods`)"),
-    batch_size: int = typer.Option(16, "--batch-size", "-b"),
+    batch_size: int = typer.Option(defaults.EVAL_BATCH_SIZE, "--batch-size", "-b"),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="write every example's result "
                                       "here (JSONL)"),
 ) -> None:
     """Prune one SEAP expert per task family (calibrated on that family's held-out prompts),
     route every input to an expert by a classifier on the shared first blocks, and evaluate:
     the per-level table, and where each family's inputs were routed."""
-    from prunelab.api import check_prune_args
-    from prunelab.cli_common import option_pairs
-    from prunelab.errors import PrunelabError
-    from prunelab.evaluate.runner import evaluate
-    from prunelab.routing import build_seap_router
-    from prunelab.tables import print_table
-    from prunelab.tasks.calibration import check as check_held_out
-    from prunelab.tasks.registry import get_tasks
-    from prunelab.zoo.models import load_model
-
     names = [f.strip() for f in families.split(",") if f.strip()]
     if len(names) < 2:
         raise PrunelabError("routing needs two or more task families",
                             "e.g. --families arithmetic,options")
     options = option_pairs(option)
-    check_prune_args("seap", sparsity, None, None, options)
+    check_prune_request("seap", sparsity, None, None, options)
+    from prunelab.tasks.calibration import check as check_held_out
+    from prunelab.tasks.registry import get_tasks
+
     for family in names:  # unknown families, then too few held-out items, before the model
         for task in get_tasks([family]):
             task.select(min(limit, task.size), seed)
     for family in names:
         check_held_out(f"task:{family}?limit={limit}&seed={seed}")
+    from prunelab.api import check_prune_args
+    from prunelab.evaluate.runner import evaluate
+    from prunelab.routing import build_seap_router
+    from prunelab.tables import print_table
+    from prunelab.zoo.models import load_model
+
+    check_prune_args("seap", sparsity, None, None, options)  # the option values (seap's code)
     loaded = load_model(model)
     routed, fitted = build_seap_router(loaded, names, sparsity, eval_limit=limit,
                                        eval_seed=seed, n_samples=samples, seqlen=seqlen,

@@ -1,0 +1,64 @@
+"""`prunelab models | methods | info`: what there is to prune with, and how a model was made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from prunelab.cli.common import app, size_line
+from prunelab.tables import print_table
+
+
+@app.command()
+def models() -> None:
+    """List the named models: size, architecture, whether cached."""
+    from prunelab.zoo.models import DEQUANTIZED_CAVEAT, ZOO, is_cached, model_dir
+
+    rows = [{"name": s.name, "architecture": s.architecture, "params": s.params,
+             "download": f"{s.download_mb} MB", "cached": "yes" if is_cached(s.name) else "no",
+             "weights": "dequantized GGUF*" if s.dequantized else "fp32",
+             "licence": s.license, "what": s.description} for s in ZOO.values()]
+    print_table(rows)
+    typer.echo(f"\n* {DEQUANTIZED_CAVEAT}.")
+    typer.echo(f"cache: {model_dir('x').parent}  (set PRUNELAB_HOME to move it)")
+    typer.echo("Any local Hugging Face model directory works too.")
+
+
+@app.command()
+def methods() -> None:
+    """List the pruning methods and their options."""
+    from prunelab.methods.base import list_methods, option_help
+
+    for cls in list_methods():
+        typer.echo(f"{cls.name:18} {cls.summary}")
+        for name, kind, default, text in option_help(cls):
+            typer.echo(f"{'':20}--option {name}=<{kind}> (default {default}): {text}")
+    typer.echo("every method: --option only=attention|mlp prunes only that kind of layer of "
+               "each block (default: all)")
+
+
+@app.command()
+def info(directory: Path = typer.Argument(..., help="a directory written by `prunelab prune`")
+         ) -> None:
+    """Print how a pruned model was made (its prunelab.json)."""
+    from prunelab.api import read_provenance
+
+    data = read_provenance(directory)
+    pruning = data.get("pruning") or {}
+    layers = pruning.pop("layers", [])
+    typer.echo(json.dumps(data, indent=2))
+    storage = data.get("storage")
+    if storage:
+        disk, fp32, bf16 = (storage[k] for k in ("safetensors_bytes", "fp32_bytes", "bf16_bytes"))
+        typer.echo(f"size on disk {disk / 1e6:.1f} MB ({storage['format']}): "
+                   f"{disk / fp32:.3f} x fp32 ({fp32 / 1e6:.1f} MB), "
+                   f"{disk / bf16:.3f} x bf16 ({bf16 / 1e6:.1f} MB)")
+    size = pruning.get("model_size")
+    if size:
+        typer.echo(size_line(size["before"], size["after"], data.get("weights_file_bytes")))
+    if layers:
+        print_table([{"layer": r["name"], "shape": f"{r['rows']}x{r['cols']}",
+                      "target": r["target_sparsity"], "achieved": r["achieved_sparsity"],
+                      "zeros before": r["zeros_before"]} for r in layers])
