@@ -73,9 +73,24 @@ class Measure:
         """Estimated seconds on a 2-core CPU (see `prunelab.study.estimate`)."""
         return 0.0
 
+    def export(self, data: Any) -> dict[str, Any]:
+        """Its stored result as named values for the tidy export (`study/export.py`): by
+        default its numbers and strings, nested mappings flattened as `a.b`."""
+        return _flatten(data if isinstance(data, dict) else {self.name: data})
+
     def report(self, run) -> list:
         """Its report sections (`prunelab.report.sections.Section`), built from the store."""
         return []
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        elif value is None or isinstance(value, (int, float, str)):
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 MEASURES: dict[str, Measure] = {}

@@ -76,6 +76,11 @@ class RefusalMeasure(Measure):
         return (PROMPTS * (PROMPT_TOKENS + TOKENS_PER_ANSWER_TOKEN * config.max_new_tokens)
                 * per_token)
 
+    def export(self, data) -> dict:
+        """Each set and template's rates (and the judge's, when there is one)."""
+        return {f"{e['set']}/{e['template']}.{k}": v for e in data["summary"]
+                for k, v in e.items() if k not in ("set", "template")}
+
     def report(self, run) -> list:
         from prunelab.report.refusal import refusal_sections
 
