@@ -1,6 +1,7 @@
 """The report's built-in sections, each registered at its place (`report.sections`): the
 run, the verdicts, the plots and tables of the analysis, the compressed models, provenance.
-The measures' sections (divergence, refusal) come from their measures."""
+The measures' sections sit beside them (divergence.py, refusal.py; calibration.py: the
+effect of the calibration source), registered the same way."""
 
 from __future__ import annotations
 
@@ -233,13 +234,6 @@ def compressed_models(run) -> Section:
     comp.tables.append(Table("Compressions", ["model", "stages", "seed", "achieved sparsity",
                                               "perplexity", "compress s"], rows))
     return comp
-
-
-@register_section(order=120)
-def calibration(run) -> list:
-    from prunelab.report.calibration import calibration_sections
-
-    return calibration_sections(run)
 
 
 @register_section(order=200)

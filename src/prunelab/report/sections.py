@@ -57,7 +57,6 @@ def unregister_section(name: str) -> None:
 
 def build_sections(run) -> list[Section]:
     """Every registered section and every measure's, in order, for this run."""
-    import prunelab.report.core  # noqa: F401  (registers the built-in sections)
     from prunelab.study.measures import MEASURES
 
     builders = list(SECTIONS.values()) + [(m.report_order, m.report) for m in MEASURES.values()

@@ -5,6 +5,7 @@ and decoder tracks do not mix. Every problem is returned as (yaml path, problem)
 from __future__ import annotations
 
 from prunelab.errors import PrunelabError
+from prunelab.study.models import is_encoder_model, model_problem
 from prunelab.study.recipe import Recipe
 
 
@@ -58,34 +59,6 @@ def _task_problems(recipe: Recipe) -> list[tuple[str, str]]:
         except PrunelabError as exc:
             problems.append((f"tasks[{i}]", exc.problem))
     return problems
-
-
-def model_problem(model: str) -> str | None:
-    from pathlib import Path
-
-    from prunelab.zoo.models import ZOO
-
-    if model in ZOO or Path(model).expanduser().is_dir():
-        return None
-    return f"unknown model {model!r}: use one of {', '.join(ZOO)} or a local model directory"
-
-
-def is_encoder_model(model: str) -> bool | None:
-    """Whether a recipe's model is an encoder (zoo kind, or a directory's config.json);
-    None when that cannot be told without loading it."""
-    import json
-    from pathlib import Path
-
-    from prunelab.zoo.models import ZOO
-
-    if model in ZOO:
-        return ZOO[model].kind == "encoder"
-    config = Path(model).expanduser() / "config.json"
-    try:
-        architectures = json.loads(config.read_text()).get("architectures") or []
-    except (OSError, ValueError):
-        return None
-    return not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
 
 
 def track_problems(recipe: Recipe) -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ class DivergenceMeasure(Measure):
     recipe_field = "divergence"
     section = Divergence
     on_dense = False  # the dense model against itself says nothing
-    report_order = 110
+    # its report sections: prunelab/report/divergence.py
 
     def check(self, config) -> list[tuple[str, str]]:
         from prunelab.api import check_perplexity_args
@@ -58,8 +58,3 @@ class DivergenceMeasure(Measure):
 
     def cost(self, recipe, config, point, per_token, params, task=None) -> float:
         return 2 * config.n_windows * config.seqlen * per_token  # both models, one pass each
-
-    def report(self, run) -> list:
-        from prunelab.report.divergence import divergence_sections
-
-        return divergence_sections(run)

@@ -30,14 +30,13 @@ class Refusal(BaseModel):
 class RefusalMeasure(Measure):
     name = "refusal"
     recipe_field = "refusal"
-    section = Refusal
-    report_order = 130
+    section = Refusal  # its report sections: prunelab/report/refusal.py
 
     def check(self, config) -> list[tuple[str, str]]:
         """The request and template files, and the judge, before any model is loaded."""
         from prunelab.errors import PrunelabError
         from prunelab.evaluate.refusal import load_requests, load_templates
-        from prunelab.study.checks import model_problem
+        from prunelab.study.models import model_problem
 
         problems = []
         for field, load in (("requests", load_requests), ("templates", load_templates),
@@ -80,8 +79,3 @@ class RefusalMeasure(Measure):
         """Each set and template's rates (and the judge's, when there is one)."""
         return {f"{e['set']}/{e['template']}.{k}": v for e in data["summary"]
                 for k, v in e.items() if k not in ("set", "template")}
-
-    def report(self, run) -> list:
-        from prunelab.report.refusal import refusal_sections
-
-        return refusal_sections(run)
