@@ -104,3 +104,16 @@ def test_its_section_is_validated_and_a_second_registration_refused(toy_measure)
 def test_without_the_measure_its_section_is_an_unknown_key():
     with pytest.raises(PrunelabError, match="sparsity_echo: unknown key"):
         parse_recipe({**RECIPE, "sparsity_echo": {"scale": 2.0}})
+
+
+def test_a_run_made_with_a_measure_no_longer_registered_is_refused_in_one_line(tmp_path):
+    from prunelab.study.runner import read_run
+
+    register_measure(SparsityEcho)
+    try:
+        run_study(parse_recipe({**RECIPE, "sparsity_echo": {}}), tmp_path,
+                  backend=FakeBackend(), progress=False)
+    finally:
+        unregister_measure("sparsity_echo")
+    with pytest.raises(PrunelabError, match=r"does not validate here \(sparsity_echo\)"):
+        read_run(tmp_path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from prunelab.report.fmt import ci as _ci, num as _num, pct as _pct
+from prunelab.report.fmt import ci as _ci, num as _num
 from prunelab.report.plots import relative_plots, sweep_plots
 from prunelab.report.sections import Section, Table, register_section
 from prunelab.study.axis import axis_for

@@ -20,13 +20,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_file, write_json_atomic
 from prunelab.study.backend import Backend, PrunelabBackend, timed
 from prunelab.study.measures import compression_measures, point_measure
 from prunelab.study.plan import CompressionPoint, TaskInfo, Unit, grid_summary, plan
 from prunelab.study.power import DETECTABLE_AIM, POWER_AT_KEPT, power  # noqa: F401 (the CLI's)
-from prunelab.study.recipe import Evaluation, Recipe, recipe_error, recipe_model
+from prunelab.study.recipe import (Evaluation, Recipe, problems_of, recipe_error, recipe_model,
+                                   yaml_path)
 from prunelab.study.store import STORE_FILE, Store
 
 RUN_FILE = "run.json"
@@ -122,7 +125,13 @@ def read_run(run_dir: str | Path) -> tuple[Recipe, dict]:
         raise PrunelabError(f"{run_dir} is not a prunelab run directory (no {RUN_FILE} or "
                             f"{STORE_FILE})", "pass the --run-dir a study wrote to")
     record = json.loads(run_file.read_text())
-    return recipe_model().model_validate(record["recipe"]), record
+    try:
+        return recipe_model().model_validate(record["recipe"]), record
+    except ValidationError as exc:
+        unread = ", ".join(yaml_path(loc) for loc, _ in problems_of(exc))
+        raise PrunelabError(f"the recipe in {run_file} does not validate here ({unread})",
+                            "register the measures it was run with (import the module that "
+                            "does), or use the prunelab that wrote it") from None
 
 
 # -- the unit of work -------------------------------------------------------------------------------
