@@ -52,8 +52,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Measures of a whole compressed model beyond perplexity, JSON by kind (each registered
 -- measure's name, `prunelab.study.measures`: "divergence", "refusal"), keyed by the
 -- compression's key; and records of one point, keyed by the point's key (a `finetune` level's
--- fine-tuning, kind "training": steps, time, loss, the setting's held weights). A table of its own, so stores written before it existed open
--- unchanged (same schema version).
+-- fine-tuning, kind "training": steps, time, loss, the setting's held weights). A table of its
+-- own, so stores written before it existed open unchanged (same schema version).
 CREATE TABLE IF NOT EXISTS measures (key TEXT NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL,
                                      PRIMARY KEY (key, kind));
 """

@@ -11,7 +11,10 @@ stores and adds its own section to the report, and prices itself for the dry run
 
 A new measure is one file: subclass `Measure`, decorate it with `@register_measure`. The
 runner, the store, the export and the report find it in `MEASURES`; a section that no
-built-in `Recipe` field declares is added to the recipe schema (`recipe_model`).
+built-in `Recipe` field declares is added to the recipe schema (`recipe_model`), and its
+`report` is shown at `report_order`. (The built-in measures' report sections live in
+prunelab/report/, registered the same way, since study/ never imports the report.)
+A distributed executor's workers must import the module that registers a measure too.
 """
 
 from __future__ import annotations
