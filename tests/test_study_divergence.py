@@ -111,25 +111,29 @@ def test_real_backend_compares_with_its_pristine_dense_copy(tmp_path):
     import torch
 
     from prunelab.study.backend import PrunelabBackend, _Handle
+    from prunelab.study.measures import MEASURES
+    from prunelab.study.measures.divergence import Divergence
     from prunelab.testing import tiny_loaded
 
     text = tmp_path / "t.txt"
     text.write_text("Pruning removes weights from a network. " * 40)
     handle = _Handle(tiny_loaded("llama"))
     backend = PrunelabBackend()
-    same = backend.divergence(handle, str(text), 32, 2)
+    config = Divergence(source=str(text), seqlen=32, n_windows=2)
+    measure = MEASURES["divergence"]
+    same = backend.measure(handle, measure, config)
     assert same["jsd"] == 0.0 and same["top1_agreement"] == 1.0
-    cached = handle.dense_pass[2]
+    cached = handle.cache["divergence"][2]
     assert cached is not None  # the dense side, computed once for every compressed model
     with torch.no_grad():
         for p in handle.loaded.model.parameters():
             p.mul_((torch.rand_like(p) > 0.5).float())
     handle.dirty = True
-    moved = backend.divergence(handle, str(text), 32, 2)
-    assert handle.dense_pass[2] is cached
+    moved = backend.measure(handle, measure, config)
+    assert handle.cache["divergence"][2] is cached
     assert 0 < moved["jsd"] <= math.log(2) and moved["tokens"] == 62
     backend.reset(handle)
-    assert backend.divergence(handle, str(text), 32, 2)["jsd"] == 0.0
+    assert backend.measure(handle, measure, config)["jsd"] == 0.0
 
 
 def test_refusal_is_measured_on_every_model_and_reported(tmp_path):

@@ -90,7 +90,7 @@ def test_a_killed_study_resumes_fine_tuning_from_a_checkpoint_of_its_own(tmp_pat
 
 
 def test_the_dry_run_estimate_counts_fine_tuning_steps():
-    from prunelab.study.backend import rough_estimate
+    from prunelab.study.estimate import rough_estimate
     from prunelab.study.plan import CompressionPoint
     from prunelab.study.stages import TransferStage
 
@@ -109,7 +109,7 @@ def test_the_dry_run_estimate_counts_fine_tuning_steps():
 
 
 def test_the_dry_run_estimate_tells_the_pruners_apart():
-    from prunelab.study.backend import rough_estimate
+    from prunelab.study.estimate import rough_estimate
     from prunelab.study.plan import CompressionPoint
     from prunelab.study.stages import PruneStage
 

@@ -105,6 +105,9 @@ class Metric:
     higher_is_better: bool = True
     chance_applies: bool = True
     description: str = ""
+    # Whether each item scores 0 or 1 (a level's score is then a binomial share, and a dry
+    # run's power analysis can assume its variance from the score alone).
+    binary: bool = False
 
     def example(self, record: dict) -> tuple[float | None, float]:
         """(value, weight) of one example record; the score is sum(value) / sum(weight)."""
@@ -132,8 +135,8 @@ class Metric:
 class ShareCorrect(Metric):
     """The mean per-example credit: 0/1 (accuracy, matches) or a fraction (F1)."""
 
-    def __init__(self, name: str, description: str):
-        self.name, self.description = name, description
+    def __init__(self, name: str, description: str, binary: bool = True):
+        self.name, self.description, self.binary = name, description, binary
 
     def example(self, record):
         return record.get("correct"), 1.0
@@ -237,6 +240,12 @@ METRICS: dict[str, Metric] = {}
 
 
 def register_metric(metric: Metric) -> Metric:
+    """Register a metric; a name taken twice is refused."""
+    if metric.name in METRICS:
+        from prunelab.errors import PrunelabError
+
+        raise PrunelabError(f"a metric named {metric.name!r} is already registered",
+                            "give the new metric another name")
     METRICS[metric.name] = metric
     return metric
 
@@ -245,7 +254,8 @@ for _metric in (ShareCorrect("accuracy", "share of items answered correctly"),
                 ShareCorrect("contains", "share of answers containing a target or contained "
                                          "in one (the Junk DNA paper's lenient match)"),
                 ShareCorrect("exact_match", "share of answers equal to a target (normalised)"),
-                ShareCorrect("f1", "mean best token-overlap F1 against the targets"),
+                ShareCorrect("f1", "mean best token-overlap F1 against the targets",
+                             binary=False),
                 BitsPerByte(), GoldChoiceProbability(), GoldLogProb()):
     register_metric(_metric)
 

@@ -28,7 +28,7 @@ from prunelab.methods.masks import NMPattern
 from prunelab.methods.quant import QuantizedWeight
 from prunelab.methods.registry import list_methods, make_method, option_help, register
 
-__all__ = ["LayerDecision", "LayerStats", "LayerTarget", "MethodConfig", "NoOptions",
+__all__ = ["LayerDecision", "LayerStats", "LayerTarget", "MethodConfig", "MethodCost", "NoOptions",
            "PlanContext", "PruningMethod", "list_methods", "make_method",
            "option_help", "register", "working_copy"]
 
@@ -129,6 +129,22 @@ class NoOptions(MethodConfig):
     """This method has no options."""
 
 
+@dataclass(frozen=True)
+class MethodCost:
+    """What a method costs, for a study's dry-run time estimate (`prunelab.study.estimate`).
+
+    `passes`: wall time in dense forward passes over the calibration set (sequential pruning
+    needs two per block; a backward pass per window, as GBLM's, adds about as much again).
+    `seconds_per_mparam`: work that grows with the weights rather than the tokens (SparseGPT's
+    and GPTQ's sweep over every column), in seconds per million parameters. A wrapping method
+    (OWL, DSnoT) declares only its own work: its base's cost is added to it.
+    The default, three passes, is a cautious guess for a method nobody has timed yet: time
+    yours with bench/bench_methods.py and declare what you measure."""
+
+    passes: float = 3.0
+    seconds_per_mparam: float = 0.0
+
+
 class PruningMethod:
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -150,6 +166,8 @@ class PruningMethod:
     # allocation rule) rather than taking the one it is given; a wrapper that allocates
     # sparsities cannot sit on such a base.
     sets_layer_sparsities: ClassVar[bool] = False
+    # Its time for the dry run's estimate (see MethodCost; the default is a guess).
+    cost: ClassVar[MethodCost] = MethodCost()
 
     def __init__(self, config: Any):
         self.config = config

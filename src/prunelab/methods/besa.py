@@ -34,8 +34,8 @@ from torch.nn.utils import parametrize
 
 from prunelab import arch
 from prunelab.errors import PrunelabError
-from prunelab.methods.base import (LayerDecision, MethodConfig, PruningMethod, register,
-                                   working_copy)
+from prunelab.methods.base import (LayerDecision, MethodConfig, MethodCost, PruningMethod,
+                                   register, working_copy)
 from prunelab.methods.wanda import wanda_scores
 
 
@@ -164,6 +164,7 @@ def exact_counts(sparsities: torch.Tensor, widths: torch.Tensor, total: int) -> 
 @register
 class BESA(PruningMethod):
     name = "besa"
+    cost = MethodCost(passes=8.3)  # each block run forward and back with its masks
     summary = ("learned per-row sparsity allocation within each block (straight-through masks "
                "on Wanda ranks, block output reconstruction); exact overall sparsity")
     Config = BESAConfig

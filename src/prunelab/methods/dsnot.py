@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.methods.base import LayerDecision, register, working_copy
+from prunelab.methods.base import LayerDecision, MethodCost, register, working_copy
 from prunelab.methods.masks import NMPattern
 from prunelab.methods.wrapping import WrappingConfig, WrappingMethod
 
@@ -139,6 +139,7 @@ def dsnot_refine(weight: torch.Tensor, pruned: torch.Tensor, mean: torch.Tensor,
 @register
 class DSnoT(WrappingMethod):
     name = "dsnot"
+    cost = MethodCost(passes=0.3)  # on top of its base
     summary = ("training-free mask refinement after a base method (base=...): swap pruned and "
                "kept weights to shrink the expected reconstruction error")
     Config = DSnoTConfig

@@ -39,7 +39,7 @@ import torch
 
 from prunelab import structure
 from prunelab.errors import PrunelabError
-from prunelab.methods.base import PlanContext, register
+from prunelab.methods.base import MethodCost, PlanContext, register
 from prunelab.methods.structured import (BlockCut, StructuredConfig, StructuredMethod,
                                          apply_cut, attention_units, block_params,
                                          channel_cost, check_parts_match, head_channel_sum)
@@ -87,6 +87,7 @@ def remove_by_cost(scores: torch.Tensor, costs: torch.Tensor, budget: float) -> 
 @register
 class Flap(StructuredMethod):
     name = "flap"
+    cost = MethodCost(passes=1.0)
     summary = "structured: heads/channels by input fluctuation, bias compensation (FLAP)"
     Config = FlapConfig
 

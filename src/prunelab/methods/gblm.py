@@ -23,7 +23,7 @@ import torch
 
 from prunelab.errors import PrunelabError
 from prunelab.methods import masks
-from prunelab.methods.base import LayerDecision, MethodConfig, PruningMethod, register
+from prunelab.methods.base import LayerDecision, MethodConfig, MethodCost, PruningMethod, register
 from prunelab.methods.statistics import Accumulator, register_statistic
 
 GRADIENT_SCALE = 100.0
@@ -71,6 +71,7 @@ class GBLMConfig(MethodConfig):
 @register
 class GBLM(PruningMethod):
     name = "gblm"
+    cost = MethodCost(passes=7.0)  # a backward pass per window
     summary = "|W|·‖X‖₂ + α·|W|·‖∇W‖₂ (LM-loss gradients over the calibration windows), per row"
     Config = GBLMConfig
     statistics = ("input_sq_sum",)

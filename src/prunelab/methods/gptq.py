@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.methods.base import LayerDecision, LayerStats, LayerTarget, register
+from prunelab.methods.base import LayerDecision, LayerStats, LayerTarget, MethodCost, register
 from prunelab.methods.obs import ColumnRule, obs_solve
 from prunelab.methods.quant import QuantizedWeight, grid
 from prunelab.methods.rtn import QuantConfig, Quantizer
@@ -187,6 +187,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
 @register
 class GPTQ(Quantizer):
     name = "gptq"
+    cost = MethodCost(passes=3.0, seconds_per_mparam=0.1)  # the same column sweep as SparseGPT
     summary = "GPTQ: columns rounded in turn, error spread through the Cholesky factor of H⁻¹"
     statistics = ("hessian",)
     Config = GPTQConfig

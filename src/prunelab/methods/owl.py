@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.methods.base import LayerTarget, register
+from prunelab.methods.base import LayerTarget, MethodCost, register
 from prunelab.methods.masks import NMPattern
 from prunelab.methods.wanda import wanda_scores
 from prunelab.methods.wrapping import WrappingConfig, WrappingMethod, layer_blocks
@@ -80,6 +80,7 @@ def nm_pruned_counts(sparsities: list[float], sizes: list[int], m: int,
 @register
 class OWL(WrappingMethod):
     name = "owl"
+    cost = MethodCost(passes=2.5)  # on top of its base
     summary = ("outlier-weighted layerwise sparsity: block sparsities from Wanda-score "
                "outliers, then a base method (base=wanda|sparsegpt|magnitude|...)")
     Config = OWLConfig

@@ -22,6 +22,10 @@ METHODS: dict[str, type[PruningMethod]] = {}
 
 
 def register(cls: type[PruningMethod]) -> type[PruningMethod]:
+    """Register a method class; a name taken twice is refused."""
+    if cls.name in METHODS:
+        raise PrunelabError(f"a method named {cls.name!r} is already registered",
+                            "give the new method another name")
     METHODS[cls.name] = cls
     return cls
 

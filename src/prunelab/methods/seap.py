@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from prunelab.errors import PrunelabError
-from prunelab.methods.base import register
+from prunelab.methods.base import MethodCost, register
 from prunelab.methods.flap import Flap
 from prunelab.methods.structured import StructuredConfig
 
@@ -73,6 +73,7 @@ def logistic_shares(n_layers: int, target: float, k: float, x0: float, keep_firs
 @register
 class Seap(Flap):
     name = "seap"
+    cost = MethodCost(passes=1.0)
     summary = "structured: FLAP scores from a task's prompts, logistic share per depth (SEAP)"
     Config = SeapConfig
 

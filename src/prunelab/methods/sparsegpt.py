@@ -17,7 +17,7 @@ import torch
 from prunelab.errors import PrunelabError
 from prunelab.methods import masks
 from prunelab.methods.base import (LayerDecision, LayerStats, LayerTarget, MethodConfig,
-                                   PruningMethod, register)
+                                   MethodCost, PruningMethod, register)
 from prunelab.methods.masks import NMPattern
 from prunelab.methods.obs import inverse_hessian_factor, obs_solve  # noqa: F401
 from prunelab.methods.quant import check_bits, check_group_fits, check_group_size
@@ -121,6 +121,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
 @register
 class SparseGPT(PruningMethod):
     name = "sparsegpt"
+    cost = MethodCost(passes=3.0, seconds_per_mparam=0.1)
     summary = "OBS weight updates via the Cholesky factor of H⁻¹, mask per rows × 128 block"
     statistics = ("hessian",)
     Config = SparseGPTConfig

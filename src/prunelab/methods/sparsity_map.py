@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunelab.errors import PrunelabError
-from prunelab.methods.base import register
+from prunelab.methods.base import MethodCost, register
 from prunelab.methods.wrapping import WrappingConfig, WrappingMethod, layer_blocks
 
 MEAN_TOLERANCE = 0.001
@@ -90,6 +90,7 @@ def resolve_map(entries: dict[str | int, float], weights, sparsity: float,
 @register
 class SparsityMap(WrappingMethod):
     name = "sparsity-map"
+    cost = MethodCost(passes=0.0)  # its base does all the work
     summary = "per-layer sparsities from a YAML/JSON map (file=...), then a base method"
     Config = SparsityMapConfig
     supports_nm = False

@@ -36,7 +36,7 @@ from torch import nn
 
 from prunelab import arch, structure
 from prunelab.errors import PrunelabError
-from prunelab.methods.base import MethodConfig, PruningMethod, register
+from prunelab.methods.base import MethodConfig, MethodCost, PruningMethod, register
 
 
 @dataclass
@@ -296,6 +296,7 @@ class MagnitudeSP(_OutputColumnScored):
 @register
 class WandaSP(_OutputColumnScored):
     name = "wanda-sp"
+    cost = MethodCost(passes=2.5)
     summary = "structured: drop heads/channels by mean |W|·‖X‖₂ of their output columns"
     statistics = ("input_sq_sum",)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from prunelab.methods import masks
-from prunelab.methods.base import LayerDecision, PruningMethod, register
+from prunelab.methods.base import LayerDecision, MethodCost, PruningMethod, register
 
 
 def wanda_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
@@ -20,6 +20,7 @@ def wanda_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tens
 @register
 class Wanda(PruningMethod):
     name = "wanda"
+    cost = MethodCost(passes=2.5)
     summary = "|W|·‖X‖₂, lowest per output row (N:M: lowest per group)"
     statistics = ("input_sq_sum",)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from prunelab.methods.base import LayerDecision, PruningMethod, register
+from prunelab.methods.base import LayerDecision, MethodCost, PruningMethod, register
 from prunelab.methods.wanda import wanda_scores
 
 TOLERANCE = 0.001
@@ -55,6 +55,7 @@ def variant_mask(scores: torch.Tensor, sparsity: float,
 @register
 class WandaVariant(PruningMethod):
     name = "wanda-variant"
+    cost = MethodCost(passes=2.6)
     summary = ("Wanda scores; per row prune the smallest whose cumulative sum ≤ α·row sum, "
                "α by bisection (layer within 0.001 of the target)")
     statistics = ("input_sq_sum",)

@@ -4,9 +4,11 @@ reference source, per task family and method (`prunelab.study.calibration_effect
 from __future__ import annotations
 
 from prunelab.report.fmt import ci as _ci, num as _num, pct as _pct, section
+from prunelab.report.sections import register_section
 from prunelab.study.calibration_effect import calibration_effects
 
 
+@register_section(order=120)
 def calibration_sections(run) -> list[dict]:
     a = run.recipe.analysis
     rows = calibration_effects(run.points, run.store.examples, run.store.example_records,

@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from prunelab.report.plots import _png, plt
 from prunelab.report.fmt import ci as _ci, num as _num, section
+from prunelab.report.sections import register_section
 from prunelab.study.plan import describe_compression
 from prunelab.study.predictors import (MIN_COMPRESSIONS, PREDICTORS, best_predictor, mean_drops,
                                        predictor_table)
@@ -18,6 +19,7 @@ def _canon(config: dict) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
+@register_section(order=110)
 def divergence_sections(run) -> list[dict]:
     measured = [c for c in run.compressions if c.get("divergence")]
     if not measured:  # (a recipe without `divergence:` keeps the report it always had)

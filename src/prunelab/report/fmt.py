@@ -1,5 +1,4 @@
-"""Number formatting shared by every report section: `render.py` and the sections built
-outside it (which render imports, so they cannot import it)."""
+"""Number formatting shared by every report section (`report/sections.py`)."""
 
 from __future__ import annotations
 
@@ -24,5 +23,5 @@ def pct(x) -> str:
 
 
 def section(title: str) -> dict:
-    """A report section as plain data: render.py turns it into its Section."""
+    """A report section as plain data (`sections.as_section` turns it into a Section)."""
     return {"title": title, "text": [], "tables": [], "images": []}

@@ -8,6 +8,7 @@ import math
 from collections import defaultdict
 
 from prunelab.report.fmt import ci as _ci, num as _num, section
+from prunelab.report.sections import register_section
 from prunelab.report.plots import _png, plt
 from prunelab.study.plan import describe_compression
 
@@ -16,6 +17,7 @@ def _canon(config: dict) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
+@register_section(order=130)
 def refusal_sections(run) -> list[dict]:
     measured = [c for c in run.compressions if c.get("refusal")]
     if not measured:

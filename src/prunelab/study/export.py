@@ -1,7 +1,9 @@
 """Tidy tables out of a run directory: one row per observation, one column per variable.
 
 Tables: "points" (one row per finished point), "examples" (one row per example of every
-point), and the analysis tables "relative", "monotonicity", "verdicts", "thresholds".
+point), "measures" (one row per value of each compression measure, perplexity, divergence,
+refusal or any registered one, on each compressed model), and the analysis tables "relative",
+"monotonicity", "verdicts", "thresholds".
 Formats: csv, json (a list of records), parquet (needs pyarrow).
 """
 
@@ -16,7 +18,8 @@ from pathlib import Path
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_file
 
-TABLES = ("points", "examples", "relative", "monotonicity", "verdicts", "thresholds")
+TABLES = ("points", "examples", "measures", "relative", "monotonicity", "verdicts",
+          "thresholds")
 FORMATS = ("csv", "json", "parquet")
 POINT_FIELDS = ("model", "arm", "x", "x_field", "method", "sparsity", "pattern", "seed", "task",
                 "family", "axis", "level", "level_rank", "metric", "n", "score", "ci_low",
@@ -35,7 +38,7 @@ def table(run_dir: str | Path, name: str) -> list[dict]:
 
     if name not in TABLES:
         raise PrunelabError(f"unknown table {name!r}", f"use one of {', '.join(TABLES)}")
-    run = load_run(run_dir, analyse_results=name not in ("points", "examples"))
+    run = load_run(run_dir, analyse_results=name not in ("points", "examples", "measures"))
     try:
         if name == "points":
             return [_point(p) for p in run.points]
@@ -47,9 +50,30 @@ def table(run_dir: str | Path, name: str) -> list[dict]:
                     rows.append({**base, "example_id": ex["example_id"], "value": ex["value"],
                                  "weight": ex["weight"], "margin": ex["margin"]})
             return rows
+        if name == "measures":
+            return measure_rows(run)
         return [_flat(r) for r in getattr(run.analysis, name)]
     finally:
         run.store.close()
+
+
+def measure_rows(run) -> list[dict]:
+    """One row per (compressed model, measure, field): each registered compression measure's
+    values as its `Measure.export` flattens them."""
+    from prunelab.study.measures import compression_measures
+    from prunelab.study.plan import describe_compression
+
+    rows = []
+    for c in run.compressions:
+        base = {"model": c["model"], "compression": describe_compression(c["config"]),
+                "seed": c["config"].get("seed"), "compression_key": c["key"]}
+        for measure in compression_measures():
+            data = c.get(measure.column or measure.name)
+            if data is None:
+                continue
+            for field, value in measure.export(data).items():
+                rows.append({**base, "measure": measure.name, "field": field, "value": value})
+    return rows
 
 
 def _flat(row: dict) -> dict:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunelab.study.axis import BITS_REMOVED
+from prunelab.study.axis import axis_for, computed_axis
 from prunelab.study.recipe import BITS_PATH, Compression, Recipe, problems_of, yaml_path
 from prunelab.study.stages import Stage, chain_label, parse_stage
 
@@ -59,8 +59,9 @@ class CompressionPoint:
     @property
     def x_is_amount(self) -> bool:
         """Whether x measures how much is removed (a sparsity), not e.g. a band's position."""
-        if self.x_field == BITS_REMOVED:
-            return True
+        declared = axis_for(self.x_field).is_amount
+        if declared is not None:
+            return declared
         match = _STAGE_FIELD.fullmatch(self.x_field or "")
         return bool(match) and match.group(2) in self.stages[int(match.group(1))].amount_fields
 
@@ -265,8 +266,9 @@ def compressions(recipe: Recipe, uses_calibration) -> list[CompressionPoint]:
             stages = [stage.bind(recipe) for stage in stages]
             x = x_value(stages, x_path)
             x = float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0.0
-            # Along bits removed per weight, what is swept is what moves along x.
-            omitted = _swept_paths(comp) if x_path == BITS_REMOVED else [x_path]
+            # Along a computed axis (bits removed per weight), what is swept is what moves
+            # along x.
+            omitted = _swept_paths(comp) if computed_axis(x_path) else [x_path]
             omit: dict[int, frozenset[str]] = {}
             for path in omitted:
                 match = _STAGE_FIELD.fullmatch(path)
@@ -287,11 +289,10 @@ def compressions(recipe: Recipe, uses_calibration) -> list[CompressionPoint]:
 
 
 def x_value(stages: list[Stage], x_path: str) -> Any:
-    """The point's x: the swept field's value, or bits removed per weight (study/axis.py)."""
-    if x_path == BITS_REMOVED:
-        from prunelab.study.axis import bits_removed_per_weight
-
-        return bits_removed_per_weight(stages)
+    """The point's x: the swept field's value, or a computed axis's value (study/axis.py)."""
+    axis = computed_axis(x_path)
+    if axis is not None:
+        return axis.compute(stages)
     return get_path(stages, x_path)
 
 

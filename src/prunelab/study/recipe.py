@@ -16,11 +16,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
+                      model_validator)
 
 from prunelab.errors import PrunelabError
-from prunelab.study.axis import BITS_REMOVED
+from prunelab.study.axis import computed_axis
+from prunelab.study.measures.divergence import Divergence
+from prunelab.study.measures.perplexity import Perplexity
+from prunelab.study.measures.refusal import Refusal
 from prunelab.study.stages import CalibrationPatch, parse_stage
+
+__all__ = ["Analysis", "BandProbe", "Calibration", "Compression", "Divergence", "Evaluation",
+           "Perplexity", "Recipe", "Refusal", "load_recipe", "parse_recipe", "recipe_model"]
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -96,8 +103,8 @@ class Compression(_Strict):
         return {_relative(p): list(v) for p, v in self.sweep.items()}
 
     def x_path(self) -> str:
-        if self.x is not None:
-            return self.x.strip() if self.x.strip() == BITS_REMOVED else _relative(self.x)
+        if self.x is not None:  # a computed axis by its name, else a stage field's path
+            return self.x.strip() if computed_axis(self.x.strip()) else _relative(self.x)
         if self.bits and not self.sparsity and not self.patterns:
             return BITS_PATH
         for path in self.sweeps():
@@ -131,34 +138,6 @@ class Evaluation(_Strict):
     # are scored: `prunelab.recover.TrainConfig` fields (None: the paper's defaults, batch 32).
     # The same for the dense model and every transfer arm; each arm's seed is the study seed.
     finetune: dict[str, Any] | None = None
-
-
-class Perplexity(_Strict):
-    source: str = "squad-dev"
-    seqlen: int = Field(512, ge=8)
-    n_windows: int = Field(8, ge=1)
-
-
-class Divergence(_Strict):
-    """Divergence of each compressed model's next-token distributions from the dense model's
-    (JSD, KL both ways, top-1 agreement; `prunelab.evaluate.divergence`) on these windows."""
-
-    source: str = "squad-dev"
-    seqlen: int = Field(512, ge=8)
-    n_windows: int = Field(8, ge=1)
-
-
-class Refusal(_Strict):
-    """Refusal under jailbreak templates and over-refusal of benign requests, measured on
-    every model of the study, dense included (`prunelab.evaluate.refusal`; None: the
-    built-in sets)."""
-
-    requests: str | None = None
-    templates: str | None = None
-    benign: str | None = None
-    judge: str | None = None  # a model (zoo name or directory) that judges every answer too
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(8, ge=1)
 
 
 class BandProbe(_Strict):
@@ -216,7 +195,7 @@ class Recipe(_Strict):
 
         `analysis` and `description` are left out: they change no stored result, so a run
         can be re-analysed (e.g. more bootstrap replicates) in its own directory."""
-        data = self.model_dump(mode="json", exclude={"analysis", "description"})
+        data = self.dump(exclude={"analysis", "description"})
         for name in ("divergence", "refusal"):  # recipes from before the field keep their hash
             if data.get(name) is None:
                 data.pop(name, None)
@@ -225,8 +204,36 @@ class Recipe(_Strict):
         text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def dump(self, exclude: set[str] | None = None) -> dict:
+        """The recipe as JSON data; a registered measure's section that no built-in field
+        declares is left out when absent (so recipes without it keep their form and hash)."""
+        data = self.model_dump(mode="json", exclude=exclude)
+        for name in set(type(self).model_fields) - set(Recipe.model_fields):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.dump(), sort_keys=False)
+
+
+_RECIPE_MODELS: dict[tuple, type[Recipe]] = {}
+
+
+def recipe_model() -> type[Recipe]:
+    """`Recipe` with a field for each registered measure's section that it does not declare
+    itself (a measure added in its own file, `prunelab.study.measures`)."""
+    from prunelab.study.measures import MEASURES
+
+    extra = tuple((m.recipe_field, m.section) for m in MEASURES.values()
+                  if m.recipe_field and m.section and m.recipe_field not in Recipe.model_fields)
+    if not extra:
+        return Recipe
+    if extra not in _RECIPE_MODELS:
+        _RECIPE_MODELS[extra] = create_model(
+            "Recipe", __base__=Recipe, __module__=__name__,
+            **{name: (section | None, None) for name, section in extra})
+    return _RECIPE_MODELS[extra]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +323,7 @@ def parse_recipe(data: Any, source: str = "recipe", overrides: list[str] | None 
     for assignment in overrides or []:
         apply_override(data, assignment)
     try:
-        return Recipe.model_validate(data)
+        return recipe_model().model_validate(data)
     except ValidationError as exc:
         raise recipe_error(source, _problems(exc)) from None
 

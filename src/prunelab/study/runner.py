@@ -20,14 +20,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
+from pydantic import ValidationError
 
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_file, write_json_atomic
 from prunelab.study.backend import Backend, PrunelabBackend, timed
+from prunelab.study.measures import compression_measures, point_measure
 from prunelab.study.plan import CompressionPoint, TaskInfo, Unit, grid_summary, plan
-from prunelab.study.recipe import (Divergence, Evaluation, Perplexity, Recipe, Refusal,
-                                   recipe_error)
+from prunelab.study.power import DETECTABLE_AIM, POWER_AT_KEPT, power  # noqa: F401 (the CLI's)
+from prunelab.study.recipe import (Evaluation, Recipe, problems_of, recipe_error, recipe_model,
+                                   yaml_path)
 from prunelab.study.store import STORE_FILE, Store
 
 RUN_FILE = "run.json"
@@ -46,6 +48,17 @@ class Study:
     @property
     def grid_ids(self) -> set[str]:
         return {g for u in self.units for g in u.grid_ids.values()}
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """A study stopped by Ctrl-C (KeyboardInterrupt): every point finished before it is in
+    the store, and running the study again resumes from there."""
+
+    def __init__(self, run_dir: Path, points_kept: int):
+        super().__init__(f"interrupted; {points_kept} points kept in {run_dir}, "
+                         "rerun to resume")
+        self.run_dir = run_dir
+        self.points_kept = points_kept  # finished points stored in the run dir, all runs
 
 
 @dataclass
@@ -99,7 +112,7 @@ def claim_run_dir(run_dir: Path, recipe: Recipe, versions: dict, force: bool,
     write_json_atomic(run_file, {
         "name": recipe.name, "fingerprint": recipe.fingerprint(), "versions": versions,
         "created": previous.get("created", time.time()), "updated": time.time(),
-        "recipe": recipe.model_dump(mode="json"),
+        "recipe": recipe.dump(),
         # Which store rows belong to this recipe: the report shows exactly these cells.
         "grid_ids": sorted(grid_ids or [])})
 
@@ -112,7 +125,13 @@ def read_run(run_dir: str | Path) -> tuple[Recipe, dict]:
         raise PrunelabError(f"{run_dir} is not a prunelab run directory (no {RUN_FILE} or "
                             f"{STORE_FILE})", "pass the --run-dir a study wrote to")
     record = json.loads(run_file.read_text())
-    return Recipe.model_validate(record["recipe"]), record
+    try:
+        return recipe_model().model_validate(record["recipe"]), record
+    except ValidationError as exc:
+        unread = ", ".join(yaml_path(loc) for loc, _ in problems_of(exc))
+        raise PrunelabError(f"the recipe in {run_file} does not validate here ({unread})",
+                            "register the measures it was run with (import the module that "
+                            "does), or use the prunelab that wrote it") from None
 
 
 # -- the unit of work -------------------------------------------------------------------------------
@@ -129,9 +148,8 @@ class PointWork:
     compression_key: str
     task: TaskInfo
     eval: Evaluation
-    perplexity: Perplexity | None
-    divergence: Divergence | None = None
-    refusal: Refusal | None = None
+    # The recipe's compression measures that it asks for: (measure name, its section).
+    measures: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -141,7 +159,7 @@ class PointResult:
     examples: list[dict]
     # Set on the point that built its compressed model: the compressions row to store.
     compression: dict | None = None
-    training: dict | None = None  # a `finetune` level's fine-tuning record
+    records: dict | None = None  # a point measure's own records by kind (a fine-tuning)
 
 
 class PointWorker:
@@ -165,39 +183,37 @@ class PointWorker:
         return self.handle
 
     def __call__(self, work: PointWork) -> PointResult:
-        backend = self.backend
         handle = self._model(work.model)
         compression = None
         if work.compression_key != self.applied:
             self.applied = None  # a failure below leaves the model in no known state
-            backend.reset(handle)
-            result, seconds = None, 0.0
-            if not work.compression.is_dense:
-                result, seconds = timed(backend.compress, handle, work.compression)
-            ppl = None
-            if work.perplexity:
-                p = work.perplexity
-                ppl = backend.perplexity(handle, p.source, p.seqlen, p.n_windows)
-            compression = {"key": work.compression_key, "model": work.model,
-                           "config": work.compression.config(), "result": result,
-                           "perplexity": ppl, "model_info": backend.model_info(handle),
-                           "seconds": seconds}
-            if work.divergence and not work.compression.is_dense:
-                d = work.divergence  # against the backend's pristine dense copy
-                compression["divergence"] = backend.divergence(handle, d.source, d.seqlen,
-                                                               d.n_windows)
-            if work.refusal:  # the dense model too: the baseline of every refusal curve
-                compression["refusal"] = backend.refusal(handle, work.refusal)
+            compression = self._compress(handle, work)
             self.applied = work.compression_key
-        # A `finetune` level is trained before it is scored (the encoder track): with eval's
-        # finetune settings.
-        extra = ({"finetune": work.eval.finetune or {}} if work.task.kind == "finetune"
-                 else {})
-        (examples, summary), seconds = timed(backend.evaluate, handle, work.task, work.eval.limit,
-                                             work.eval.seed, work.eval.batch_size, **extra)
-        training = summary.pop("training", None)
+        measure = point_measure(work.task)
+        (examples, summary), seconds = timed(self.backend.measure, handle, measure, work.eval,
+                                             work)
+        records = {kind: summary.pop(kind) for kind in measure.point_records if kind in summary}
         return PointResult(work, point_row(work, summary, seconds), examples, compression,
-                           training)
+                           records or None)
+
+    def _compress(self, handle, work: PointWork) -> dict:
+        """Build the point's compressed model and take its compression measures."""
+        backend = self.backend
+        backend.reset(handle)
+        result, seconds = None, 0.0
+        if not work.compression.is_dense:
+            result, seconds = timed(backend.compress, handle, work.compression)
+        compression = {"key": work.compression_key, "model": work.model,
+                       "config": work.compression.config(), "result": result,
+                       "model_info": backend.model_info(handle), "seconds": seconds,
+                       "measures": {}}
+        asked = dict(work.measures)
+        for measure in compression_measures():
+            config = asked.get(measure.name)
+            if config is None or (work.compression.is_dense and not measure.on_dense):
+                continue
+            compression["measures"][measure.name] = backend.measure(handle, measure, config)
+        return compression
 
 
 def point_row(work: PointWork, summary: dict, seconds: float) -> dict:
@@ -244,9 +260,10 @@ class LocalExecutor:
 
 def pending_work(study: Study, done: set[str]) -> list[PointWork]:
     recipe = study.recipe
+    asked = tuple((m.name, m.config(recipe)) for m in compression_measures()
+                  if m.config(recipe) is not None)
     return [PointWork(unit.keys[task.name], unit.grid_ids[task.name], unit.model,
-                      unit.compression, unit.compression_key, task, recipe.eval,
-                      recipe.perplexity, recipe.divergence, recipe.refusal)
+                      unit.compression, unit.compression_key, task, recipe.eval, asked)
             for unit in study.units for task in unit.tasks if unit.keys[task.name] not in done]
 
 
@@ -257,39 +274,60 @@ def run_study(recipe: Recipe, run_dir: str | Path, *, force: bool = False,
               backend: Backend | None = None, executor: Executor | None = None,
               progress: bool = True) -> Outcome:
     """Run (or resume) a study into `run_dir`. Returns what was done; the report is built
-    from the store afterwards (`prunelab.report.build_report(run_dir)`)."""
-    from tqdm.auto import tqdm
+    from the store afterwards (`prunelab.report.build_report(run_dir)`).
 
+    Ctrl-C raises `StudyInterrupted` (a KeyboardInterrupt) saying how many points are kept."""
     started = time.perf_counter()
-    study = prepare(recipe, backend)
     run_dir = Path(run_dir)
-    claim_run_dir(run_dir, recipe, study.versions, force, study.grid_ids)
-    points_run = 0
-    with Store.in_dir(run_dir) as store:
-        done = store.finished_keys()
-        total = sum(len(u.tasks) for u in study.units)
-        todo = pending_work(study, done)
-        weights = _step_weights(study, todo)
-        # The bar counts estimated seconds, not steps: a SparseGPT prune weighs more than one
-        # small task, so the ETA (which tqdm rescales by the measured rate) stays honest.
-        with tqdm(total=sum(weights.values()) * 1.0001, disable=not progress,
-                  dynamic_ncols=True, file=sys.stderr,
-                  bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]") as bar:
-            if todo:
-                bar.set_description(_describe(todo[0]))
-            results = (executor or LocalExecutor()).map(partial(PointWorker, study.backend), todo)
-            for result in results:
-                work = result.work
-                if result.compression is not None:
-                    store.put_compression(**result.compression)
-                    bar.update(weights.get(work.compression_key, 0.0))
-                store.put_point(result.row, result.examples, result.training)
-                points_run += 1
-                bar.update(weights.get(work.key, 0.0))
-                if points_run < len(todo):
-                    bar.set_description(_describe(todo[points_run]))
+    try:
+        study = prepare(recipe, backend)
+        claim_run_dir(run_dir, recipe, study.versions, force, study.grid_ids)
+        with Store.in_dir(run_dir) as store:
+            total = sum(len(u.tasks) for u in study.units)
+            todo = pending_work(study, store.finished_keys())
+            points_run = _run_points(study, store, todo, executor, progress)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, StudyInterrupted):
+            raise
+        raise StudyInterrupted(run_dir, _points_kept(run_dir)) from None
     return Outcome(run_dir, total, total - len(todo), points_run,
                    time.perf_counter() - started)
+
+
+def _run_points(study: Study, store: Store, todo: list[PointWork], executor: Executor | None,
+                progress: bool) -> int:
+    """Compute the pending points, storing each as it finishes; returns how many ran."""
+    from tqdm.auto import tqdm
+
+    weights = _step_weights(study, todo)
+    points_run = 0
+    # The bar counts estimated seconds, not steps: a SparseGPT prune weighs more than one
+    # small task, so the ETA (which tqdm rescales by the measured rate) stays honest.
+    with tqdm(total=sum(weights.values()) * 1.0001, disable=not progress,
+              dynamic_ncols=True, file=sys.stderr,
+              bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]") as bar:
+        if todo:
+            bar.set_description(_describe(todo[0]))
+        results = (executor or LocalExecutor()).map(partial(PointWorker, study.backend), todo)
+        for result in results:
+            work = result.work
+            if result.compression is not None:
+                store.put_compression(**result.compression)
+                bar.update(weights.get(work.compression_key, 0.0))
+            store.put_point(result.row, result.examples, result.records)
+            points_run += 1
+            bar.update(weights.get(work.key, 0.0))
+            if points_run < len(todo):
+                bar.set_description(_describe(todo[points_run]))
+    return points_run
+
+
+def _points_kept(run_dir: Path) -> int:
+    """Finished points in the run directory's store (this run's and earlier ones')."""
+    if not (run_dir / STORE_FILE).is_file():
+        return 0
+    with Store.in_dir(run_dir) as store:
+        return len(store.finished_keys())
 
 
 def _describe(work: PointWork) -> str:
@@ -333,88 +371,3 @@ def dry_run(recipe: Recipe, backend: Backend | None = None,
             "tasks": [t.name for t in study.units[0].tasks] if study.units else [],
             "pending_points": sum(r["pending"] for r in rows), "est_seconds": round(total, 1),
             "power": power(study, run_dir)}
-
-
-# What a recipe should be able to see: an extra drop of the hardest level over the easiest of
-# this size or larger, with 80% power; a dry run warns about families that cannot.
-DETECTABLE_AIM = 0.15
-# The sparsity at which power is computed: one where a fifth of the dense score is lost,
-# the middle of the range a pooled verdict spans.
-POWER_AT_KEPT = 0.8
-BINARY_METRICS = ("accuracy", "contains", "exact_match")
-
-
-def power(study: Study, run_dir: str | Path | None = None) -> list[dict]:
-    """Per model and family: the smallest extra drop of its hardest level over its easiest
-    that the recipe's item count detects with 80% power (`trend.detectable_effect`), at a
-    sparsity where a share POWER_AT_KEPT of the dense score survives.
-
-    The pilot is a finished dense point of each level in `run_dir` (run the recipe with the
-    dense model only, or point at any earlier run). Levels scored 0/1 need only its scores
-    (without a pilot, 0.5 is assumed); the continuous measure, and tasks whose own metric is
-    continuous (bits per byte, F1), need its per-item values, their spread and, for a family
-    whose levels ask the same items, their correlation across levels
-    (`trend.continuous_covariance`); without a pilot they get no estimate."""
-    from prunelab.study import trend
-    from prunelab.study.stats import collect
-
-    measure = study.recipe.analysis.item_measure
-    pilot: dict[tuple[str, str], Any] = {}
-    if run_dir is not None and (Path(run_dir) / STORE_FILE).is_file():
-        with Store.in_dir(run_dir) as store:
-            dense = [p for p in store.points() if p["method"] == "dense"]
-            pilot = {(lv.model, lv.task): lv for lv in
-                     collect(dense, store.examples, store.example_records, measure)}
-    rows = []
-    for unit in study.units:
-        if not unit.compression.is_dense:
-            continue
-        families: dict[str, list[TaskInfo]] = {}
-        for task in unit.tasks:
-            families.setdefault(task.family, []).append(task)
-        for family, tasks in families.items():
-            if len({t.level_rank for t in tasks}) < 2:
-                continue
-            tasks = sorted(tasks, key=lambda t: t.level_rank)
-            limit = study.recipe.eval.limit
-            items = [min(limit, t.size) if limit and t.size else (t.size or limit or 100)
-                     for t in tasks]
-            levels = [pilot.get((unit.model, t.name)) for t in tasks]
-            row = {"model": unit.model, "family": family, "levels": len(tasks),
-                   "items": min(items)}
-            ranks = [t.level_rank for t in tasks]
-            if measure == "task" and all(lv is None or lv.metric.name in BINARY_METRICS
-                                         for lv in levels) and tasks[0].kind != "rolling":
-                scores = [None if lv is None else lv.metric.score(*lv.dense) for lv in levels]
-                row["dense"] = ("assumed 0.5" if None in scores else
-                                " / ".join(f"{s:.2f}" for s in scores))
-                covariance = trend.binary_covariance(
-                    [(n, 0.5 if s is None else s) for n, s in zip(items, scores)], POWER_AT_KEPT)
-            elif any(lv is None for lv in levels):
-                rows.append({**row, "dense": "needs a dense pilot", "min_effect": None,
-                             "ok": None})
-                continue
-            else:
-                row["dense"] = " / ".join(f"{lv.metric.score(*lv.dense):.2f}" for lv in levels)
-                paired, values = _pilot_values(levels, all(t.paired for t in tasks))
-                covariance = trend.continuous_covariance(levels[0].metric, values, items,
-                                                         paired=paired, kept=POWER_AT_KEPT)
-            mde = float(trend.detectable_effect(ranks, covariance))
-            rows.append({**row, "min_effect": round(mde, 3), "ok": bool(mde <= DETECTABLE_AIM)})
-    return rows
-
-
-def _pilot_values(levels, paired: bool) -> tuple[bool, list[tuple]]:
-    """Each pilot level's (values, weights); for a paired family, restricted to the items
-    every level holds and aligned item by item (unpaired when fewer than two are shared)."""
-    if paired:
-        shared = set(levels[0].ids).intersection(*(lv.ids for lv in levels[1:]))
-        if len(shared) >= 2:
-            order = [i for i in levels[0].ids if i in shared]
-            out = []
-            for lv in levels:
-                position = {item: k for k, item in enumerate(lv.ids)}
-                pick = np.array([position[i] for i in order])
-                out.append((lv.dense[0][pick], lv.dense[1][pick]))
-            return True, out
-    return False, [lv.dense for lv in levels]

@@ -54,6 +54,15 @@ class Stage(BaseModel):
         """This stage with fields the recipe decides filled in (default: unchanged)."""
         return self
 
+    def cost_terms(self, calibration: dict | None, per_token: float,
+                   params: float) -> list[float]:
+        """Estimated seconds of this stage on a model of `params` parameters, as terms added
+        in order (`prunelab.study.estimate`); default: its method's declared cost."""
+        from prunelab.study.estimate import method_terms
+
+        return method_terms(getattr(self, "method", self.kind), getattr(self, "options", {}),
+                            calibration, per_token, params / 1e6)
+
     def run(self, loaded, calibration: dict | None, seed: int | None) -> dict:
         """Apply this stage to `loaded` (a `prunelab.LoadedModel`) in place; return a record."""
         raise NotImplementedError
@@ -63,7 +72,14 @@ STAGE_KINDS: dict[str, type[Stage]] = {}
 
 
 def register_stage(cls: type[Stage]) -> type[Stage]:
-    STAGE_KINDS[cls.model_fields["kind"].default] = cls
+    """Register a stage kind; a kind taken twice is refused."""
+    from prunelab.errors import PrunelabError
+
+    kind = cls.model_fields["kind"].default
+    if kind in STAGE_KINDS:
+        raise PrunelabError(f"a stage kind {kind!r} is already registered",
+                            "give the new stage another kind")
+    STAGE_KINDS[kind] = cls
     return cls
 
 
@@ -244,6 +260,32 @@ class TransferStage(Stage):
 
     def seeded(self) -> bool:
         return True
+
+    def cost_terms(self, calibration, per_token, params) -> list[float]:
+        """Its training (steps times a step's forward, backward and optimiser update), then
+        the pruning that makes its mask."""
+        return [self.training_seconds(per_token, params),
+                *super().cost_terms(calibration, per_token, params)]
+
+    def training_seconds(self, per_token: float, params: float) -> float:
+        """Steps (max_steps, else epochs over the training items the evaluation leaves) times
+        one step's seconds."""
+        from prunelab.study.estimate import train_step_seconds
+        from prunelab.tasks.registry import get_tasks
+
+        if not self.train_on:  # the encoder track trains when its levels are evaluated
+            return 0.0
+        train = self.train_config(None)
+        steps = train.max_steps
+        if steps is None:
+            items = self.max_items
+            if items is None:
+                items = 0
+                for task in get_tasks(list(self.train_on)):
+                    left = task.size - (self.holdout_limit or 0)
+                    items += max(left, 0)
+            steps = train.epochs * -(-items // train.batch_size)
+        return steps * train_step_seconds(train.batch_size, per_token, params)
 
     def bind(self, recipe) -> TransferStage:
         if self.holdout_limit is not None:

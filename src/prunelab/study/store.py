@@ -49,11 +49,11 @@ CREATE TABLE IF NOT EXISTS compressions (
     perplexity REAL, model_info TEXT, seconds REAL, finished REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- Measures of a whole compressed model beyond perplexity, JSON by kind: "divergence" (from the
--- dense model, recipe `divergence:`), "refusal" (recipe `refusal:`); and of one point:
--- "training" (a `finetune` level's fine-tuning: steps, time, loss, the setting's held weights),
--- keyed by the point's key. A table of its own, so stores written before it existed open
--- unchanged (same schema version).
+-- Measures of a whole compressed model beyond perplexity, JSON by kind (each registered
+-- measure's name, `prunelab.study.measures`: "divergence", "refusal"), keyed by the
+-- compression's key; and records of one point, keyed by the point's key (a `finetune` level's
+-- fine-tuning, kind "training": steps, time, loss, the setting's held weights). A table of its
+-- own, so stores written before it existed open unchanged (same schema version).
 CREATE TABLE IF NOT EXISTS measures (key TEXT NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL,
                                      PRIMARY KEY (key, kind));
 """
@@ -103,9 +103,9 @@ class Store:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def put_point(self, row: dict, examples: list[dict], training: dict | None = None) -> None:
-        """Write a finished point, its examples and its fine-tuning record (a `finetune`
-        level's) atomically, replacing an older copy."""
+    def put_point(self, row: dict, examples: list[dict], records: dict | None = None) -> None:
+        """Write a finished point, its examples and its measure's own records by kind (a
+        `finetune` level's fine-tuning) atomically, replacing an older copy."""
         row = {**row, "finished": time.time(), "level": json.dumps(row["level"])}
         values = [_cell(row.get(c)) for c in POINT_COLUMNS]
         ex_rows = [(row["key"], i, str(ex.get("example_id", i)), ex.get("value"),
@@ -117,25 +117,33 @@ class Store:
             self.conn.execute(f"INSERT OR REPLACE INTO points ({', '.join(POINT_COLUMNS)}) "
                               f"VALUES ({', '.join('?' * len(POINT_COLUMNS))})", values)
             self.conn.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?)", ex_rows)
-            self.conn.execute("DELETE FROM measures WHERE key = ? AND kind = 'training'",
-                              (row["key"],))
-            if training is not None:
-                self.conn.execute("INSERT INTO measures VALUES (?, 'training', ?)",
-                                  (row["key"], json.dumps(training, default=str)))
+            self.conn.execute("DELETE FROM measures WHERE key = ?", (row["key"],))
+            self._put_measures(row["key"], records or {})
 
     def put_compression(self, key: str, model: str, config: dict, result: dict | None,
-                        perplexity: float | None, model_info: dict, seconds: float,
-                        divergence: dict | None = None, refusal: dict | None = None) -> None:
+                        model_info: dict, seconds: float, measures: dict | None = None,
+                        perplexity: float | None = None) -> None:
+        """Write a compressed model's row and its measures by kind (a measure that names a
+        column of the compressions table, as perplexity, is stored there)."""
+        from prunelab.study.measures import MEASURES
+
+        measures = dict(measures or {})
+        columns = {m.column: measures.pop(name) for name, m in MEASURES.items()
+                   if m.column and name in measures}
+        perplexity = columns.get("perplexity", perplexity)
         with self._transaction():
             self.conn.execute(
                 "INSERT OR REPLACE INTO compressions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, model, json.dumps(config, sort_keys=True), json.dumps(result, default=str),
                  perplexity, json.dumps(model_info, default=str), seconds, time.time()))
             self.conn.execute("DELETE FROM measures WHERE key = ?", (key,))
-            for kind, data in (("divergence", divergence), ("refusal", refusal)):
-                if data is not None:
-                    self.conn.execute("INSERT INTO measures VALUES (?, ?, ?)",
-                                      (key, kind, json.dumps(data, default=str)))
+            self._put_measures(key, measures)
+
+    def _put_measures(self, key: str, measures: dict) -> None:
+        for kind, data in measures.items():
+            if data is not None:
+                self.conn.execute("INSERT INTO measures VALUES (?, ?, ?)",
+                                  (key, kind, json.dumps(data, default=str)))
 
     def set_meta(self, key: str, value: Any) -> None:
         with self._transaction():
@@ -182,15 +190,20 @@ class Store:
             "SELECT key, data FROM measures WHERE kind = 'training'")}
 
     def compressions(self) -> list[dict]:
-        measures = {(k, kind): json.loads(d) for k, kind, d in
-                    self.conn.execute("SELECT key, kind, data FROM measures")}
+        """Compressed models' rows, each with every compression measure's result under its
+        name (None where it was not taken)."""
+        from prunelab.study.measures import stored_kinds
+
+        measures: dict[str, dict] = {}
+        for k, kind, d in self.conn.execute("SELECT key, kind, data FROM measures"):
+            measures.setdefault(k, {})[kind] = json.loads(d)
         out = []
         for r in self.conn.execute("SELECT * FROM compressions ORDER BY finished"):
             row = dict(r)
             for col in ("config", "result", "model_info"):
                 row[col] = json.loads(row[col]) if row[col] else None
-            row["divergence"] = measures.get((row["key"], "divergence"))
-            row["refusal"] = measures.get((row["key"], "refusal"))
+            taken = measures.get(row["key"], {})
+            row.update({kind: taken.get(kind) for kind in stored_kinds()})
             out.append(row)
         return out
 

@@ -1,0 +1,34 @@
+"""Perplexity of each compressed model (dense included) on a held-out text, recipe
+`perplexity:`; stored in the compressions table's `perplexity` column."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prunelab.study.measures import Measure, register_measure
+
+
+class Perplexity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str = "squad-dev"
+    seqlen: int = Field(512, ge=8)
+    n_windows: int = Field(8, ge=1)
+
+
+@register_measure
+class PerplexityMeasure(Measure):
+    name = "perplexity"
+    recipe_field = "perplexity"
+    section = Perplexity
+    column = "perplexity"
+
+    def run(self, backend, handle, config, work=None) -> float:
+        from prunelab.api import perplexity
+
+        return perplexity(handle.loaded, config.source, config.seqlen, config.n_windows)
+
+    def fake(self, backend, handle, config, work=None) -> float:
+        return backend.perplexity(handle, config.source, config.seqlen, config.n_windows)
+
+    def cost(self, recipe, config, point, per_token, params, task=None) -> float:
+        return config.n_windows * config.seqlen * per_token  # one forward pass of the windows
