@@ -116,18 +116,7 @@ def _may_use_the_facade(module: str) -> bool:
     return module == "prunelab" or _is_cli(module)
 
 
-# Modules that still import the façade; this list only ever shrinks (empty it, then drop it).
-STILL_IMPORTING_THE_FACADE = ("prunelab.study.backend", "prunelab.study.stages")
-
-
 def test_no_part_of_prunelab_imports_the_facade():
     offenders = sorted(m for m, targets in _imports().items()
-                       if "prunelab.api" in targets and not _may_use_the_facade(m)
-                       and m not in STILL_IMPORTING_THE_FACADE)
+                       if "prunelab.api" in targets and not _may_use_the_facade(m))
     assert not offenders, f"import the module that does the work, not prunelab.api: {offenders}"
-
-
-def test_the_exceptions_are_still_needed():
-    importers = {m for m, targets in _imports().items() if "prunelab.api" in targets}
-    assert set(STILL_IMPORTING_THE_FACADE) <= importers, \
-        f"no longer import prunelab.api: {set(STILL_IMPORTING_THE_FACADE) - importers}"

@@ -82,7 +82,7 @@ def _points_kept(run_dir: Path) -> int:
 def _run(recipe, run_dir: Path, force: bool, dry: bool, report: bool,
          device: str | None = None, progress: bool = True) -> None:
     from prunelab.study.backend import PrunelabBackend
-    from prunelab.study.runner import dry_run, run_study
+    from prunelab.study.runner import StudyInterrupted, dry_run, run_study
 
     backend = PrunelabBackend(device)
     if dry:
@@ -90,7 +90,9 @@ def _run(recipe, run_dir: Path, force: bool, dry: bool, report: bool,
         return
     try:
         outcome = run_study(recipe, run_dir, force=force, backend=backend, progress=progress)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see `prunelab.cli.main`)
+    except StudyInterrupted as exc:  # Ctrl-C, or SIGTERM (see `prunelab.cli.main`)
+        raise Interrupted(str(exc)) from None
+    except KeyboardInterrupt:  # before the runner started its points
         raise Interrupted(f"interrupted; {_points_kept(run_dir)} points kept, rerun to "
                           "resume") from None
     typer.echo(f"{outcome.points_run} points run, {outcome.points_done_before} already done "

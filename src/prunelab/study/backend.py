@@ -77,13 +77,13 @@ class PrunelabBackend:
     is part of the points' keys, like the software versions: its float rounding differs."""
 
     def __init__(self, device: str | None = None):
-        from prunelab.api import resolve_device
+        from prunelab.devices import resolve_device
 
         self.device = resolve_device(device)
         self.cache: dict[str, Any] = {}  # what measures keep for the whole study (a judge)
 
     def versions(self) -> dict:
-        from prunelab.api import versions
+        from prunelab.checkpoint import versions
 
         found = versions()
         if self.device is not None and self.device.type != "cpu":

@@ -128,7 +128,7 @@ class PruneStage(Stage):
         return self
 
     def problems(self, calibration):
-        from prunelab.api import check_prune_args
+        from prunelab.compress import check_prune_args
         from prunelab.errors import PrunelabError
 
         try:
@@ -145,7 +145,7 @@ class PruneStage(Stage):
         return make_method(self.method, options).needs_calibration
 
     def run(self, loaded, calibration, seed):
-        from prunelab.api import prune
+        from prunelab.compress import prune
 
         result = prune(loaded, self.method, None if self.pattern else self.sparsity,
                        pattern=self.pattern, calibration=_calibration_config(calibration, seed),
@@ -171,13 +171,14 @@ class PruneStage(Stage):
 
 
 def _calibration_config(calibration: dict | None, seed: int | None):
-    """The engine's CalibrationConfig from a study's resolved calibration (None: none)."""
+    """The engine's CalibrationConfig from a study's resolved calibration (None: none); the
+    window seed is the study seed, never a field of the recipe's section."""
     if calibration is None:
         return None
-    from prunelab.data.corpora import CalibrationConfig
+    from prunelab.data.calibration import calibration_config
 
-    fields = {k: calibration[k] for k in ("source", "n_samples", "seqlen")}
-    return CalibrationConfig(**fields, **({} if seed is None else {"seed": seed}))
+    return calibration_config({k: calibration[k] for k in ("source", "n_samples", "seqlen")},
+                              seed)
 
 
 # Where a transfer stage on an encoder leaves its setting (in `loaded.info`): the encoder track

@@ -28,7 +28,7 @@ class DivergenceMeasure(Measure):
     # its report sections: prunelab/report/divergence.py
 
     def check(self, config) -> list[tuple[str, str]]:
-        from prunelab.api import check_perplexity_args
+        from prunelab.data.checks import check_perplexity_args
         from prunelab.errors import PrunelabError
 
         try:

@@ -23,7 +23,7 @@ class PerplexityMeasure(Measure):
     column = "perplexity"
 
     def run(self, backend, handle, config, work=None) -> float:
-        from prunelab.api import perplexity
+        from prunelab.evaluate.perplexity import perplexity
 
         return perplexity(handle.loaded, config.source, config.seqlen, config.n_windows)
 
