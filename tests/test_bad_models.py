@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import assert_user_error, run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from prunelab.errors import PrunelabError
 from prunelab.zoo import models
@@ -356,3 +358,133 @@ def test_a_local_directory_wins_over_a_hub_id_of_the_same_name(tiny_dir, tmp_pat
 def test_resolve_keeps_its_python_contract(isolated_home, tmp_path, no_network):
     with pytest.raises(PrunelabError, match="unknown model 'nosuch'.*smollm2-135m"):
         models.resolve("nosuch")
+
+
+# --- `prunelab info` on a damaged prunelab.json (item 6) -------------------------------------
+@pytest.fixture(scope="module")
+def pruned_record(tmp_path_factory, tiny_dir):
+    """A real prunelab.json: the tiny model pruned by magnitude and saved."""
+    from prunelab import api
+
+    loaded = models.load_model(tiny_dir)
+    result = api.prune(loaded, "magnitude", 0.5, progress=False)
+    out = tmp_path_factory.mktemp("pruned") / "magnitude50"
+    api.save(loaded, out, result)
+    return json.loads((out / "prunelab.json").read_text())
+
+
+@pytest.fixture
+def info_reads_checked(monkeypatch):
+    """`prunelab info` reads through read_provenance_file. (At merge `api.read_provenance`
+    calls it itself and this patch changes nothing.)"""
+    from prunelab.zoo.provenance import read_provenance_file
+
+    monkeypatch.setattr("prunelab.api.read_provenance", read_provenance_file, raising=False)
+
+
+def _owner(record, path: tuple[str, ...]):
+    """The container holding `path`'s last step, and that step (an index in a list)."""
+    owner = record
+    for key in path[:-1]:
+        owner = owner[int(key)] if isinstance(owner, list) else owner[key]
+    return owner, int(path[-1]) if isinstance(owner, list) else path[-1]
+
+
+def _without(record: dict, *path: str) -> dict:
+    record = json.loads(json.dumps(record))
+    owner, key = _owner(record, path)
+    del owner[key]
+    return record
+
+
+def _setting(record: dict, value, *path: str) -> dict:
+    record = json.loads(json.dumps(record))
+    owner, key = _owner(record, path)
+    owner[key] = value
+    return record
+
+
+RECORDS = {
+    "truncated": (lambda r: json.dumps(r)[:50], "not valid JSON"),
+    "empty": (lambda r: "", "the file is empty"),
+    "a list": (lambda r: "[1, 2, 3]", "the whole file should be a mapping, found list"),
+    "not UTF-8": (lambda r: b'{"model": "\xe9"}', "not UTF-8 text (byte 0xe9"),
+    "no model": (lambda r: json.dumps(_without(r, "model")), "it has no 'model' entry"),
+    "no pruning": (lambda r: json.dumps(_without(r, "pruning")), "it has no 'pruning' entry"),
+    "model a string": (lambda r: json.dumps(_setting(r, "tiny", "model")),
+                       "'model' should be a mapping, found str"),
+    "storage without fp32_bytes": (lambda r: json.dumps(_without(r, "storage", "fp32_bytes")),
+                                   "'storage.fp32_bytes' should be a number, found nothing"),
+    "storage of size zero": (lambda r: json.dumps(_setting(r, 0, "storage", "bf16_bytes")),
+                             "'storage.bf16_bytes' is 0, not a positive size"),
+    "a layer without rows": (lambda r: json.dumps(_without(r, "pruning", "layers", "0", "rows")),
+                             "'pruning.layers[0].rows' should be an integer"),
+    "layers a mapping": (lambda r: json.dumps(_setting(r, {}, "pruning", "layers")),
+                         "'pruning.layers' should be a list"),
+    "model_size without before": (
+        lambda r: json.dumps(_setting(r, {"after": {"parameters": 1, "bytes": 4}},
+                                      "pruning", "model_size")),
+        "'pruning.model_size.before' should be a mapping"),
+    "weights_file_bytes a word": (lambda r: json.dumps(_setting(r, "many", "weights_file_bytes")),
+                                  "'weights_file_bytes' should be an integer, found str"),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORDS))
+def test_info_on_a_damaged_record_is_one_line(case, pruned_record, tmp_path, info_reads_checked):
+    make, fragment = RECORDS[case]
+    content = make(pruned_record)
+    (tmp_path / "prunelab.json").write_bytes(content if isinstance(content, bytes)
+                                             else content.encode())
+    result = run("info", str(tmp_path))
+    assert_user_error(result, f"{tmp_path / 'prunelab.json'} is damaged: ")
+    assert fragment in result.stderr
+
+
+def test_info_on_a_whole_record_prints_it(pruned_record, tmp_path, info_reads_checked):
+    (tmp_path / "prunelab.json").write_text(json.dumps(pruned_record))
+    result = run("info", str(tmp_path))
+    assert result.returncode == 0 and "achieved" in result.stdout and not result.stderr
+
+
+def _nested_paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _nested_paths(inner, (*prefix, key))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value[:2]):
+            yield from _nested_paths(inner, (*prefix, str(index)))
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-3, 10**12), st.floats(), st.text(max_size=5)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=5)
+
+
+@settings(max_examples=100, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_info_on_any_edit_of_a_record_prints_it_or_refuses_in_one_line(data, pruned_record,
+                                                                       tmp_path,
+                                                                       info_reads_checked):
+    record = json.loads(json.dumps(pruned_record))
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = [p for p in _nested_paths(record) if p]
+        if not paths or not isinstance(record, dict):
+            break
+        path = data.draw(st.sampled_from(paths))
+        if data.draw(st.booleans()):
+            record = _without(record, *path)
+        else:
+            record = _setting(record, data.draw(JSON_VALUES), *path)
+    if data.draw(st.integers(0, 9)) == 0:
+        record = data.draw(JSON_VALUES)  # sometimes not a record at all
+    (tmp_path / "prunelab.json").write_text(json.dumps(record))
+    result = run("info", str(tmp_path))
+    assert "Traceback" not in result.stderr
+    assert result.returncode in (0, 2), result.stderr
+    if result.returncode == 2:
+        assert len(result.stderr.strip().splitlines()) == 1
