@@ -231,7 +231,8 @@ AT_LOAD = {
                                 "lack 9 tensor(s) its config.json calls for"),
     "config with fewer layers": (lambda d: edit_config(d, num_hidden_layers=1),
                                  "hold 9 tensor(s) its config.json has no place for"),
-    "pickle of random bytes": (lambda d: _pickle_bytes(d, lambda data: random.Random(0).randbytes(4096)),
+    "pickle of random bytes": (lambda d: _pickle_bytes(
+        d, lambda data: random.Random(0).randbytes(4096)),
                                "pytorch_model.bin is not a readable PyTorch checkpoint"),
     "pickle truncated": (lambda d: _pickle_bytes(d, lambda data: data[: len(data) // 2]),
                          "pytorch_model.bin is not a readable PyTorch checkpoint"),
@@ -295,11 +296,11 @@ def no_network(monkeypatch):
 @pytest.mark.parametrize("argument, fragment", [
     ("out/wanda5O", "model directory out/wanda5O does not exist (out/ exists here, so this "
                     "names a directory, not a hub id) (did you mean out/wanda50?)"),
-    ("out/sub/model", "model directory out/sub/model does not exist (check the path (out/ holds "
-                      "no sub))"),
+    ("out/sub/model", "model directory out/sub/model does not exist (check the path: out/ holds "
+                      "no sub)"),
     ("./wanda50", "model directory ./wanda50 does not exist"),
-    ("nowhere/a/b", "model directory nowhere/a/b does not exist (check the path (./ holds no "
-                    "nowhere))"),
+    ("nowhere/a/b", "model directory nowhere/a/b does not exist (check the path: ./ holds no "
+                    "nowhere)"),
     ("out\\wanda50", "does not exist"),
     ("~/no-such-prunelab-model", "does not exist"),
     ("out/", "is not a Hugging Face model directory (no config.json)"),

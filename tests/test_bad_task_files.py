@@ -75,8 +75,8 @@ CASES = {
     "template names a missing field": (
         _with(template={"input_format": "Q: {question}\nA:"}), ROWS,
         "template input_format names {question}, but only {input} and {context} are filled in "
-        "(use {input} and {context}; map a row's 'question' onto them with fields: (e.g. "
-        "fields: {input: question}))"),
+        "(use {input} and {context}; to fill {input} from a row's 'question', write fields: "
+        "{input: question})"),
     "template positional field": (_with(template={"input_format": "{}"}), ROWS, "names {}"),
     "template unbalanced brace": (_with(template={"input_format": "Q: {input"}), ROWS,
                                   "is not a format string"),

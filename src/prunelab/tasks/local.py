@@ -232,8 +232,8 @@ def _check_format(path: Path, key: str, value: str, filled: tuple[str, ...]) -> 
         if field_name is None:
             continue
         if field_name not in filled:
-            hint = (f"use {allowed}; map a row's {field_name!r} onto them with fields: "
-                    f"(e.g. fields: {{{filled[0]}: {field_name}}})"
+            hint = (f"use {allowed}; to fill {{{filled[0]}}} from a row's {field_name!r}, "
+                    f"write fields: {{{filled[0]}: {field_name}}}"
                     if field_name.isidentifier() else f"use {allowed} only")
             raise PrunelabError(f"{path}: template {key} names {{{field_name}}}, but only "
                                 f"{allowed} are filled in", hint)
@@ -318,7 +318,7 @@ def _check_sizes(item: Item, where: str, fields: dict[str, str]) -> None:
             raise PrunelabError(
                 f"{where}: '{fields[key]}' holds {longest:,} characters, more than any prompt "
                 f"can take (at most {MAX_FIELD_CHARS:,} per field)",
-                "shorten it, or score long texts with kind: rolling (in windows)")
+                "shorten it; a long text to score belongs in a kind: rolling task, read in windows")
 
 
 def _choices(row: dict, fields: dict[str, str], where: str) -> tuple[tuple[str, ...], tuple[int, ...]]:

@@ -171,7 +171,10 @@ def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
     No answer waits on network retries: a hub id is probed once, briefly.
     """
     text = str(source)
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~someone" where there is no such user
+        path = Path(text)
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists():
             raise PrunelabError(
@@ -207,7 +210,10 @@ def _reads_as_path(text: str) -> bool:
 
 
 def _missing_directory(text: str) -> PrunelabError:
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:
+        path = Path(text)
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -219,7 +225,7 @@ def _missing_directory(text: str) -> PrunelabError:
     if close and parent == path.parent:
         fix = f"did you mean {parent / close[0]}?"
     else:
-        fix = f"check the path ({parent}/ holds no {path.relative_to(parent).parts[0]})"
+        fix = f"check the path: {parent}/ holds no {path.relative_to(parent).parts[0]}"
     return PrunelabError(f"model directory {text} does not exist{why}", fix)
 
 
@@ -439,6 +445,8 @@ def check_model_directory(directory: Path, *, trust_remote_code: bool = False) -
 
 
 _RESTORE_CONFIG = "restore the config.json saved with these weights"
+_RESTORE_WEIGHTS = ("the files may be damaged: restore them, or re-save the model with "
+                    "save_pretrained")
 
 
 def _read_config(path: Path) -> dict:
@@ -480,7 +488,7 @@ def _check_code(directory: Path, config: dict, trust_remote_code: bool) -> None:
         raise PrunelabError(
             f"{directory} needs its own Python code to load ({', '.join(files) or 'auto_map'}; "
             f"model_type {model_type!r} is not built into transformers)",
-            "pass --trust-remote-code (trust_remote_code=True in Python) if you trust that code")
+            "pass --trust-remote-code, or trust_remote_code=True in Python, if you trust that code")
     missing = [name for name in files if not (directory / name).is_file()]
     if missing:
         raise PrunelabError(f"{directory / 'config.json'} loads its model from "
@@ -548,8 +556,8 @@ def _load_failure(exc: Exception, source: str | Path, local: Path | None,
     text = str(exc)
     if "custom code" in text or "trust_remote_code" in text:
         return PrunelabError(f"{source} needs its own Python code to load its {part}",
-                             "pass --trust-remote-code (trust_remote_code=True in Python) if "
-                             "you trust that code")
+                             "pass --trust-remote-code, or trust_remote_code=True in Python, "
+                             "if you trust that code")
     pickled_only = (part == "weights" and local is not None and any(local.glob("*.bin"))
                     and not any(local.glob("*.safetensors")))
     if (pickled_only or isinstance(exc, pickle.UnpicklingError) or "weights_only" in text
@@ -578,9 +586,6 @@ def _load_failure(exc: Exception, source: str | Path, local: Path | None,
         return PrunelabError(f"{local / 'config.json'} does not load: {first}", _RESTORE_CONFIG)
     return PrunelabError(f"could not load the weights of {source}: {type(exc).__name__}: {first}",
                          _RESTORE_WEIGHTS)
-
-
-_RESTORE_WEIGHTS = "the files may be damaged: restore them, or re-save the model with save_pretrained"
 
 
 def _first_line(exc: BaseException) -> str:
