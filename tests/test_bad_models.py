@@ -113,6 +113,21 @@ def _no_tokenizer(d):
         file.unlink()
 
 
+def _foreign_tokenizer(directory: Path) -> None:
+    """A tokenizer of 300 tokens beside a model of 260 embedding rows."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as token_models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(300)}
+    backend = Tokenizer(token_models.WordLevel(vocab=vocab, unk_token="t0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+
+    for file in directory.glob("*token*"):
+        file.unlink()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="t0").save_pretrained(directory)
+
+
 # (damage, the fragment the one line must hold) -- each refused before any weights are read
 BEFORE_WEIGHTS = {
     "truncated safetensors": (_truncate, "model.safetensors is truncated: its tensors need"),
@@ -143,6 +158,8 @@ BEFORE_WEIGHTS = {
     "custom code": (_remote_code, "needs its own Python code to load (configuration_custom.py, "
                                   "modeling_custom.py"),
     "no tokenizer": (_no_tokenizer, "has no tokenizer"),
+    "tokenizer of another model": (_foreign_tokenizer, "has 300 tokens but its model only 260 "
+                                                       "embedding rows"),
     "no weights": (lambda d: weights_file(d).unlink(), "holds no weights"),
     "shard missing": (lambda d: _sharded(d, drop=1), "a shard its model.safetensors.index.json"),
     "tensor not in its shard": (lambda d: _sharded(d, misplace=True),

@@ -384,6 +384,7 @@ def load_model(source: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch
         auto = AutoModelForCausalLM if causal else AutoModel
         part = "tokenizer"
         tokenizer = AutoTokenizer.from_pretrained(target, **options)
+        _check_vocabulary(tokenizer, config, source)
         part = "weights"
         if structure.needs_loader(config):  # per-layer shapes (prunelab.structure)
             model = structure.load_pretrained(target, dtype=dtype)
@@ -527,6 +528,20 @@ def _check_shapes(directory: Path, config: dict, shapes: dict[str, tuple[str, tu
         raise PrunelabError(f"{directory / 'config.json'} does not match the weights: {file} "
                             f"holds {name} as {list(found)}, the config implies "
                             f"{list(expected)}{more}", _RESTORE_CONFIG)
+
+
+def _check_vocabulary(tokenizer, config, source: str | Path) -> None:
+    """A tokenizer whose own vocabulary (added tokens aside) outnumbers the model's embedding
+    rows belongs to another model: ordinary text would give ids the model has no row for."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rows = getattr(config, "vocab_size", None)
+    if backend is None or not isinstance(rows, int):
+        return
+    words = backend.get_vocab_size(with_added_tokens=False)
+    if words > rows:
+        raise PrunelabError(f"the tokenizer of {source} has {words:,} tokens but its model "
+                            f"only {rows:,} embedding rows: the tokenizer belongs to another "
+                            "model", "restore the tokenizer files saved with these weights")
 
 
 def _check_loading_info(loading: dict, source: str | Path) -> None:
