@@ -151,6 +151,9 @@ BEFORE_WEIGHTS = {
                       "config.json is not a JSON object"),
     "config not UTF-8": (lambda d: (d / "config.json").write_bytes(b'{"model_type": "\xff"}'),
                          "config.json is not UTF-8 text (byte 0xff"),
+    "config size of the wrong type": (lambda d: edit_config(d, hidden_size="abc"),
+                                      "config.json does not load: Validation error for field "
+                                      "'hidden_size': TypeError"),
     "config without model_type": (lambda d: edit_config(d, model_type=None),
                                    "config.json has no model_type"),
     "unknown model_type": (lambda d: edit_config(d, model_type="llamazoid"),

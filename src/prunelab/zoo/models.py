@@ -604,5 +604,9 @@ def _load_failure(exc: Exception, source: str | Path, local: Path | None,
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:  # "Validation error for field 'x':" + why
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
