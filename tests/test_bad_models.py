@@ -168,7 +168,7 @@ BEFORE_WEIGHTS = {
     "tensor not in its shard": (lambda d: _sharded(d, misplace=True),
                                 "which model.safetensors.index.json places there"),
     "index not JSON": (lambda d: _index_edit(d, '{"weight_map": '),
-                       "model.safetensors.index.json is not valid JSON"),
+                       "model.safetensors.index.json is not readable JSON"),
     "index without weight_map": (lambda d: _index_edit(d, '{"metadata": {}}'),
                                  "has no 'weight_map'"),
     "index names a path": (lambda d: _index_edit(d, json.dumps(

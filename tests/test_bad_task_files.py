@@ -116,6 +116,8 @@ CASES = {
     "generate targets a mapping": (_with(kind="generate"), [{"question": "q", "targets": {
         "a": 1}}], "no target answer"),
     "a line not an object": (SPEC, b'[1, 2]\n', "sums.jsonl:1 is not a JSON object"),
+    "data under an unknown user": (_with(data="~no-such-user-here/rows.jsonl"), ROWS,
+                                   "~no-such-user-here/rows.jsonl does not exist"),
 }
 
 

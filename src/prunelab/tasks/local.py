@@ -58,12 +58,20 @@ MAX_FIELD_CHARS = 200_000
 
 
 def is_spec_path(selector: str) -> bool:
-    return selector.endswith(SPEC_SUFFIXES) and Path(selector).expanduser().exists()
+    return selector.endswith(SPEC_SUFFIXES) and _expanded(selector).exists()
+
+
+def _expanded(path: str | Path) -> Path:
+    """`path` with "~" expanded; as written where it names no user ("~nobody/x")."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
 
 
 def load_task_file(path: str | Path) -> list[Task]:
     """All tasks (levels) a spec file declares, with their data loaded and validated."""
-    path = Path(path).expanduser().resolve()
+    path = _expanded(path).resolve()
     spec = _read_spec(path)
     levels = spec.pop("levels", None) or [{}]
     if not isinstance(levels, list) or not all(isinstance(lv, dict) for lv in levels):
@@ -143,7 +151,7 @@ def _build(path: Path, spec: dict, default_rank: int, several: bool) -> Task:
     if kind not in PROMPTED_KINDS:
         raise PrunelabError(f"{path}: kind {kind!r} is not one of {list(PROMPTED_KINDS)}",
                             "use mc, generate or rolling")
-    data = Path(str(_require(path, spec, "data"))).expanduser()
+    data = _expanded(str(_require(path, spec, "data")))
     data = data if data.is_absolute() else path.parent / data
     fields = _fields(path, spec.get("fields"))
     metric = _scalar(path, spec, "metric") or _METRICS[kind][0]

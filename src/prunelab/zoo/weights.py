@@ -76,7 +76,7 @@ def read_safetensors_header(file: Path) -> tuple[dict, int]:
         begin, end = entry["data_offsets"]
         spans.append((begin, end, name))
     spans.sort()
-    reach = spans[-1][1] if spans else 0
+    reach = max((end for _, end, _ in spans), default=0)
     if reach > data_bytes:
         raise PrunelabError(f"{file} is truncated: its tensors need {reach:,} bytes of data "
                             f"but the file holds {data_bytes:,}", _RESTORE)
@@ -154,8 +154,8 @@ def check_weight_files(directory: Path) -> dict[str, tuple[str, tuple[int, ...]]
 def _weight_map(index: Path) -> dict[str, str]:
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PrunelabError(f"{index} is not valid JSON ({type(exc).__name__})",
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PrunelabError(f"{index} is not readable JSON ({type(exc).__name__})",
                             f"restore it: {_RESTORE}") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not (isinstance(weight_map, dict) and weight_map
