@@ -14,13 +14,29 @@ from prunelab.errors import PrunelabError
 from prunelab.tasks.base import Item
 
 
+def read_text(path: Path, what: str = "task data") -> str:
+    """A file's text, UTF-8; one line naming the file where it is missing, unreadable or not
+    UTF-8 (with the line of the first bad byte)."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PrunelabError(f"{what} file {path} does not exist", "check the path") from None
+    except OSError as exc:
+        raise PrunelabError(f"cannot read {what} file {path}: {exc.strerror or exc}",
+                            "pass a readable file") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise PrunelabError(f"{what} file {path} is not UTF-8 text: byte {raw[exc.start]:#04x} "
+                            f"on line {line}", "save it as UTF-8") from None
+
+
 @lru_cache(maxsize=64)
 def read_json(path: str) -> object:
+    text = read_text(Path(path))
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise PrunelabError(f"task data file {path} does not exist", "check the path") from None
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise PrunelabError(f"task data file {path} is not valid JSON: {exc}",
                             "fix the file (one JSON document, or use .jsonl)") from None
@@ -31,11 +47,7 @@ def read_rows(path: Path) -> list[dict]:
     path = Path(path)
     if path.suffix == ".jsonl":
         rows = []
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise PrunelabError(f"task data file {path} does not exist", "check the path") from None
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -43,6 +55,9 @@ def read_rows(path: Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise PrunelabError(f"{path}:{number} is not valid JSON: {exc.msg}",
                                     "write one JSON object per line") from None
+            if not isinstance(rows[-1], dict):
+                raise PrunelabError(f"{path}:{number} is not a JSON object",
+                                    'write one object per line, e.g. {"input": ...}')
     else:
         data = read_json(str(path))
         rows = data.get("examples") if isinstance(data, dict) else data

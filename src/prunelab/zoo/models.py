@@ -10,13 +10,20 @@ Any local Hugging Face directory works too, and a hub id where a hub is reachabl
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import pickle
+import re
+import socket
 import sys
+import threading
 import zipfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -24,7 +31,8 @@ from prunelab import defaults
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_dir, cache_dir, cache_lock
 from prunelab.zoo.fetch import download_distribution
-from prunelab.zoo.weights import read_weights_privately
+from prunelab.zoo.provenance import PROVENANCE_FILE, read_provenance_file, read_zoo_file
+from prunelab.zoo.weights import check_weight_files, read_weights_privately
 
 DEQUANTIZED_CAVEAT = (
     "weights are dequantized 4-bit GGUF codes, not the original fp16 checkpoint: each block of "
@@ -153,9 +161,20 @@ def is_cached(name: str) -> bool:
 
 
 def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
-    """Turn a model name, local directory or hub id into something `from_pretrained` loads."""
+    """Turn a model name, local directory or hub id into something `from_pretrained` loads.
+
+    The rule, in order: an existing path is a local directory (it must hold config.json);
+    a zoo name is a zoo model; anything that reads as a path is a missing directory (it
+    starts with ".", "/" or "~", has a backslash, a trailing or second "/", or its first
+    part exists here: `out/wanda5O` with `out/` present); an `org/name` is a hub id, used
+    only where the hub cache holds it or the hub is reachable; anything else is unknown.
+    No answer waits on network retries: a hub id is probed once, briefly.
+    """
     text = str(source)
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~someone" where there is no such user
+        path = Path(text)
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists():
             raise PrunelabError(
@@ -165,15 +184,92 @@ def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
         return path, None
     if text in ZOO:
         return ensure_converted(ZOO[text]), ZOO[text]
-    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1
-    if "/" in text and not looks_like_path:
-        return text, None  # a hub id: works only where a hub is reachable
-    if looks_like_path:
-        raise PrunelabError(f"model path {text} does not exist", "check the path")
+    if _reads_as_path(text):
+        raise _missing_directory(text)
+    if _HUB_ID.fullmatch(text):
+        hub_offline(text)  # refuses a hub id that can be neither fetched nor found cached
+        return text, None
+    close = difflib.get_close_matches(text, list(ZOO), n=1)
     raise PrunelabError(
-        f"unknown model {text!r}",
-        f"use one of {', '.join(ZOO)} (see `prunelab models`) or a local model directory",
+        f"unknown model {text!r}: neither a zoo name nor a directory here",
+        (f"did you mean {close[0]}? " if close else "")
+        + f"use one of {', '.join(ZOO)} (see `prunelab models`) or a local model directory",
     )
+
+
+# A Hugging Face hub id: one "org/name", each part of letters, digits, ".", "_" or "-".
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _reads_as_path(text: str) -> bool:
+    if text.startswith((".", "/", "~")) or "\\" in text or text.endswith("/"):
+        return True
+    if text.count("/") > 1:
+        return True
+    return "/" in text and (Path(text.split("/", 1)[0]).exists() or not _HUB_ID.fullmatch(text))
+
+
+def _missing_directory(text: str) -> PrunelabError:
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:
+        path = Path(text)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    why = ""
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")) and parent != Path("."):
+        why = f" ({parent}/ exists here, so this names a directory, not a hub id)"
+    siblings = [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+    if close and parent == path.parent:
+        fix = f"did you mean {parent / close[0]}?"
+    else:
+        fix = f"check the path: {parent}/ holds no {path.relative_to(parent).parts[0]}"
+    return PrunelabError(f"model directory {text} does not exist{why}", fix)
+
+
+def hub_offline(repo_id: str) -> bool:
+    """Whether the hub id `repo_id` must be read from the hub cache alone (the hub is not
+    reachable, or HF_HUB_OFFLINE is set); PrunelabError when it is neither reachable nor
+    cached."""
+    if _hub_reachable():
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return True
+    raise PrunelabError(
+        f"model {repo_id} is not a directory here (no {repo_id.split('/')[0]}/), and as a "
+        "Hugging Face hub id it is not in the hub cache and the hub is not reachable",
+        f"check the path, pass a zoo model ({', '.join(ZOO)}), or connect to the network "
+        "to fetch hub models")
+
+
+@lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One short probe of the hub's address (the hub client itself retries for half a
+    minute before it gives up). Name resolution has no timeout of its own, so the probe
+    runs in a thread that is abandoned when it takes too long."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    answers: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                answers.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(answers)
 
 
 def ensure_converted(spec: ModelSpec) -> Path:
@@ -259,49 +355,259 @@ def _gguf_to_safetensors(gguf: Path, out: Path) -> None:
 def load_model(source: str | Path = defaults.DEFAULT_MODEL, *,
                dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False) -> LoadedModel:
-    """Load a named zoo model, a local Hugging Face directory, or (where reachable) a hub id."""
+    """Load a named zoo model, a local Hugging Face directory, or a hub id (where the hub is
+    reachable or its cache holds it).
+
+    A local directory is checked first, reading only small files and headers (its records,
+    config, code, tokenizer files, weight files and their shapes), so that a damaged one is
+    refused in one line before its weights are read.
+    """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from prunelab import structure
 
     target, spec = resolve(source)
+    local = target if isinstance(target, Path) else None
+    info: dict = {}
+    if local is not None:
+        info = _read_records(local)
+        check_model_directory(local, trust_remote_code=trust_remote_code)
+    options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if local is None and hub_offline(str(target)):
+        options["local_files_only"] = True  # never half a minute of retries to learn that
     hf_logging.disable_progress_bar()  # a cached load takes a second; no bars needed
+    part = "config"  # what is being read, for the message when it fails
     try:
-        config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # hub ids fail here when no hub is reachable
-        raise PrunelabError(f"could not load model config from {source}: {_first_line(exc)}",
-                            "pass a model name from `prunelab models` or a local directory") from None
-    architectures = getattr(config, "architectures", None) or []
-    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-    auto = AutoModelForCausalLM if causal else AutoModel
-    try:
+        config = AutoConfig.from_pretrained(target, **options)
+        architectures = getattr(config, "architectures", None) or []
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+        auto = AutoModelForCausalLM if causal else AutoModel
+        part = "tokenizer"
+        tokenizer = AutoTokenizer.from_pretrained(target, **options)
+        _check_vocabulary(tokenizer, config, source)
+        part = "weights"
         if structure.needs_loader(config):  # per-layer shapes (prunelab.structure)
             model = structure.load_pretrained(target, dtype=dtype)
         else:
-            model = auto.from_pretrained(target, dtype=dtype, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        raise PrunelabError(f"could not load {source}: {_first_line(exc)}",
-                            "pass trust_remote_code only if you trust the model's code") from None
+            verbosity = hf_logging.get_verbosity()
+            if causal:  # its load report becomes our one line (_check_loading_info)
+                hf_logging.set_verbosity_error()
+            try:
+                model, loading = auto.from_pretrained(target, dtype=dtype,
+                                                      output_loading_info=True, **options)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+            if causal:  # an encoder may drop a checkpoint's head or lack a pooler: fine
+                _check_loading_info(loading, source)
+    except (PrunelabError, MemoryError):
+        raise
+    except Exception as exc:  # whatever the loaders raise on files they cannot read
+        raise _load_failure(exc, source, local, part) from None
     model.eval()
-    info: dict = {}
-    local = Path(target) if isinstance(target, Path) else None
     if local is not None:
         read_weights_privately(model, local)  # pruning writes every weight: no mmap
-        for meta_name in ("zoo.json", "prunelab.json"):
-            meta_path = local / meta_name
-            if meta_path.exists():
-                info.update({"zoo" if meta_name == "zoo.json" else "prunelab":
-                             json.loads(meta_path.read_text())})
-        origin = info.get("prunelab", {}).get("model", {})
-        info["dequantized"] = bool(info.get("zoo", {}).get("dequantized")
-                                   or origin.get("dequantized"))
     if spec is not None:
         info["dequantized"] = spec.dequantized
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(source), path=local, info=info)
 
 
+def _read_records(directory: Path) -> dict:
+    """`LoadedModel.info` of a local directory: its zoo.json and prunelab.json, checked."""
+    info: dict = {}
+    zoo = read_zoo_file(directory)
+    if zoo is not None:
+        info["zoo"] = zoo
+    if (directory / PROVENANCE_FILE).exists():
+        info["prunelab"] = read_provenance_file(directory)
+    origin = info.get("prunelab", {}).get("model", {})
+    info["dequantized"] = bool(info.get("zoo", {}).get("dequantized") or origin.get("dequantized"))
+    return info
+
+
+# Any of these makes a directory's tokenizer loadable (which of them depends on its kind).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_model_directory(directory: Path, *, trust_remote_code: bool = False) -> None:
+    """Refuse, in one line naming the file, a model directory that cannot load as it is:
+    config.json unreadable, code it needs but may not run, no tokenizer, damaged or missing
+    weight files, or weights whose shapes config.json contradicts. Reads only small files
+    and the weight files' headers."""
+    directory = Path(directory)
+    config = _read_config(directory / "config.json")
+    _check_code(directory, config, trust_remote_code)
+    if not any((directory / name).exists() for name in TOKENIZER_FILES):
+        raise PrunelabError(
+            f"{directory} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...)",
+            "save the tokenizer of the model these weights came from into it, with "
+            "its tokenizer's save_pretrained")
+    _check_shapes(directory, config, check_weight_files(directory))
+
+
+_RESTORE_CONFIG = "restore the config.json saved with these weights"
+_RESTORE_WEIGHTS = ("the files may be damaged: restore them, or re-save the model with "
+                    "save_pretrained")
+
+
+def _read_config(path: Path) -> dict:
+    raw = path.read_bytes()
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PrunelabError(f"{path} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
+                            f"{exc.start})", _RESTORE_CONFIG) from None
+    except json.JSONDecodeError as exc:
+        raise PrunelabError(f"{path} is not valid JSON: {exc.msg} (line {exc.lineno}, column "
+                            f"{exc.colno})", _RESTORE_CONFIG) from None
+    if not isinstance(config, dict):
+        raise PrunelabError(f"{path} is not a JSON object", _RESTORE_CONFIG)
+    if not isinstance(config.get("model_type"), str):
+        raise PrunelabError(f"{path} has no model_type", _RESTORE_CONFIG)
+    return config
+
+
+def _check_code(directory: Path, config: dict, trust_remote_code: bool) -> None:
+    """A model type transformers lacks loads only through the directory's own Python files."""
+    from transformers import __version__ as transformers_version
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config["model_type"]
+    if model_type in CONFIG_MAPPING_NAMES:
+        return  # built in: loads without running the directory's code, auto_map or not
+    auto_map = config.get("auto_map")
+    if not isinstance(auto_map, dict) or not auto_map:
+        raise PrunelabError(
+            f"{directory / 'config.json'}: model_type {model_type!r} is not one transformers "
+            f"{transformers_version} knows, and the directory brings no code for it",
+            "correct model_type, or install a transformers version that has it")
+    references = [ref for value in auto_map.values()
+                  for ref in (value if isinstance(value, list) else [value])
+                  if isinstance(ref, str) and "--" not in ref]  # "org/repo--x.Y": elsewhere
+    files = sorted({ref.split(".")[0] + ".py" for ref in references})
+    if not trust_remote_code:
+        raise PrunelabError(
+            f"{directory} needs its own Python code to load ({', '.join(files) or 'auto_map'}; "
+            f"model_type {model_type!r} is not built into transformers)",
+            "pass --trust-remote-code, or trust_remote_code=True in Python, if you trust that code")
+    missing = [name for name in files if not (directory / name).is_file()]
+    if missing:
+        raise PrunelabError(f"{directory / 'config.json'} loads its model from "
+                            f"{', '.join(missing)}, which {directory} lacks",
+                            "copy the model's Python files into the directory")
+
+
+def _check_shapes(directory: Path, config: dict, shapes: dict[str, tuple[str, tuple]]) -> None:
+    """Compare each stored tensor's shape with the one config.json gives the model.
+
+    The model is built on the meta device (no memory, no weights); tensors whose names the
+    model does not use are left to the loader. Skipped where the stored shapes are not the
+    model's own: quantized checkpoints (packed), structurally pruned ones (per-layer shapes,
+    checked by their loader) and models built by their own code.
+    """
+    from prunelab.structure import STRUCTURE_KEY
+
+    if not shapes or {"quantization_config", STRUCTURE_KEY, "auto_map"} & set(config):
+        return
+    try:
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+        parsed = AutoConfig.from_pretrained(directory)
+        architectures = getattr(parsed, "architectures", None) or []
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            skeleton = (AutoModelForCausalLM if causal else AutoModel).from_config(parsed)
+    except Exception:  # a config the model cannot be built from: the load itself says why
+        return
+    wrong = [(name, shapes[name], tuple(tensor.shape))
+             for name, tensor in skeleton.state_dict().items()
+             if name in shapes and shapes[name][1] != tuple(tensor.shape)]
+    if wrong:
+        name, (file, found), expected = wrong[0]
+        more = f" ({len(wrong)} tensors differ)" if len(wrong) > 1 else ""
+        raise PrunelabError(f"{directory / 'config.json'} does not match the weights: {file} "
+                            f"holds {name} as {list(found)}, the config implies "
+                            f"{list(expected)}{more}", _RESTORE_CONFIG)
+
+
+def _check_vocabulary(tokenizer, config, source: str | Path) -> None:
+    """A tokenizer whose own vocabulary (added tokens aside) outnumbers the model's embedding
+    rows belongs to another model: ordinary text would give ids the model has no row for."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rows = getattr(config, "vocab_size", None)
+    if backend is None or not isinstance(rows, int):
+        return
+    words = backend.get_vocab_size(with_added_tokens=False)
+    if words > rows:
+        raise PrunelabError(f"the tokenizer of {source} has {words:,} tokens but its model "
+                            f"only {rows:,} embedding rows: the tokenizer belongs to another "
+                            "model", "restore the tokenizer files saved with these weights")
+
+
+def _check_loading_info(loading: dict, source: str | Path) -> None:
+    """A causal LM whose checkpoint lacks a tensor would run with it random; one with extra
+    tensors (more layers than config.json says) would run as a smaller model. Both refused.
+    """
+    missing = sorted(loading.get("missing_keys") or ())
+    unexpected = sorted(key for key in loading.get("unexpected_keys") or ()
+                        if key.endswith((".weight", ".bias")))  # not stray buffers
+    if missing:
+        raise PrunelabError(f"the weights of {source} lack {len(missing)} tensor(s) its "
+                            f"config.json calls for ({_some(missing)}): they would start random",
+                            "restore the weight files and config.json saved together")
+    if unexpected:
+        raise PrunelabError(f"the weights of {source} hold {len(unexpected)} tensor(s) its "
+                            f"config.json has no place for ({_some(unexpected)})",
+                            _RESTORE_CONFIG)
+
+
+def _some(names: list[str], count: int = 3) -> str:
+    return ", ".join(names[:count]) + (", ..." if len(names) > count else "")
+
+
+def _load_failure(exc: Exception, source: str | Path, local: Path | None,
+                  part: str) -> PrunelabError:
+    """One line for an exception from transformers' loaders, with the fix that goes with it."""
+    text = str(exc)
+    if "custom code" in text or "trust_remote_code" in text:
+        return PrunelabError(f"{source} needs its own Python code to load its {part}",
+                             "pass --trust-remote-code, or trust_remote_code=True in Python, "
+                             "if you trust that code")
+    pickled_only = (part == "weights" and local is not None and any(local.glob("*.bin"))
+                    and not any(local.glob("*.safetensors")))
+    if (pickled_only or isinstance(exc, pickle.UnpicklingError) or "weights_only" in text
+            or "PytorchStreamReader" in text):  # torch.load's answers; never quote their advice
+        where = ", ".join(p.name for p in sorted(local.glob("*.bin"))) if local else "its weights"
+        unsafe = re.search(r"GLOBAL (\S+)", text)
+        if unsafe:
+            return PrunelabError(
+                f"{source}: {where} holds pickled objects other than tensors (it names "
+                f"{unsafe.group(1)}); prunelab reads only plain tensors from a pickle and never "
+                "runs its code", "use the model's safetensors files instead")
+        return PrunelabError(f"{source}: {where} is not a readable PyTorch checkpoint "
+                             "(damaged or truncated)", _RESTORE_WEIGHTS)
+    if "ignore_mismatched_sizes" in text or "size mismatch" in text:
+        return PrunelabError(f"the weights of {source} do not fit the shapes its config.json "
+                             "gives", _RESTORE_CONFIG)
+    first = _first_line(exc)
+    if part == "tokenizer":
+        return PrunelabError(f"the tokenizer of {source} does not load: {first}",
+                             "restore its tokenizer files (tokenizer.json, "
+                             "tokenizer_config.json) from the model it came from")
+    if part == "config":
+        if local is None:
+            return PrunelabError(f"could not load model config from {source}: {first}",
+                                 "pass a model name from `prunelab models` or a local directory")
+        return PrunelabError(f"{local / 'config.json'} does not load: {first}", _RESTORE_CONFIG)
+    return PrunelabError(f"could not load the weights of {source}: {type(exc).__name__}: {first}",
+                         _RESTORE_WEIGHTS)
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:  # "Validation error for field 'x':" + why
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
