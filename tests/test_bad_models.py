@@ -394,15 +394,6 @@ def pruned_record(tmp_path_factory, tiny_dir):
     return json.loads((out / "prunelab.json").read_text())
 
 
-@pytest.fixture
-def info_reads_checked(monkeypatch):
-    """`prunelab info` reads through read_provenance_file. (At merge `api.read_provenance`
-    calls it itself and this patch changes nothing.)"""
-    from prunelab.zoo.provenance import read_provenance_file
-
-    monkeypatch.setattr("prunelab.api.read_provenance", read_provenance_file, raising=False)
-
-
 def _owner(record, path: tuple[str, ...]):
     """The container holding `path`'s last step, and that step (an index in a list)."""
     owner = record
@@ -452,7 +443,7 @@ RECORDS = {
 
 
 @pytest.mark.parametrize("case", list(RECORDS))
-def test_info_on_a_damaged_record_is_one_line(case, pruned_record, tmp_path, info_reads_checked):
+def test_info_on_a_damaged_record_is_one_line(case, pruned_record, tmp_path):
     make, fragment = RECORDS[case]
     content = make(pruned_record)
     (tmp_path / "prunelab.json").write_bytes(content if isinstance(content, bytes)
@@ -462,7 +453,7 @@ def test_info_on_a_damaged_record_is_one_line(case, pruned_record, tmp_path, inf
     assert fragment in result.stderr
 
 
-def test_info_on_a_whole_record_prints_it(pruned_record, tmp_path, info_reads_checked):
+def test_info_on_a_whole_record_prints_it(pruned_record, tmp_path):
     (tmp_path / "prunelab.json").write_text(json.dumps(pruned_record))
     result = run("info", str(tmp_path))
     assert result.returncode == 0 and "achieved" in result.stdout and not result.stderr
@@ -489,8 +480,7 @@ JSON_VALUES = st.recursive(
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_info_on_any_edit_of_a_record_prints_it_or_refuses_in_one_line(data, pruned_record,
-                                                                       tmp_path,
-                                                                       info_reads_checked):
+                                                                       tmp_path):
     record = json.loads(json.dumps(pruned_record))
     for _ in range(data.draw(st.integers(1, 3))):
         paths = [p for p in _nested_paths(record) if p]

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_dir
+from prunelab.zoo.provenance import PROVENANCE_FILE, read_provenance_file
 
 if TYPE_CHECKING:
     from prunelab.compress import PruneResult
     from prunelab.zoo.models import LoadedModel
 
-PROVENANCE_FILE = "prunelab.json"
 
 
 def versions() -> dict:
@@ -81,9 +81,6 @@ def storage_record(model, directory: Path, format: str) -> dict:
 
 
 def read_provenance(directory: str | Path) -> dict:
-    """The prunelab.json of a directory written by `save` (one line when there is none)."""
-    path = Path(directory) / PROVENANCE_FILE
-    if not path.is_file():
-        raise PrunelabError(f"{directory} has no {PROVENANCE_FILE}",
-                            "pass a directory written by `prunelab prune --out`")
-    return json.loads(path.read_text())
+    """The prunelab.json of a directory written by `save`, checked (one line when there is
+    none or it is damaged)."""
+    return read_provenance_file(directory)
