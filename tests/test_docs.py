@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 MARK = "<!-- test: runs -->"
 DEFAULT_MODEL = '"smollm2-135m"'
-RUNNABLE_PAGES = ["README.md", "docs/getting-started.md", "docs/extending/method.md",
+RUNNABLE_PAGES = ["README.md", "docs/getting-started.md", "docs/guides/pruning.md",
+                  "docs/extending/method.md",
                   "docs/extending/statistic.md", "docs/extending/stage.md",
                   "docs/extending/metric.md", "docs/extending/task.md"]
 DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
@@ -75,7 +76,8 @@ def test_the_readme_is_a_front_door():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 200
     assert not DATE.search(text), "dated measurements belong on a findings page"
-    for target in re.findall(r"\]\((docs/[^)#]+)", text):
+    shown = re.sub(r"<!--.*?-->", "", text, flags=re.S)  # a TODO note's link is not shown
+    for target in re.findall(r"\]\((docs/[^)#]+)", shown):
         assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
 
 
