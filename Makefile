@@ -7,13 +7,13 @@ TORCH := torch==2.13.0
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links /opt/wheels,)
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PIP_FLAGS) $(TORCH)
-	$(PY) -m pip install --quiet $(PIP_FLAGS) -e '.[test,lmeval,parquet]'
+	$(PY) -m pip install --quiet $(PIP_FLAGS) -e '.[test,lmeval,parquet,docs]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -27,8 +27,12 @@ test-fast: setup
 demo: setup
 	$(VENV)/bin/prunelab demo
 
+# The documentation site, strict: a broken link or a page missing from the nav fails it.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 bench: setup
 	$(PY) bench/bench_prune.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site
