@@ -1,6 +1,6 @@
 """Perplexity and pruning time of every unstructured method, time as a ratio to Wanda's.
 
-Each spec runs in a fresh process: load the model, prune with the README's calibration
+Each spec runs in a fresh process: load the model, prune with the docs' (findings) calibration
 (128 windows × 512 tokens of squadshifts-new_wiki, seed 0, batch 8), measure perplexity on
 squad-dev (32 windows × 512). Times are ratios to Wanda at 50% measured in the same run,
 so they stay comparable when the machine is shared. Finished specs are appended to

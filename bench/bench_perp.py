@@ -4,8 +4,8 @@ full sparse fine-tuning at the same number of steps.
     .venv/bin/python bench/bench_perp.py [--methods wanda,magnitude] [--steps 50]
         [--retraining "full sparse"]
 
-For each method at 50%: prune once (the README's calibration), measure perplexity (the
-README's 32 x 512 windows of squad-dev), then from that same pruned model retrain, each for
+For each method at 50%: prune once (the docs' (findings) calibration), measure perplexity (the
+docs' (findings) 32 x 512 windows of squad-dev), then from that same pruned model retrain, each for
 `--steps` steps of language modelling on calibration-source text (squadshifts-new_wiki; never
 the evaluation text): biases + norms, LoRA r=16, MaskLoRA r=16, and every weight with the
 mask held (full sparse fine-tuning), and measure perplexity and the sparsity that remains.

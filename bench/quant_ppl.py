@@ -2,7 +2,7 @@
 
 Loads the model once, then for each run restores its original weights, compresses with the
 registered method (the same `prunelab.prune` the CLI calls) and measures perplexity on the
-windows of the README's pruning table (32 × 512 tokens of SQuAD dev; calibration 128 × 512 of
+windows of the docs' (findings) pruning table (32 × 512 tokens of SQuAD dev; calibration 128 × 512 of
 squadshifts-new_wiki, seed 0). Each finished row is printed and appended to `--log` as JSON,
 so a long table survives a kill. A `sparsegpt` run in the same process gives the time ratio
 GPTQ / SparseGPT (same Hessians, similar sweep).

@@ -2,7 +2,7 @@
 FLAP (UL-UM and AL-AM, bias compensation on and off) against Wanda-sp and magnitude-sp.
 
 Every variant prunes a fresh copy of the same dense model with the same calibration windows
-and is measured on the README's perplexity windows (SQuAD dev, 32 × 512). FLAP decides from
+and is measured on the docs' (findings) perplexity windows (SQuAD dev, 32 × 512). FLAP decides from
 statistics of the dense model only, which are the same for all its variants: they are
 gathered once and reused (the engine's dense pass is memoised for this run), so only Wanda-sp
 pays a statistics pass per point. Each finished point is appended to `--out` at once.

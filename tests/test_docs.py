@@ -23,7 +23,8 @@ DEFAULT_MODEL = '"smollm2-135m"'
 RUNNABLE_PAGES = ["README.md", "docs/getting-started.md", "docs/guides/pruning.md",
                   "docs/extending/method.md",
                   "docs/extending/statistic.md", "docs/extending/stage.md",
-                  "docs/extending/metric.md", "docs/extending/task.md"]
+                  "docs/extending/metric.md", "docs/extending/task.md",
+                  "docs/extending/measure.md", "docs/extending/report-section.md"]
 DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")
 
 

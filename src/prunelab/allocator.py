@@ -5,7 +5,7 @@ threshold to the size of every mmapped block that is freed (up to 32 MiB). After
 few forward passes every activation tensor therefore lives in the main heap, where freed
 blocks leave holes that long-lived tensors (block inputs, statistics) pin: the heap cannot
 shrink, and how far it grows depends on the order in which things happened to be freed, so
-the peak differs from one identical run to the next (README, "The allocator", has the figures).
+the peak differs from one identical run to the next (the docs' findings, "Benchmarks: the allocator", have the figures).
 
 Two remedies, the first preferred:
 

@@ -1,6 +1,6 @@
 """The built-in demo study (`prunelab demo`): also in recipes/demo.yaml, kept identical by a test.
 
-Sized to finish well within 20 minutes on 2 CPU cores (the README has the measured time):
+Sized to finish well within 20 minutes on 2 CPU cores (docs/findings/benchmarks.md has the measured time):
 small calibration (32 windows of 256 tokens), three sparsities per method, 40 items per task
 level.
 The families are those where the dense SmolLM2-135M is above chance on several levels
