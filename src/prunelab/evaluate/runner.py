@@ -65,7 +65,8 @@ def _too_long(task: Task, item: Item, length: int, limit: int, model: str) -> Pr
     return PrunelabError(
         f"task {task.name}, item {item.id}: the prompt needs {length} tokens but {model} "
         f"takes at most {limit}",
-        "use fewer shots, fewer distractor paragraphs, or a model with a longer context")
+        "use fewer shots, fewer distractor paragraphs, shorter fields in a local task file, or a "
+        "model with a longer context")
 
 
 def check_prompted(task: Task) -> None:

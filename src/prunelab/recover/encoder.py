@@ -7,6 +7,8 @@ each of its `finetune` levels is fine-tuned here when it is evaluated."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -28,9 +30,12 @@ def load_classifier(source: str, num_labels: int, seed: int):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from prunelab.zoo.directory import check_model_directory
     from prunelab.zoo.models import resolve
 
     target, _ = resolve(source)
+    if isinstance(target, Path):  # a damaged directory: one line, before transformers reads it
+        check_model_directory(target)
     torch.manual_seed(seed)
     hf_logging.disable_progress_bar()
     verbosity = hf_logging.get_verbosity()
