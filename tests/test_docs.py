@@ -60,8 +60,33 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
+def _registries() -> list[dict]:
+    """Every registry an extending example adds to; restored after each page, so that what a
+    page registers never leaks into another test's study or report."""
+    from prunelab.evaluate.metrics import METRICS
+    from prunelab.methods.registry import METHODS
+    from prunelab.methods.statistics import STATISTICS
+    from prunelab.report.sections import SECTIONS
+    from prunelab.study.axis import AXES
+    from prunelab.study.measures import MEASURES
+    from prunelab.study.stages import STAGE_KINDS
+    from prunelab.tasks.registry import _EXTRA
+
+    return [METRICS, METHODS, STATISTICS, SECTIONS, AXES, MEASURES, STAGE_KINDS, _EXTRA]
+
+
+@pytest.fixture
+def restored_registries():
+    saved = [(registry, dict(registry)) for registry in _registries()]
+    yield
+    for registry, content in saved:
+        registry.clear()
+        registry.update(content)
+
+
 @pytest.mark.parametrize("page", RUNNABLE_PAGES)
-def test_the_marked_examples_run(page, tiny_model_dir, tmp_path, monkeypatch):
+def test_the_marked_examples_run(page, tiny_model_dir, tmp_path, monkeypatch,
+                                 restored_registries):
     blocks = marked_blocks(ROOT / page)
     assert blocks, f"{page} has no block marked {MARK!r}"
     monkeypatch.chdir(tmp_path)

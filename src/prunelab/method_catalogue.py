@@ -11,6 +11,8 @@ that test, which prints the entry to add. The registry's `make_method` refuses t
 
 from __future__ import annotations
 
+import sys
+
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -69,10 +71,23 @@ METHOD_CATALOGUE: dict[str, MethodShape] = {
 }
 
 
+def known_methods() -> dict[str, MethodShape]:
+    """The built-in methods' shapes, and those of methods registered while this process runs
+    (a user's own, `@register` in their file): those are read from the registry, which is
+    loaded already if anything registered one, so no torch is imported here for it."""
+    registry = sys.modules.get("prunelab.methods.registry")
+    if registry is None:
+        return METHOD_CATALOGUE
+    extra = {name: MethodShape(registry.option_types(cls), cls.supports_nm, cls.quantizes)
+             for name, cls in registry.METHODS.items() if name not in METHOD_CATALOGUE}
+    return {**METHOD_CATALOGUE, **extra} if extra else METHOD_CATALOGUE
+
+
 def method_shape(name: str) -> MethodShape:
-    """The catalogue's entry for `name`; one line naming the known methods if there is none."""
-    shape = METHOD_CATALOGUE.get(name)
-    check_options(name, {}, None if shape is None else shape.options, METHOD_CATALOGUE)
+    """The shape of method `name`; one line naming the known methods if there is none."""
+    known = known_methods()
+    shape = known.get(name)
+    check_options(name, {}, None if shape is None else shape.options, known)
     return shape
 
 

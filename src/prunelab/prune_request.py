@@ -15,7 +15,7 @@ from prunelab.checks import (NMPattern, check_new_dir, check_only, check_sparsit
                              parse_pattern, pattern_unsupported)
 from prunelab.data.calibration import CalibrationConfig, calibration_config
 from prunelab.errors import PrunelabError
-from prunelab.method_catalogue import METHOD_CATALOGUE, check_options
+from prunelab.method_catalogue import check_options, known_methods
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,12 @@ def check_prune_request(method: str, sparsity: float | None = None,
     `out` (which must not exist yet)."""
     options = dict(options or {})
     check_only(options.pop("only", None))  # every method's: which layers (see `api.prune`)
-    shape = METHOD_CATALOGUE.get(method)
-    check_options(method, options, None if shape is None else shape.options, METHOD_CATALOGUE)
+    known = known_methods()
+    shape = known.get(method)
+    check_options(method, options, None if shape is None else shape.options, known)
     nm = parse_pattern(pattern)
     if nm is not None and not shape.supports_nm:
-        raise pattern_unsupported(method, [name for name, s in sorted(METHOD_CATALOGUE.items())
+        raise pattern_unsupported(method, [name for name, s in sorted(known.items())
                                            if s.supports_nm])
     if shape.quantizes and (nm is not None or sparsity):
         raise PrunelabError(f"method {method} quantizes weights and prunes none",
