@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from prunelab import defaults
+from prunelab.checks import check_output_dir, check_output_file
 from prunelab.data.checks import check_perplexity_args
 from prunelab.cli.common import TRUST_HELP, app
 from prunelab.errors import PrunelabError
@@ -55,6 +56,8 @@ def eval_command(
                                   "ETA"),
 ) -> None:
     """Evaluate MODEL on tasks; print a per-level table with 95% intervals."""
+    check_output_file(out, "--out")
+    check_output_file(summary_out, "--summary", "summary.json")
     from prunelab.tasks.registry import get_tasks
 
     chosen = get_tasks(tasks)  # unknown tasks and too-large limits fail before loading
@@ -90,6 +93,7 @@ def tasks_command(
                                      "task"),
 ) -> None:
     """List every task: family, axis, level, size and licence."""
+    check_output_dir(export_lmeval, "--export-lmeval")
     from prunelab.tasks.registry import get_tasks, list_tasks
 
     tasks = get_tasks(family) if family else list_tasks()
@@ -124,6 +128,7 @@ def divergence(
     """Jensen-Shannon divergence (nats), KL both ways and top-1 agreement of COMPRESSED's
     next-token distributions against DENSE's, per token of a text, averaged."""
     check_perplexity_args(source, seqlen, windows, batch_size)
+    check_output_file(out, "--out", "divergence.json")
     from prunelab.evaluate.divergence import check_compatible
     from prunelab.evaluate.divergence import divergence as measure
     from prunelab.paths import write_json_atomic
@@ -171,6 +176,7 @@ def refusal(
     if max_new_tokens < 1 or batch_size < 1:
         raise PrunelabError("--max-new-tokens and --batch-size must be 1 or more",
                             "e.g. --max-new-tokens 64 --batch-size 8")
+    check_output_file(out, "--out", "answers.jsonl")
     from prunelab.evaluate.refusal import evaluate_refusal, load_requests, load_templates
     from prunelab.paths import atomic_file
     from prunelab.tables import print_table
