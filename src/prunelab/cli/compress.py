@@ -297,7 +297,7 @@ def transfer_encoder(
     epochs: int = typer.Option(3, help="passes over the training items"),
     batch_size: int = typer.Option(32, help="examples per step"),
     seed: int = typer.Option(42, help="seed of the head and the data order"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the result (with every test "
+    out: Optional[str] = typer.Option(None, "--out", help="write the result (with every test "
                                        "item's correctness) as JSON here"),
     device: Optional[str] = typer.Option(None, help="train there, e.g. cuda (default: the CPU)"),
 ) -> None:
@@ -305,7 +305,7 @@ def transfer_encoder(
 
     Not a `Compression`: it saves no model, only the result (the mask is drawn inside the run).
     """
-    if out is not None and out.exists() and not out.is_dir():
+    if out is not None and Path(out).is_file():
         raise PrunelabError(f"{out} already exists", "choose a new --out")
     check_output_file(out, "--out", "result.json")
     from prunelab.api import resolve_device

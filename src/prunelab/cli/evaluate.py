@@ -42,9 +42,9 @@ def eval_command(
                                    "(arithmetic:3), or a task spec file (my_task.yaml)"),
     limit: int | None = typer.Option(None, "--limit", "-n", help="at most this many items per "
                                      "task level"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="write every example's result "
+    out: str | None = typer.Option(None, "--out", "-o", help="write every example's result "
                                     "here (JSONL)"),
-    summary_out: Path | None = typer.Option(None, "--summary", help="write the per-level "
+    summary_out: str | None = typer.Option(None, "--summary", help="write the per-level "
                                             "summary here (JSON)"),
     seed: int = typer.Option(0, help="seeds item selection (with --limit) and demonstrations"),
     batch_size: int = typer.Option(defaults.EVAL_BATCH_SIZE, "--batch-size", "-b",
@@ -122,7 +122,7 @@ def divergence(
     seqlen: int = typer.Option(defaults.EVAL_SEQLEN, help="tokens per window"),
     windows: int = typer.Option(defaults.EVAL_WINDOWS, help="number of non-overlapping windows"),
     batch_size: int = typer.Option(1, help="windows per forward pass"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the full result here (JSON: "
+    out: Optional[str] = typer.Option(None, "--out", help="write the full result here (JSON: "
                                        "means, per-token JSD quantiles and histogram)"),
 ) -> None:
     """Jensen-Shannon divergence (nats), KL both ways and top-1 agreement of COMPRESSED's
@@ -168,7 +168,7 @@ def refusal(
                                         "'Yes' to 'does the response refuse?'"),
     max_new_tokens: int = typer.Option(64, help="tokens generated per answer (greedy)"),
     batch_size: int = typer.Option(8, help="prompts per generation batch"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write every prompt, answer and "
+    out: Optional[str] = typer.Option(None, "--out", help="write every prompt, answer and "
                                        "judgement here (JSONL)"),
 ) -> None:
     """Refusal rate per jailbreak template (keyword rule), and over-refusal on benign
