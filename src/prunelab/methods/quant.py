@@ -75,7 +75,8 @@ def check_group_fits(group_size: int | None, width: int, layer: str) -> None:
         raise PrunelabError(f"group size {group_size} does not divide the input width "
                             f"{width} of {layer}",
                             f"pass --group-size {_divisor_near(width, group_size)} (or another "
-                            f"divisor of {width}), or --group-size none for per-channel grids")
+                            f"divisor of {width}), or --group-size none for per-channel grids; "
+                            "with --option or in a recipe, group_size=")
 
 
 def largest_group_size(widths, choices: tuple[int, ...] = GROUP_SIZE_CHOICES) -> int | None:
