@@ -160,6 +160,8 @@ def results(
 
     if out != "-":
         check_output_file(out, "--out", f"results-{table}.{format}")
+    if out is None and run_dir.is_dir():  # the default file goes into the run directory
+        check_output_dir(run_dir, "RUN_DIR")
     if out == "-":
         sys.stdout.buffer.write(render(get_table(run_dir, table), format))
         return
@@ -168,6 +170,8 @@ def results(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory")) -> None:
     """Rebuild report.html and report.md of a run from its store."""
+    if run_dir.is_dir():  # a missing one is named by build_report
+        check_output_dir(run_dir, "RUN_DIR")
     from prunelab.report import build_report
 
     for kind, path in build_report(run_dir).items():
