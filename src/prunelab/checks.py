@@ -7,6 +7,7 @@ checks that need the method's own code (`make_method`, `check_request`) or the l
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,68 @@ def pattern_unsupported(method: str, supporting: list[str]) -> PrunelabError:
                          f"leave out --pattern, or choose one of {', '.join(supporting)}")
 
 
-def check_new_dir(out: str | Path | None) -> None:
+def check_new_dir(out: str | Path | None, flag: str = "--out") -> None:
+    """An output directory that must not exist yet, and can be made (see `check_output_dir`)."""
     if out is not None and Path(out).exists():
         raise PrunelabError(f"output directory {out} already exists",
-                            "choose a new --out, or remove the old one")
+                            f"choose a new {flag}, or remove the old one")
+    check_output_dir(out, flag)
+
+
+# Kernel file systems: writing there fails (or worse, does something) after the work is done.
+_KERNEL_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def check_output_dir(path: str | Path | None, flag: str) -> None:
+    """Refuse, before any work, an output directory that could not be written: one that is a
+    file, lies through a file or in a kernel file system, or whose nearest existing folder is
+    not writable. An existing directory is accepted (a run directory is resumed); nothing is
+    created here."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise PrunelabError(f"{flag} {path} is a file, not a directory",
+                            f"give {flag} a new path or an existing directory")
+    _check_writable_place(target, target, flag)
+
+
+def check_output_file(path: str | Path | None, flag: str, example: str = "results.jsonl"
+                      ) -> None:
+    """Refuse, before any work, an output file that could not be written: a directory (or a
+    path ending in a separator), a path through a file or in a kernel file system, or one
+    whose nearest existing folder is not writable. An existing file is replaced; nothing is
+    created here."""
+    if path is None:
+        return
+    text = str(path)
+    target = Path(path)
+    if text.endswith(("/", os.sep)) or target.is_dir():
+        raise PrunelabError(f"{flag} {path} is a directory, not a file",
+                            f"give {flag} a file name, e.g. {target / example}")
+    if target.exists() and not target.is_file():
+        raise PrunelabError(f"{flag} {path} is not a regular file",
+                            f"give {flag} a path to a new or ordinary file")
+    _check_writable_place(target, target.parent, flag)
+
+
+def _check_writable_place(target: Path, folder: Path, flag: str) -> None:
+    """`target` is outside /proc, /sys and /dev, and the nearest existing one of `folder` and
+    its parents is a writable directory (the missing ones will be made there)."""
+    try:
+        resolved = Path(os.path.realpath(target))
+    except OSError:  # a loop of links: let the walk below name the folder
+        resolved = Path(os.path.abspath(target))
+    for tree in _KERNEL_TREES:
+        if resolved == tree or tree in resolved.parents:
+            raise PrunelabError(f"{flag} {target} is inside {tree}, a kernel file system",
+                                f"give {flag} a path on an ordinary disk")
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PrunelabError(f"{flag} {target} goes through {existing}, which is a file",
+                            f"give {flag} a path whose folders are directories")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PrunelabError(f"{flag} {target}: cannot write in {existing} (permission denied)",
+                            f"give {flag} a path in a folder you can write to")

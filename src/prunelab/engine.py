@@ -514,7 +514,8 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
         targets = _targets(all_layers, sparsity, pattern, plan)
         runner = (BlockRunner(model, blocks, windows, batch_size, device)
                   if method.statistics or method.needs_block_inputs else None)
-        bar = tqdm(range(len(blocks)), desc=f"pruning ({method.name})", unit="block",
+        doing = "quantizing" if method.quantizes else "pruning"
+        bar = tqdm(range(len(blocks)), desc=f"{doing} ({method.name})", unit="block",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         for index in bar:
             block = blocks[index]

@@ -58,7 +58,27 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
     size = pruning.get("model_size")
     if size:
         typer.echo(size_line(size["before"], size["after"], data.get("weights_file_bytes")))
-    if layers:
+    if layers and _quantized_only(pruning):
+        _print_quantized_layers(pruning, layers)
+    elif layers:
         print_table([{"layer": r["name"], "shape": f"{r['rows']}x{r['cols']}",
                       "target": r["target_sparsity"], "achieved": r["achieved_sparsity"],
                       "zeros before": r["zeros_before"]} for r in layers])
+
+
+def _quantized_only(pruning: dict) -> bool:
+    """Quantized (rtn, gptq) and not pruned: its zeros are codes rounded to zero."""
+    options = pruning.get("options") or {}
+    return bool(options.get("bits")) and not pruning.get("sparsity") \
+        and not pruning.get("pattern")
+
+
+def _print_quantized_layers(pruning: dict, layers: list[dict]) -> None:
+    options = pruning.get("options") or {}
+    group = options.get("group_size")
+    print_table([{"layer": r["name"], "shape": f"{r['rows']}x{r['cols']}",
+                  "bits": (r.get("notes") or {}).get("bits", options.get("bits")),
+                  "group": group if group else "per channel",
+                  "zeros (rounding)": r["achieved_sparsity"]} for r in layers])
+    typer.echo("quantized, not pruned: the zeros are weights whose code rounds to zero on "
+               "the grid, not pruned weights")

@@ -17,7 +17,7 @@ import typer
 
 from prunelab import defaults
 from prunelab.checks import (CHECKPOINT_FORMATS, SUPPORTED_BITS, check_bits, check_format_name,
-                             check_group_size, check_new_dir)
+                             check_group_size, check_new_dir, check_output_file)
 from prunelab.prune_request import check_prune_request
 from prunelab.cli.common import COMPRESS_PPL, PPL_HELP, TRUST_HELP, app, option_pairs, size_line
 from prunelab.data.calibration import CalibrationConfig
@@ -134,9 +134,10 @@ def quantize(
                                "methods`)"),
     bits: int = typer.Option(defaults.QUANT_BITS, help="bits per weight: " + ", ".join(
         map(str, reversed(SUPPORTED_BITS[1:]))) + f" or {SUPPORTED_BITS[0]}"),
-    group_size: str = typer.Option(str(defaults.QUANT_GROUP_SIZE), help="input columns per "
-                                   "grid (32, 64, 128, a divisor of the width), or none for "
-                                   "per channel"),
+    group_size: Optional[str] = typer.Option(None, help="input columns per grid (32, 64, "
+                                             "128, a divisor of the width), or none for per "
+                                             "channel; default: the largest of 128, 64, 32 "
+                                             "dividing every layer width"),
     symmetric: bool = typer.Option(False, help="grid symmetric about zero (no zero point)"),
     act_order: bool = typer.Option(False, help="GPTQ: columns by decreasing diag(H), "
                                    "with static groups"),
@@ -154,8 +155,11 @@ def quantize(
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Quantize MODEL's weights (RTN or GPTQ) and save it."""
-    options = {"bits": str(bits), "group_size": _group_size(group_size),
-               "symmetric": str(symmetric)}
+    # Without --group-size, the size is chosen once the model's widths are known (prepare).
+    chosen_later = group_size is None
+    options = {"bits": str(bits),
+               "group_size": str(defaults.QUANT_GROUP_SIZE) if chosen_later
+               else _group_size(group_size), "symmetric": str(symmetric)}
     if act_order:
         options["act_order"] = "true"
     for key, value in option_pairs(option).items():
@@ -179,13 +183,22 @@ def quantize(
 
     args = api.check_prune_args(method, None, None, calibration, options, out=out)
     check_format(format, options)
+    checked = {"args": args}
 
     def prepare(loaded) -> None:
         check_model_for_format(loaded.model, format)
-        api.check_model_fit(loaded, args, calibration_text=True)
+        if chosen_later:
+            from prunelab.methods.quant import group_size_line
+            from prunelab.methods.rtn import fitting_group_size
+
+            fitting = fitting_group_size(loaded.model)
+            options["group_size"] = "none" if fitting is None else str(fitting)
+            checked["args"] = api.check_prune_args(method, None, None, calibration, options)
+            typer.echo(group_size_line(fitting))
+        api.check_model_fit(loaded, checked["args"], calibration_text=True)
 
     def summary(result) -> list[str]:
-        config = args.method.config
+        config = checked["args"].method.config
         grid = f"g{config.group_size}" if config.group_size else "per channel"
         return [f"{method} {config.bits}-bit {grid}{' symmetric' if config.symmetric else ''}: "
                 f"{len(result.quantized)} layers in {result.seconds:.1f} s"]
@@ -229,6 +242,7 @@ def transfer(
     if mask_from is not None and method is not None:
         raise PrunelabError("give either --method or --mask-from, not both",
                             "drop one of them")
+    check_new_dir(out)
     from prunelab import api
     from prunelab.recover.loop import TrainConfig
     from prunelab.recover.run import TransferPlan
@@ -247,7 +261,6 @@ def transfer(
     tasks = [t for t in train_on if not t.startswith("text:")]
     if tasks:
         get_tasks(tasks)  # unknown tasks fail before the model loads
-    check_new_dir(out)
 
     def prepare(loaded) -> None:
         if where is not None:
@@ -284,7 +297,7 @@ def transfer_encoder(
     epochs: int = typer.Option(3, help="passes over the training items"),
     batch_size: int = typer.Option(32, help="examples per step"),
     seed: int = typer.Option(42, help="seed of the head and the data order"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the result (with every test "
+    out: Optional[str] = typer.Option(None, "--out", help="write the result (with every test "
                                        "item's correctness) as JSON here"),
     device: Optional[str] = typer.Option(None, help="train there, e.g. cuda (default: the CPU)"),
 ) -> None:
@@ -292,6 +305,9 @@ def transfer_encoder(
 
     Not a `Compression`: it saves no model, only the result (the mask is drawn inside the run).
     """
+    if out is not None and Path(out).is_file():
+        raise PrunelabError(f"{out} already exists", "choose a new --out")
+    check_output_file(out, "--out", "result.json")
     from prunelab.api import resolve_device
     from prunelab.evaluate.metrics import wilson
     from prunelab.paths import write_json_atomic
@@ -306,8 +322,6 @@ def transfer_encoder(
         raise PrunelabError(f"unknown classification task {task!r}",
                             f"use one of {', '.join(CLASSIFICATION_TASKS)}")
     train = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed).validate()
-    if out is not None and out.exists():
-        raise PrunelabError(f"{out} already exists", "choose a new --out")
     record = encoder_transfer(model, task, setting, sparsity=sparsity, method=method,
                               adequacy=adequacy, n_train=n_train, n_test=n_test, train=train,
                               device=where)

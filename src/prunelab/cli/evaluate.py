@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from prunelab import defaults
+from prunelab.checks import check_output_dir, check_output_file
 from prunelab.data.checks import check_perplexity_args
 from prunelab.cli.common import TRUST_HELP, app
 from prunelab.errors import PrunelabError
@@ -41,9 +42,9 @@ def eval_command(
                                    "(arithmetic:3), or a task spec file (my_task.yaml)"),
     limit: int | None = typer.Option(None, "--limit", "-n", help="at most this many items per "
                                      "task level"),
-    out: Path | None = typer.Option(None, "--out", "-o", help="write every example's result "
+    out: str | None = typer.Option(None, "--out", "-o", help="write every example's result "
                                     "here (JSONL)"),
-    summary_out: Path | None = typer.Option(None, "--summary", help="write the per-level "
+    summary_out: str | None = typer.Option(None, "--summary", help="write the per-level "
                                             "summary here (JSON)"),
     seed: int = typer.Option(0, help="seeds item selection (with --limit) and demonstrations"),
     batch_size: int = typer.Option(defaults.EVAL_BATCH_SIZE, "--batch-size", "-b",
@@ -55,6 +56,8 @@ def eval_command(
                                   "ETA"),
 ) -> None:
     """Evaluate MODEL on tasks; print a per-level table with 95% intervals."""
+    check_output_file(out, "--out")
+    check_output_file(summary_out, "--summary", "summary.json")
     from prunelab.tasks.registry import get_tasks
 
     chosen = get_tasks(tasks)  # unknown tasks and too-large limits fail before loading
@@ -90,6 +93,7 @@ def tasks_command(
                                      "task"),
 ) -> None:
     """List every task: family, axis, level, size and licence."""
+    check_output_dir(export_lmeval, "--export-lmeval")
     from prunelab.tasks.registry import get_tasks, list_tasks
 
     tasks = get_tasks(family) if family else list_tasks()
@@ -118,12 +122,13 @@ def divergence(
     seqlen: int = typer.Option(defaults.EVAL_SEQLEN, help="tokens per window"),
     windows: int = typer.Option(defaults.EVAL_WINDOWS, help="number of non-overlapping windows"),
     batch_size: int = typer.Option(1, help="windows per forward pass"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the full result here (JSON: "
+    out: Optional[str] = typer.Option(None, "--out", help="write the full result here (JSON: "
                                        "means, per-token JSD quantiles and histogram)"),
 ) -> None:
     """Jensen-Shannon divergence (nats), KL both ways and top-1 agreement of COMPRESSED's
     next-token distributions against DENSE's, per token of a text, averaged."""
     check_perplexity_args(source, seqlen, windows, batch_size)
+    check_output_file(out, "--out", "divergence.json")
     from prunelab.evaluate.divergence import check_compatible
     from prunelab.evaluate.divergence import divergence as measure
     from prunelab.paths import write_json_atomic
@@ -163,7 +168,7 @@ def refusal(
                                         "'Yes' to 'does the response refuse?'"),
     max_new_tokens: int = typer.Option(64, help="tokens generated per answer (greedy)"),
     batch_size: int = typer.Option(8, help="prompts per generation batch"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write every prompt, answer and "
+    out: Optional[str] = typer.Option(None, "--out", help="write every prompt, answer and "
                                        "judgement here (JSONL)"),
 ) -> None:
     """Refusal rate per jailbreak template (keyword rule), and over-refusal on benign
@@ -171,6 +176,7 @@ def refusal(
     if max_new_tokens < 1 or batch_size < 1:
         raise PrunelabError("--max-new-tokens and --batch-size must be 1 or more",
                             "e.g. --max-new-tokens 64 --batch-size 8")
+    check_output_file(out, "--out", "answers.jsonl")
     from prunelab.evaluate.refusal import evaluate_refusal, load_requests, load_templates
     from prunelab.paths import atomic_file
     from prunelab.tables import print_table

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from prunelab import defaults
+from prunelab.checks import check_output_file
 from prunelab.prune_request import check_prune_request
 from prunelab.cli.common import app, option_pairs
 from prunelab.errors import PrunelabError
@@ -38,6 +39,7 @@ def route(
         raise PrunelabError("routing needs two or more task families",
                             "e.g. --families arithmetic,options")
     options = option_pairs(option)
+    check_output_file(out, "--out")
     check_prune_request("seap", sparsity, None, None, options)
     from prunelab.tasks.calibration import check as check_held_out
     from prunelab.tasks.registry import get_tasks

@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from prunelab.checks import check_output_dir, check_output_file
 from prunelab.cli.common import Interrupted, app
 
 
@@ -84,6 +85,8 @@ def _run(recipe, run_dir: Path, force: bool, dry: bool, report: bool,
     from prunelab.study.backend import PrunelabBackend
     from prunelab.study.runner import StudyInterrupted, dry_run, run_study
 
+    if not dry:
+        check_output_dir(run_dir, "--run-dir")
     backend = PrunelabBackend(device)
     if dry:
         _print_dry_run(dry_run(recipe, backend, run_dir=run_dir))
@@ -126,6 +129,8 @@ def study(
     """Run (or resume) a pruning study; finished points are never recomputed."""
     from prunelab.study.recipe import load_recipe
 
+    if not dry_run:
+        check_output_dir(run_dir, "--run-dir")  # before the recipe's checks load anything
     r = load_recipe(recipe, _overrides(set_, model, tasks, limit, seed))
     _run(r, run_dir or Path("runs") / r.name, force, dry_run, report, device, progress)
 
@@ -153,6 +158,10 @@ def results(
     """Export a run's results as a tidy table."""
     from prunelab.study.export import export, render, table as get_table
 
+    if out != "-":
+        check_output_file(out, "--out", f"results-{table}.{format}")
+    if out is None and run_dir.is_dir():  # the default file goes into the run directory
+        check_output_dir(run_dir, "RUN_DIR")
     if out == "-":
         sys.stdout.buffer.write(render(get_table(run_dir, table), format))
         return
@@ -161,6 +170,8 @@ def results(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run directory")) -> None:
     """Rebuild report.html and report.md of a run from its store."""
+    if run_dir.is_dir():  # a missing one is named by build_report
+        check_output_dir(run_dir, "RUN_DIR")
     from prunelab.report import build_report
 
     for kind, path in build_report(run_dir).items():

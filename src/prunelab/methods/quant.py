@@ -65,13 +65,34 @@ class QuantizedWeight:
                                self.per_channel)
 
 
+# The group sizes tried, largest first, when none is given on the command line.
+GROUP_SIZE_CHOICES = (128, 64, 32)
+
+
 def check_group_fits(group_size: int | None, width: int, layer: str) -> None:
     """Refuse a group size that does not divide a layer's input width."""
     if group_size is not None and width % group_size:
         raise PrunelabError(f"group size {group_size} does not divide the input width "
                             f"{width} of {layer}",
-                            f"use a divisor of {width} (e.g. {_divisor_near(width, group_size)})"
-                            " or group_size=none for per-channel grids")
+                            f"pass --group-size {_divisor_near(width, group_size)} (or another "
+                            f"divisor of {width}), or --group-size none for per-channel grids; "
+                            "with --option or in a recipe, group_size=")
+
+
+def largest_group_size(widths, choices: tuple[int, ...] = GROUP_SIZE_CHOICES) -> int | None:
+    """The largest of `choices` dividing every width; None (per channel) if none does."""
+    widths = list(widths)
+    return next((size for size in choices if all(w % size == 0 for w in widths)), None)
+
+
+def group_size_line(group_size: int | None,
+                    choices: tuple[int, ...] = GROUP_SIZE_CHOICES) -> str:
+    """What the command line says about the group size it chose."""
+    listed = ", ".join(map(str, choices))
+    if group_size is None:
+        return (f"group size none: none of {listed} divides every layer width, so one grid "
+                "per output channel")
+    return f"group size {group_size}: the largest of {listed} dividing every layer width"
 
 
 def _divisor_near(width: int, wanted: int) -> int:

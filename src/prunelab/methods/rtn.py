@@ -13,7 +13,7 @@ from torch import nn
 
 from prunelab.methods.base import LayerDecision, MethodConfig, PruningMethod, register
 from prunelab.methods.quant import (SUPPORTED_BITS, check_bits, check_group_fits,
-                                    check_group_size, quantize_rtn)
+                                    check_group_size, largest_group_size, quantize_rtn)
 
 
 @dataclass
@@ -38,10 +38,22 @@ class Quantizer(PruningMethod):
     quantizes = True
 
     def check_model(self, model: nn.Module, sparsity=None, pattern=None) -> None:
-        from prunelab import arch
+        for name, width in input_widths(model).items():
+            check_group_fits(self.config.group_size, width, name)
 
-        for name, layer in arch.named_prunable_layers(model).items():
-            check_group_fits(self.config.group_size, arch.weight_matrix(layer).shape[1], name)
+
+def input_widths(model: nn.Module) -> dict[str, int]:
+    """Each quantized layer's input width (the columns its groups cut)."""
+    from prunelab import arch
+
+    return {name: arch.weight_matrix(layer).shape[1]
+            for name, layer in arch.named_prunable_layers(model).items()}
+
+
+def fitting_group_size(model: nn.Module) -> int | None:
+    """The group size used when none is given: the largest of 128, 64, 32 dividing every
+    quantized layer's input width (smollm2's 576 takes 64), else per channel (None)."""
+    return largest_group_size(input_widths(model).values())
 
 
 @register
