@@ -232,6 +232,7 @@ def transfer(
     from prunelab import api
     from prunelab.recover.loop import TrainConfig
     from prunelab.recover.run import TransferPlan
+    from prunelab.recover.mask_source import check_mask_source
     from prunelab.recover.run import transfer as run_transfer
     from prunelab.recover.transfer import masks_from_directory
     from prunelab.tasks.registry import get_tasks
@@ -247,6 +248,8 @@ def transfer(
     tasks = [t for t in train_on if not t.startswith("text:")]
     if tasks:
         get_tasks(tasks)  # unknown tasks fail before the model loads
+    # a directory that was never pruned would make a "sparse" run a dense fine-tune
+    source = check_mask_source(mask_from) if mask_from is not None else None
     check_new_dir(out)
 
     def prepare(loaded) -> None:
@@ -256,7 +259,7 @@ def transfer(
     def compress(loaded) -> dict:
         masks = masks_from_directory(loaded.model, mask_from) if mask_from is not None else None
         return run_transfer(loaded, plan, eval_limit=eval_limit, eval_seed=eval_seed,
-                            masks=masks)
+                            masks=masks, mask_source=source)
 
     def summary(record: dict) -> list[str]:
         return [f"{setting} transfer on {', '.join(train_on)}: {record['steps']} steps, final "
