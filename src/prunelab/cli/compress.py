@@ -137,7 +137,10 @@ def quantize(
     group_size: str = typer.Option(str(defaults.QUANT_GROUP_SIZE), help="input columns per "
                                    "grid (32, 64, 128, a divisor of the width), or none for "
                                    "per channel"),
-    symmetric: bool = typer.Option(False, help="grid symmetric about zero (no zero point)"),
+    symmetric: Optional[bool] = typer.Option(
+        None, "--symmetric/--asymmetric", help="grid symmetric about zero (no zero point), or "
+        "with a zero point; default: symmetric with --format compressed-tensors (what "
+        "transformers loads), asymmetric otherwise", show_default=False),
     act_order: bool = typer.Option(False, help="GPTQ: columns by decreasing diag(H), "
                                    "with static groups"),
     format: str = typer.Option(CHECKPOINT_FORMATS[0], "--format",
@@ -154,6 +157,8 @@ def quantize(
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Quantize MODEL's weights (RTN or GPTQ) and save it."""
+    if symmetric is None:  # transformers cannot load a packed zero point (quant_export)
+        symmetric = format == "compressed-tensors"
     options = {"bits": str(bits), "group_size": _group_size(group_size),
                "symmetric": str(symmetric)}
     if act_order:
@@ -175,7 +180,8 @@ def quantize(
     check_group_size(given["group_size"], "quantization")
     check_format_name(format)
     from prunelab import api
-    from prunelab.quant_export import check_format, check_model_for_format
+    from prunelab.quant_export import (ASYMMETRIC_PACKED_NOTE, check_format,
+                                       check_model_for_format)
 
     args = api.check_prune_args(method, None, None, calibration, options, out=out)
     check_format(format, options)
@@ -187,8 +193,12 @@ def quantize(
     def summary(result) -> list[str]:
         config = args.method.config
         grid = f"g{config.group_size}" if config.group_size else "per channel"
-        return [f"{method} {config.bits}-bit {grid}{' symmetric' if config.symmetric else ''}: "
-                f"{len(result.quantized)} layers in {result.seconds:.1f} s"]
+        kind = " symmetric" if config.symmetric else ""
+        lines = [f"{method} {config.bits}-bit {grid}{kind}: {len(result.quantized)} layers in "
+                 f"{result.seconds:.1f} s"]
+        if format == "compressed-tensors" and not config.symmetric:
+            lines.append(ASYMMETRIC_PACKED_NOTE)
+        return lines
 
     compress_and_save(Compression(
         model, out, trust_remote_code=trust_remote_code, prepare=prepare,
