@@ -49,7 +49,7 @@ def _transfer(tmp_path, model, mask_from, *extra):
 
 
 @pytest.mark.parametrize("source, words", [
-    ("dense", "has no prunelab.json, so it is not a model prunelab pruned"),
+    ("dense", "has no prunelab.json: it is not a model prunelab pruned"),
     ("quantized", "was quantized (rtn), not pruned"),
     ("missing", "is not a directory"),
 ])

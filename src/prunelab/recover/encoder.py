@@ -70,7 +70,7 @@ def _not_an_encoder(source: str, architecture: str) -> PrunelabError:
     return PrunelabError(f"{source} is a causal language model ({architecture}), not an "
                          "encoder: transfer-encoder fine-tunes an encoder with a new "
                          "classification head",
-                         "give an encoder (e.g. minilm-l6), or fine-tune a causal LM with "
+                         "give an encoder such as minilm-l6, or fine-tune a causal LM with "
                          "`prunelab transfer`")
 
 

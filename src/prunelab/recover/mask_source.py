@@ -32,9 +32,8 @@ def check_mask_source(directory: str | Path) -> dict:
     if not directory.is_dir():
         raise PrunelabError(f"--mask-from {directory} is not a directory", FIX)
     if not (directory / PROVENANCE_FILE).is_file():
-        raise PrunelabError(f"--mask-from {directory} has no {PROVENANCE_FILE}, so it is not "
-                            "a model prunelab pruned (a dense model would make the run a "
-                            "dense fine-tune)", FIX)
+        raise PrunelabError(f"--mask-from {directory} has no {PROVENANCE_FILE}: it is not a "
+                            "model prunelab pruned, so it has no mask to keep", FIX)
     record = read_provenance_file(directory)
     pruning = record.get("pruning")
     if not isinstance(pruning, dict):
