@@ -113,3 +113,15 @@ def test_the_dequantized_format_stays_asymmetric_by_default(tmp_path, tiny_dir, 
     assert result.returncode == 0, result.stderr
     options = json.loads((out / "prunelab.json").read_text())["pruning"]["options"]
     assert options["symmetric"] is False
+
+
+def test_a_loader_can_refuse_an_asymmetric_packed_checkpoint_in_one_line(tmp_path, tiny_dir):
+    from prunelab.errors import PrunelabError
+    from prunelab.quant_export import check_packed_loads
+
+    _, symmetric = _write(tmp_path / "s", 4, 64, symmetric=True)
+    check_packed_loads(symmetric)
+    check_packed_loads(tiny_dir)  # not packed at all
+    _, asymmetric = _write(tmp_path / "a", 4, 64, symmetric=False)
+    with pytest.raises(PrunelabError, match="asymmetric packed checkpoint"):
+        check_packed_loads(asymmetric)

@@ -39,9 +39,30 @@ from prunelab.methods.quant import QuantizedWeight
 INSTALL_HINT = "pip install 'prunelab[compressed-tensors]'"
 
 ASYMMETRIC_PACKED_NOTE = (
-    "note: an asymmetric packed checkpoint is read back by prunelab.quant_export."
-    "load_compressed_tensors, not by transformers' from_pretrained (it expects the zero point "
-    "unpacked); quantize without --asymmetric for one that transformers loads")
+    "note: an asymmetric packed checkpoint is read back only by prunelab.quant_export."
+    "load_compressed_tensors (Python), not by transformers' from_pretrained nor prunelab's "
+    "commands (they expect the zero point unpacked); quantize without --asymmetric for one "
+    "that loads")
+
+
+def check_packed_loads(directory: str | Path) -> None:
+    """Refuse, in one line, a packed checkpoint that `from_pretrained` cannot load (an
+    asymmetric grid), before it tries and reports a size mismatch. For a model loader."""
+    try:
+        quant = json.loads((Path(directory) / "config.json").read_text()).get(
+            "quantization_config") or {}
+        packed = quant.get("format") == "pack-quantized"
+        groups = (quant.get("config_groups") or {}) if packed else {}
+        asymmetric = any((group.get("weights") or {}).get("symmetric") is False
+                         for group in groups.values())
+    except (OSError, ValueError, AttributeError):
+        return  # not a packed checkpoint, or damaged: the loader's own checks say so
+    if asymmetric:
+        raise PrunelabError(
+            f"{directory} is an asymmetric packed checkpoint, which transformers cannot load "
+            "(it expects the zero point unpacked)",
+            "load it in Python with prunelab.quant_export.load_compressed_tensors, or "
+            "quantize again without --asymmetric")
 
 
 def check_format(format: str, options: dict | None = None) -> None:
