@@ -241,8 +241,8 @@ def transfer(
                             "drop one of them")
     from prunelab import api
     from prunelab.recover.loop import TrainConfig
-    from prunelab.recover.run import TransferPlan
     from prunelab.recover.mask_source import check_mask_source
+    from prunelab.recover.run import TransferPlan
     from prunelab.recover.run import transfer as run_transfer
     from prunelab.recover.transfer import masks_from_directory
     from prunelab.tasks.registry import get_tasks

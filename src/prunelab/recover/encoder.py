@@ -20,12 +20,12 @@ from prunelab.tasks.base import Item
 from prunelab.tasks.classification import Split, split
 
 
+_DECODER_HEADS = ("ForCausalLM", "LMHeadModel")
+
+
 def is_encoder(model) -> bool:
     """Whether a model is an encoder (no causal LM head): the transfer study's encoder track."""
-    return not type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
-
-
-_DECODER_HEADS = ("ForCausalLM", "LMHeadModel")
+    return not type(model).__name__.endswith(_DECODER_HEADS)
 
 
 def check_encoder_source(source: str | Path) -> None:
@@ -60,7 +60,8 @@ def check_encoder_config(source: str, config: dict) -> None:
     architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
     decoder = [a for a in architectures if a.endswith(_DECODER_HEADS)]
     model_type = config.get("model_type")
-    only_causal = (isinstance(model_type, str) and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    only_causal = (isinstance(model_type, str)
+                   and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
                    and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
     if decoder or config.get("is_decoder") is True or only_causal:
         raise _not_an_encoder(source, decoder[0] if decoder else model_type or "a decoder")
