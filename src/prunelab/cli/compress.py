@@ -252,6 +252,9 @@ def transfer(
                         TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, warmup=warmup,
                                     max_steps=max_steps, seed=seed))
     plan.check(masks_given=mask_from is not None)
+    if setting != "dense" and method is not None and not pattern and sparsity == 0:
+        raise PrunelabError(f"--setting {setting} at sparsity 0 prunes nothing: it would be a "
+                            "dense fine-tune", "give a sparsity above 0, or --setting dense")
     where = api.resolve_device(device)
     if method is not None and setting != "dense":
         api.check_prune_args(method, None if pattern else sparsity, pattern, None, {})
