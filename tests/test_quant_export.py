@@ -28,8 +28,9 @@ def _weights(model):
 
 
 @pytest.mark.parametrize("method,extra", [
-    ("gptq", ["--bits", "4", "--group-size", "32"]),
-    ("gptq", ["--bits", "3", "--group-size", "none", "--act-order"]),
+    # --asymmetric: the packed format's default is symmetric, the dequantized one's is not
+    ("gptq", ["--bits", "4", "--group-size", "32", "--asymmetric"]),
+    ("gptq", ["--bits", "3", "--group-size", "none", "--act-order", "--asymmetric"]),
     ("rtn", ["--bits", "8", "--group-size", "64", "--symmetric"]),
 ])
 def test_a_packed_checkpoint_loads_back_to_the_same_weights(tmp_path, tiny_dir, text_file,

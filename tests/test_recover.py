@@ -233,6 +233,7 @@ def test_masks_from_a_pruned_directory_and_their_bad_shapes(tmp_path):
     (["--setting", "sparser"], "unknown transfer setting"),
     (["--setting", "sparse"], "needs a mask"),
     (["--setting", "sparse", "--method", "magnitude", "--sparsity", "1.5"], "sparsity"),
+    (["--setting", "freeze", "--method", "magnitude", "--sparsity", "0"], "prunes nothing"),
     (["--setting", "dense", "--lr", "0"], "learning rate 0"),
     (["--setting", "dense", "--epochs", "0"], "epochs 0"),
     (["--setting", "dense", "--trainable", "weights"], "unknown trainable subset"),

@@ -62,3 +62,45 @@ def test_encoder_transfer_learns_and_holds_its_invariant(setting):
     if setting == "freeze":  # global magnitude's mask: kept bit for bit, nothing zeroed
         assert record["masked_nonzero"] == record["masked_weights"] > 0.4 * total
         assert record["masked_weights"] <= unchanged < total
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model or the task's data was loaded")
+
+    monkeypatch.setattr("prunelab.recover.encoder.load_classifier", refuse)
+    monkeypatch.setattr("prunelab.recover.encoder.split", refuse)
+
+
+def _no_architectures(tmp_path, tiny_dir):
+    """A causal LM's directory whose config.json names no architecture, only its type."""
+    import json
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_dir, bare)
+    config = json.loads((bare / "config.json").read_text())
+    config.pop("architectures", None)
+    (bare / "config.json").write_text(json.dumps(config))
+    return bare
+
+
+@pytest.mark.parametrize("model, named", [
+    ("smollm2-135m", "LlamaForCausalLM"), ("tiny", "LlamaForCausalLM"), ("bare", "llama")])
+def test_a_causal_lm_is_refused_before_it_loads(tmp_path, tiny_dir, nothing_loads, model,
+                                                named):
+    from tests.cli_helpers import assert_user_error, run
+
+    where = {"tiny": str(tiny_dir), "bare": str(_no_architectures(tmp_path, tiny_dir))}
+    result = run("transfer-encoder", where.get(model, model), "--setting", "dense",
+                 "--out", str(tmp_path / "out.json"))
+    assert_user_error(result, f"is a causal language model ({named}), not an encoder")
+    assert "prunelab transfer" in result.stderr and not (tmp_path / "out.json").exists()
+
+
+def test_an_encoder_directory_passes_the_check(tiny_bert):
+    from prunelab.recover.encoder import check_encoder_source
+
+    check_encoder_source(str(tiny_bert))
+    check_encoder_source("minilm-l6")

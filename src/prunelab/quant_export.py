@@ -9,6 +9,13 @@ codes, scales and zero points the quantizer chose, and loaded back with the libr
 (`load_compressed_tensors`) to the same dequantized weights, bit for bit: scales are kept in
 float32 so that (q − z) · s is the same float32 product prunelab evaluated.
 
+Symmetric grids are what `transformers`' `from_pretrained` loads (checked for every bit width,
+group size and per channel in tests/test_packed_roundtrip.py). An asymmetric grid's zero point
+is written packed along the output rows, as the library's compressor packs it; the loader in
+transformers (compressed-tensors 0.20.1, transformers 5.25) expects it unpacked and stops with
+a size mismatch, so `prunelab quantize --format compressed-tensors` is symmetric unless
+`--asymmetric` is given, and then says so (`ASYMMETRIC_PACKED_NOTE`).
+
 The library is optional (`pip install 'prunelab[compressed-tensors]'`); it is imported only
 here, and only when this format is asked for.
 """
@@ -29,8 +36,33 @@ from prunelab.checks import check_format_name
 from prunelab.errors import PrunelabError
 from prunelab.methods.quant import QuantizedWeight
 
-INSTALL_HINT = ("pip install --no-deps compressed-tensors==0.20.0 loguru "
-                "(or pip install 'prunelab[compressed-tensors]')")
+INSTALL_HINT = "pip install 'prunelab[compressed-tensors]'"
+
+ASYMMETRIC_PACKED_NOTE = (
+    "note: an asymmetric packed checkpoint is read back only by prunelab.quant_export."
+    "load_compressed_tensors (Python), not by transformers' from_pretrained nor prunelab's "
+    "commands (they expect the zero point unpacked); quantize without --asymmetric for one "
+    "that loads")
+
+
+def check_packed_loads(directory: str | Path) -> None:
+    """Refuse, in one line, a packed checkpoint that `from_pretrained` cannot load (an
+    asymmetric grid), before it tries and reports a size mismatch. For a model loader."""
+    try:
+        quant = json.loads((Path(directory) / "config.json").read_text()).get(
+            "quantization_config") or {}
+        packed = quant.get("format") == "pack-quantized"
+        groups = (quant.get("config_groups") or {}) if packed else {}
+        asymmetric = any((group.get("weights") or {}).get("symmetric") is False
+                         for group in groups.values())
+    except (OSError, ValueError, AttributeError):
+        return  # not a packed checkpoint, or damaged: the loader's own checks say so
+    if asymmetric:
+        raise PrunelabError(
+            f"{directory} is an asymmetric packed checkpoint, which transformers cannot load "
+            "(it expects the zero point unpacked)",
+            "load it in Python with prunelab.quant_export.load_compressed_tensors, or "
+            "quantize again without --asymmetric")
 
 
 def check_format(format: str, options: dict | None = None) -> None:

@@ -138,7 +138,10 @@ def quantize(
                                              "128, a divisor of the width), or none for per "
                                              "channel; default: the largest of 128, 64, 32 "
                                              "dividing every layer width"),
-    symmetric: bool = typer.Option(False, help="grid symmetric about zero (no zero point)"),
+    symmetric: Optional[bool] = typer.Option(
+        None, "--symmetric/--asymmetric", help="grid symmetric about zero (no zero point), or "
+        "with a zero point; default: symmetric with --format compressed-tensors (what "
+        "transformers loads), asymmetric otherwise", show_default=False),
     act_order: bool = typer.Option(False, help="GPTQ: columns by decreasing diag(H), "
                                    "with static groups"),
     format: str = typer.Option(CHECKPOINT_FORMATS[0], "--format",
@@ -155,6 +158,8 @@ def quantize(
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Quantize MODEL's weights (RTN or GPTQ) and save it."""
+    if symmetric is None:  # transformers cannot load a packed zero point (quant_export)
+        symmetric = format == "compressed-tensors"
     # Without --group-size, the size is chosen once the model's widths are known (prepare).
     chosen_later = group_size is None
     options = {"bits": str(bits),
@@ -179,7 +184,8 @@ def quantize(
     check_group_size(given["group_size"], "quantization")
     check_format_name(format)
     from prunelab import api
-    from prunelab.quant_export import check_format, check_model_for_format
+    from prunelab.quant_export import (ASYMMETRIC_PACKED_NOTE, check_format,
+                                       check_model_for_format)
 
     args = api.check_prune_args(method, None, None, calibration, options, out=out)
     check_format(format, options)
@@ -200,8 +206,12 @@ def quantize(
     def summary(result) -> list[str]:
         config = checked["args"].method.config
         grid = f"g{config.group_size}" if config.group_size else "per channel"
-        return [f"{method} {config.bits}-bit {grid}{' symmetric' if config.symmetric else ''}: "
-                f"{len(result.quantized)} layers in {result.seconds:.1f} s"]
+        kind = " symmetric" if config.symmetric else ""
+        lines = [f"{method} {config.bits}-bit {grid}{kind}: {len(result.quantized)} layers in "
+                 f"{result.seconds:.1f} s"]
+        if format == "compressed-tensors" and not config.symmetric:
+            lines.append(ASYMMETRIC_PACKED_NOTE)
+        return lines
 
     compress_and_save(Compression(
         model, out, trust_remote_code=trust_remote_code, prepare=prepare,
@@ -245,6 +255,7 @@ def transfer(
     check_new_dir(out)
     from prunelab import api
     from prunelab.recover.loop import TrainConfig
+    from prunelab.recover.mask_source import check_mask_source
     from prunelab.recover.run import TransferPlan
     from prunelab.recover.run import transfer as run_transfer
     from prunelab.recover.transfer import masks_from_directory
@@ -255,12 +266,17 @@ def transfer(
                         TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, warmup=warmup,
                                     max_steps=max_steps, seed=seed))
     plan.check(masks_given=mask_from is not None)
+    if setting != "dense" and method is not None and not pattern and sparsity == 0:
+        raise PrunelabError(f"--setting {setting} at sparsity 0 prunes nothing: it would be a "
+                            "dense fine-tune", "give a sparsity above 0, or --setting dense")
     where = api.resolve_device(device)
     if method is not None and setting != "dense":
         api.check_prune_args(method, None if pattern else sparsity, pattern, None, {})
     tasks = [t for t in train_on if not t.startswith("text:")]
     if tasks:
         get_tasks(tasks)  # unknown tasks fail before the model loads
+    # a directory that was never pruned would make a "sparse" run a dense fine-tune
+    source = check_mask_source(mask_from) if mask_from is not None else None
 
     def prepare(loaded) -> None:
         if where is not None:
@@ -269,7 +285,7 @@ def transfer(
     def compress(loaded) -> dict:
         masks = masks_from_directory(loaded.model, mask_from) if mask_from is not None else None
         return run_transfer(loaded, plan, eval_limit=eval_limit, eval_seed=eval_seed,
-                            masks=masks)
+                            masks=masks, mask_source=source)
 
     def summary(record: dict) -> list[str]:
         return [f"{setting} transfer on {', '.join(train_on)}: {record['steps']} steps, final "

@@ -20,9 +20,59 @@ from prunelab.tasks.base import Item
 from prunelab.tasks.classification import Split, split
 
 
+_DECODER_HEADS = ("ForCausalLM", "LMHeadModel")
+
+
 def is_encoder(model) -> bool:
     """Whether a model is an encoder (no causal LM head): the transfer study's encoder track."""
-    return not type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+    return not type(model).__name__.endswith(_DECODER_HEADS)
+
+
+def check_encoder_source(source: str | Path) -> None:
+    """Refuse a causal LM given where an encoder is wanted, before it loads: a zoo model by its
+    kind, a local directory by its config.json (its architectures, `is_decoder`, or a model type
+    that is only ever a causal LM). A hub id is checked by `check_encoder_config` once its
+    config is read."""
+    import json
+
+    from prunelab.zoo.models import ZOO
+
+    text = str(source)
+    if text in ZOO:
+        if ZOO[text].kind != "encoder":
+            raise _not_an_encoder(text, ZOO[text].architecture)
+        return
+    config = Path(text).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return  # a damaged config is refused, with its own line, when the model loads
+        if isinstance(data, dict):
+            check_encoder_config(text, data)
+
+
+def check_encoder_config(source: str, config: dict) -> None:
+    """Refuse a model whose config (as a dict) says it is a causal LM."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    decoder = [a for a in architectures if a.endswith(_DECODER_HEADS)]
+    model_type = config.get("model_type")
+    only_causal = (isinstance(model_type, str)
+                   and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                   and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    if decoder or config.get("is_decoder") is True or only_causal:
+        raise _not_an_encoder(source, decoder[0] if decoder else model_type or "a decoder")
+
+
+def _not_an_encoder(source: str, architecture: str) -> PrunelabError:
+    return PrunelabError(f"{source} is a causal language model ({architecture}), not an "
+                         "encoder: transfer-encoder fine-tunes an encoder with a new "
+                         "classification head",
+                         "give an encoder such as minilm-l6, or fine-tune a causal LM with "
+                         "`prunelab transfer`")
 
 
 def load_classifier(source: str, num_labels: int, seed: int):
@@ -33,9 +83,18 @@ def load_classifier(source: str, num_labels: int, seed: int):
     from prunelab.zoo.directory import check_model_directory
     from prunelab.zoo.models import resolve
 
+    check_encoder_source(source)
     target, _ = resolve(source)
     if isinstance(target, Path):  # a damaged directory: one line, before transformers reads it
         check_model_directory(target)
+    else:  # a hub id: its config says what it is before its weights load
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(target).to_dict()
+        except (OSError, ValueError):
+            config = {}  # unreadable: from_pretrained below says why, as for any model
+        check_encoder_config(source, config)
     torch.manual_seed(seed)
     hf_logging.disable_progress_bar()
     verbosity = hf_logging.get_verbosity()
@@ -105,6 +164,8 @@ def encoder_transfer(source: str, task: str, setting: str, *, sparsity: float = 
     from prunelab.zoo.models import LoadedModel
 
     check_setting(setting)
+    if loaded_model is None:
+        check_encoder_source(source)  # before the task's data is read
     train = (train or TrainConfig(batch_size=32)).validate()
     data = data or split(task, n_train, n_test, adequacy=adequacy, items=items)
     model, tokenizer = loaded_model or load_classifier(source, len(data.labels), train.seed)

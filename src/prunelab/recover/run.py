@@ -14,6 +14,7 @@ from prunelab.errors import PrunelabError
 from prunelab.recover.data import (TEXT_PREFIX, collate_lm, lm_examples, lm_loss, pad_token,
                                    text_examples)
 from prunelab.recover.loop import TrainConfig, fine_tune
+from prunelab.recover.mask_source import mask_record
 from prunelab.recover.perp import add_adapters, check_subsets, merge_adapters, select_trainable
 from prunelab.recover.transfer import TransferSetting, check_setting
 
@@ -52,9 +53,12 @@ class TransferPlan:
 
 def transfer(loaded, plan: TransferPlan, *, calibration=None, eval_limit: int | None = None,
              eval_seed: int = 0, masks: dict[str, torch.Tensor] | None = None,
-             checkpoint: str | Path | None = None, progress: bool = True) -> dict:
+             checkpoint: str | Path | None = None, progress: bool = True,
+             mask_source: dict | None = None) -> dict:
     """Apply `plan` to `loaded` in place and return a record of it. The training items of each
-    task are those its evaluation (`eval_limit`, `eval_seed`) does not test."""
+    task are those its evaluation (`eval_limit`, `eval_seed`) does not test. With `masks`
+    given, `mask_source` (from `check_mask_source`) says where they came from; the record
+    keeps it with the masks' digest."""
     from prunelab.compress import prune
     from prunelab.tasks.registry import get_tasks
 
@@ -69,6 +73,8 @@ def transfer(loaded, plan: TransferPlan, *, calibration=None, eval_limit: int | 
                                   seed=plan.train.seed)
     record: dict = {"setting": plan.setting, "train_on": list(plan.train_on),
                     "train_examples": len(examples)}
+    if masks is not None and mask_source is not None:
+        record["mask_source"] = mask_record(mask_source, masks)
     if plan.setting != "dense" and masks is None:
         # freeze zeroes nothing: the mask is computed on a copy of the weights' values and
         # the pre-trained values are put back

@@ -117,12 +117,15 @@ class TransferSetting:
 
 def masks_from_directory(model: nn.Module, directory) -> dict[str, torch.Tensor]:
     """The masks of a pruned model directory (`prunelab prune --out`): every zero of its
-    prunable layers' weights, by layer name, checked against `model`'s shapes."""
+    prunable layers' weights, by layer name, checked against `model`'s shapes. Weights with
+    no zero at all are refused (no mask to keep); `check_mask_source` checks the directory's
+    record before the model loads."""
     from pathlib import Path
 
     from safetensors import safe_open
 
     from prunelab.arch import named_prunable_layers
+    from prunelab.recover.mask_source import check_mask_has_zeros
 
     directory = Path(directory)
     files = sorted(directory.glob("*.safetensors"))
@@ -147,4 +150,5 @@ def masks_from_directory(model: nn.Module, directory) -> dict[str, torch.Tensor]
     if missing:
         raise PrunelabError(f"{directory} lacks the weights of {len(missing)} prunable layers "
                             f"(e.g. {missing[0]})", "use a directory pruned from this model")
+    check_mask_has_zeros(directory, masks)
     return masks

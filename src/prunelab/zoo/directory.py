@@ -29,6 +29,9 @@ def check_model_directory(directory: Path, *, trust_remote_code: bool = False) -
     directory = Path(directory)
     config = _read_config(directory / "config.json")
     _check_code(directory, config, trust_remote_code)
+    from prunelab.quant_export import check_packed_loads
+
+    check_packed_loads(directory)  # an asymmetric packed grid: transformers cannot read it
     if not any((directory / name).exists() for name in TOKENIZER_FILES):
         raise PrunelabError(
             f"{directory} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...)",
