@@ -96,7 +96,7 @@ def claim_run_dir(run_dir: Path, recipe: Recipe, versions: dict, force: bool,
     """
     run_file = run_dir / RUN_FILE
     if run_file.is_file():
-        owner = json.loads(run_file.read_text())
+        owner = read_run_record(run_file)
         if owner.get("fingerprint") != recipe.fingerprint() and not force:
             raise PrunelabError(
                 f"run directory {run_dir} holds results of another recipe "
@@ -108,13 +108,37 @@ def claim_run_dir(run_dir: Path, recipe: Recipe, versions: dict, force: bool,
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(run_dir / RECIPE_FILE) as handle:
         handle.write(recipe.to_yaml())
-    previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    previous = read_run_record(run_file) if run_file.is_file() else {}
     write_json_atomic(run_file, {
         "name": recipe.name, "fingerprint": recipe.fingerprint(), "versions": versions,
         "created": previous.get("created", time.time()), "updated": time.time(),
         "recipe": recipe.dump(),
         # Which store rows belong to this recipe: the report shows exactly these cells.
         "grid_ids": sorted(grid_ids or [])})
+
+
+# What every run.json holds; a file without them was not written whole by `claim_run_dir`.
+RUN_RECORD_KEYS = ("name", "fingerprint", "recipe")
+
+
+def read_run_record(run_file: Path) -> dict:
+    """A run directory's run.json, refused in one line when it is damaged (truncated, not
+    JSON, not a mapping, keys missing): the store beside it is still good."""
+    try:
+        record = json.loads(run_file.read_text(encoding="utf-8"))
+    except ValueError:  # not JSON, or not UTF-8
+        what = "is not JSON (truncated or overwritten?)"
+    else:
+        missing = ([k for k in RUN_RECORD_KEYS if k not in record]
+                   if isinstance(record, dict) else None)
+        if missing == []:
+            return record
+        what = (f"misses {', '.join(missing)}" if missing
+                else f"holds a {type(record).__name__}, not a run record")
+    raise PrunelabError(
+        f"{run_file} is damaged: it {what}",
+        "delete it and run the study again on this --run-dir with --force (finished points "
+        "in its results.sqlite are kept and reused), or pass a fresh --run-dir")
 
 
 def read_run(run_dir: str | Path) -> tuple[Recipe, dict]:
@@ -124,7 +148,7 @@ def read_run(run_dir: str | Path) -> tuple[Recipe, dict]:
     if not run_file.is_file() or not (run_dir / STORE_FILE).is_file():
         raise PrunelabError(f"{run_dir} is not a prunelab run directory (no {RUN_FILE} or "
                             f"{STORE_FILE})", "pass the --run-dir a study wrote to")
-    record = json.loads(run_file.read_text())
+    record = read_run_record(run_file)
     try:
         return recipe_model().model_validate(record["recipe"]), record
     except ValidationError as exc:
