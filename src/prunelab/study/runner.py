@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_file, write_json_atomic
 from prunelab.study.backend import Backend, PrunelabBackend, timed
+from prunelab.study.lock import LOCK_FILES, run_dir_lock
 from prunelab.study.measures import compression_measures, point_measure
 from prunelab.study.plan import CompressionPoint, TaskInfo, Unit, grid_summary, plan
 from prunelab.study.power import DETECTABLE_AIM, POWER_AT_KEPT, power  # noqa: F401 (the CLI's)
@@ -87,13 +88,8 @@ def prepare(recipe: Recipe, backend: Backend | None = None) -> Study:
 # -- the run directory ----------------------------------------------------------------------------
 
 
-def claim_run_dir(run_dir: Path, recipe: Recipe, versions: dict, force: bool,
-                  grid_ids: set[str] | None = None) -> None:
-    """Make `run_dir` this recipe's, refusing a directory that belongs to another recipe.
-
-    With `force` the directory is taken over: finished points that the new recipe shares with
-    the old one (same config) are kept and reused; the report only ever shows the new grid.
-    """
+def check_run_dir(run_dir: Path, recipe: Recipe, force: bool) -> None:
+    """Refuse a directory that belongs to another recipe, or to no study (writes nothing)."""
     run_file = run_dir / RUN_FILE
     if run_file.is_file():
         owner = read_run_record(run_file)
@@ -102,9 +98,21 @@ def claim_run_dir(run_dir: Path, recipe: Recipe, versions: dict, force: bool,
                 f"run directory {run_dir} holds results of another recipe "
                 f"({owner.get('name')}, fingerprint {owner.get('fingerprint')})",
                 "pass a new --run-dir, or --force to reuse it (matching points are kept)")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+    elif run_dir.exists() and not force and any(
+            p.name not in LOCK_FILES for p in run_dir.iterdir()):
         raise PrunelabError(f"{run_dir} exists and is not a prunelab run directory",
                             "pass a new or empty --run-dir, or --force")
+
+
+def claim_run_dir(run_dir: Path, recipe: Recipe, versions: dict, force: bool,
+                  grid_ids: set[str] | None = None) -> None:
+    """Make `run_dir` this recipe's, refusing a directory that belongs to another recipe.
+
+    With `force` the directory is taken over: finished points that the new recipe shares with
+    the old one (same config) are kept and reused; the report only ever shows the new grid.
+    """
+    check_run_dir(run_dir, recipe, force)
+    run_file = run_dir / RUN_FILE
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(run_dir / RECIPE_FILE) as handle:
         handle.write(recipe.to_yaml())
@@ -305,11 +313,14 @@ def run_study(recipe: Recipe, run_dir: str | Path, *, force: bool = False,
     run_dir = Path(run_dir)
     try:
         study = prepare(recipe, backend)
-        claim_run_dir(run_dir, recipe, study.versions, force, study.grid_ids)
-        with Store.in_dir(run_dir) as store:
-            total = sum(len(u.tasks) for u in study.units)
-            todo = pending_work(study, store.finished_keys())
-            points_run = _run_points(study, store, todo, executor, progress)
+        # Refused before the lock file is made: a foreign directory is left untouched.
+        check_run_dir(run_dir, recipe, force)
+        with run_dir_lock(run_dir):
+            claim_run_dir(run_dir, recipe, study.versions, force, study.grid_ids)
+            with Store.in_dir(run_dir) as store:
+                total = sum(len(u.tasks) for u in study.units)
+                todo = pending_work(study, store.finished_keys())
+                points_run = _run_points(study, store, todo, executor, progress)
     except KeyboardInterrupt as exc:
         if isinstance(exc, StudyInterrupted):
             raise
