@@ -260,7 +260,8 @@ def yaml_path(loc: tuple) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            # a key that would break the one-line message (a newline) is shown quoted
+            out += ("." if out else "") + (part if str(part).isprintable() else repr(part))
     return out or "(top level)"
 
 
@@ -284,7 +285,7 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
 
 
 def recipe_error(source: str, problems: list[tuple[str, str]]) -> PrunelabError:
-    listed = "; ".join(f"{path}: {msg}" for path, msg in problems)
+    listed = " ".join("; ".join(f"{path}: {msg}" for path, msg in problems).split())
     count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
     return PrunelabError(f"invalid recipe {source}: {count}: {listed}",
                          "fix each listed field and run again")
