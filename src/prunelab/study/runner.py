@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_file, write_json_atomic
 from prunelab.study.backend import Backend, PrunelabBackend, timed
+from prunelab.study.estimate import eta_seconds
 from prunelab.study.lock import LOCK_FILES, run_dir_lock
 from prunelab.study.measures import compression_measures, point_measure
 from prunelab.study.plan import CompressionPoint, TaskInfo, Unit, grid_summary, plan
@@ -335,12 +336,25 @@ def _run_points(study: Study, store: Store, todo: list[PointWork], executor: Exe
     from tqdm.auto import tqdm
 
     weights = _step_weights(study, todo)
+    planned = sum(weights.values())
     points_run = 0
     # The bar counts estimated seconds, not steps: a SparseGPT prune weighs more than one
-    # small task, so the ETA (which tqdm rescales by the measured rate) stays honest.
-    with tqdm(total=sum(weights.values()) * 1.0001, disable=not progress,
-              dynamic_ncols=True, file=sys.stderr,
-              bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]") as bar:
+    # small task. Its ETA starts from the plan and follows the measured pace as points finish
+    # (`eta_seconds`): tqdm's own, the plan rescaled by the first point's pace (a model load
+    # included), showed days for a run of minutes.
+    def bar_format(seconds_left: float) -> str:
+        return ("{desc} {percentage:3.0f}%|{bar}| [{elapsed}<"
+                f"{tqdm.format_interval(seconds_left)}]")
+
+    with tqdm(total=planned * 1.0001, disable=not progress, dynamic_ncols=True,
+              file=sys.stderr, bar_format=bar_format(planned)) as bar:
+        started = time.perf_counter()
+
+        def advance(seconds: float) -> None:
+            left = eta_seconds(planned, bar.n + seconds, time.perf_counter() - started)
+            bar.bar_format = bar_format(left)
+            bar.update(seconds)
+
         if todo:
             bar.set_description(_describe(todo[0]))
         results = (executor or LocalExecutor()).map(partial(PointWorker, study.backend), todo)
@@ -348,10 +362,10 @@ def _run_points(study: Study, store: Store, todo: list[PointWork], executor: Exe
             work = result.work
             if result.compression is not None:
                 store.put_compression(**result.compression)
-                bar.update(weights.get(work.compression_key, 0.0))
+                advance(weights.get(work.compression_key, 0.0))
             store.put_point(result.row, result.examples, result.records)
             points_run += 1
-            bar.update(weights.get(work.key, 0.0))
+            advance(weights.get(work.key, 0.0))
             if points_run < len(todo):
                 bar.set_description(_describe(todo[points_run]))
     return points_run
