@@ -72,8 +72,8 @@ def damaged_store(path: Path, exc: sqlite3.DatabaseError) -> PrunelabError:
     """A store SQLite cannot read (garbage, a truncated copy): one line naming the file."""
     return PrunelabError(
         f"{path} is damaged, SQLite cannot read it ({exc})",
-        "move it aside and run the study again with a fresh --run-dir (or in this one with "
-        "--force); `sqlite3 FILE .recover` may save the rows still readable")
+        "move it aside and run the study again, in this --run-dir (its points are computed "
+        "anew) or a fresh one; `sqlite3 FILE .recover` may save the rows still readable")
 
 
 def _readable(method):
