@@ -414,10 +414,8 @@ def _leave_out(data: dict, loc: tuple, stood_in: set[str]) -> bool:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None,
                 check: SemanticCheck | None = None) -> Recipe:
-    """A recipe file, validated; a schema refusal also lists what `check` (default: the
-    prunelab backend's checks, `prunelab.study.checks.check_recipe`) finds in the rest."""
-    if check is None:
-        from prunelab.study.checks import check_recipe as check
+    """A recipe file, validated; a schema refusal also lists what `check` (the backend's
+    checks: `prunelab.study.checks.check_recipe` for prunelab's) finds in the rest."""
     path = Path(path)
     if not path.is_file():
         raise PrunelabError(f"recipe {path} does not exist",
