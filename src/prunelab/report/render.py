@@ -92,7 +92,8 @@ def to_markdown(title: str, secs: list[Section], image_dir: str) -> tuple[str, d
             files[name] = png
             lines += [f"![{_md_cell(caption)}]({image_dir}/{name})", ""]
         for t in s.tables:
-            lines += [f"### {_md_text(t.title)}", "", "| " + " | ".join(map(_md_cell, t.headers)) + " |",
+            lines += [f"### {_md_text(t.title)}", "",
+                      "| " + " | ".join(map(_md_cell, t.headers)) + " |",
                       "|" + "---|" * len(t.headers)]
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
             lines.append("")
