@@ -185,3 +185,40 @@ def _count(run_dir):
             conn.close()
     except sqlite3.OperationalError:  # schema not created yet
         return 0
+
+
+def test_eta_starts_from_the_plan_and_follows_the_run():
+    from prunelab.study.estimate import eta_seconds
+
+    # The case: a dry run of 26 minutes; the first point, planned at 5 s, took 47 s
+    # because it also loaded the model. tqdm's rescaling showed about 4 hours; the plan holds.
+    assert 26 * 60 <= eta_seconds(26 * 60, 5.2, 47.0) <= 30 * 60
+    # Nothing done yet: the plan's total.
+    assert eta_seconds(100.0, 0.0, 0.0) == 100.0
+    # Once a quarter of the planned work is done, the measured pace alone: twice as slow.
+    assert eta_seconds(100.0, 25.0, 50.0) == pytest.approx(150.0)
+    assert eta_seconds(100.0, 50.0, 25.0) == pytest.approx(25.0)  # twice as fast
+    # In between, a blend: between the plan's left and the measured pace's.
+    assert 90.0 < eta_seconds(100.0, 10.0, 20.0) < 180.0
+    assert eta_seconds(100.0, 100.0, 300.0) == 0.0
+
+
+def test_progress_bar_eta_on_the_fake_backend(tmp_path, capsys):
+    import re
+
+    class SlowLoad(FakeBackend):  # the model load, which the plan does not price
+        def load(self, model):
+            time.sleep(1.0)
+            return super().load(model)
+
+    recipe = parse_recipe({**RECIPE, "tasks": ["digits"]})
+    backend = SlowLoad(compress_sleep=0.2, eval_sleep=0.02)
+    plan = dry_run(recipe, backend)["est_seconds"]
+    run_study(recipe, tmp_path, backend=backend, progress=True)
+    shown = re.findall(r"<(\d\d):(\d\d)\]", capsys.readouterr().err)
+    etas = [60 * int(m) + int(s) for m, s in shown]
+    assert etas and abs(etas[0] - plan) <= 1  # the dry run's estimate first
+    # After the first point (a second's load for 0.02 s planned: tqdm's pace said 50 times
+    # the plan), still about the plan; later the measured pace, the load included, takes over.
+    assert max(etas[:4]) <= 2 * plan + 1
+    assert etas[-1] == 0

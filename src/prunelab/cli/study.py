@@ -127,11 +127,12 @@ def study(
     progress: bool = typer.Option(True, help="show a progress bar with an ETA"),
 ) -> None:
     """Run (or resume) a pruning study; finished points are never recomputed."""
+    from prunelab.study.checks import check_recipe
     from prunelab.study.recipe import load_recipe
 
     if not dry_run:
         check_output_dir(run_dir, "--run-dir")  # before the recipe's checks load anything
-    r = load_recipe(recipe, _overrides(set_, model, tasks, limit, seed))
+    r = load_recipe(recipe, _overrides(set_, model, tasks, limit, seed), check=check_recipe)
     _run(r, run_dir or Path("runs") / r.name, force, dry_run, report, device, progress)
 
 @app.command()

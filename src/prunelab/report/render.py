@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import math
+import re
 import time
 
 from prunelab.report.sections import Section, Table, build_sections
@@ -60,26 +61,45 @@ def to_html(title: str, secs: list[Section]) -> str:
 
 def _md_cell(text: str) -> str:
     # Keep table structure intact whatever a task or model name contains.
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return _md_text(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+# Where Markdown starts raw HTML (CommonMark): `<` before a tag name, `/`, `!` or `?`. A `<`
+# anywhere else ("p < 0.05") is text already and is left as it is.
+_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def _md_text(text: str) -> str:
+    """Text that may carry data (task names and texts, model names) with raw HTML made
+    inert: Markdown viewers render raw HTML, so a task's `<script>` would run there."""
+    return _HTML_START.sub("&lt;", str(text))
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, which cannot close it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def to_markdown(title: str, secs: list[Section], image_dir: str) -> tuple[str, dict[str, bytes]]:
-    lines, files = [f"# {title}", ""], {}
+    lines, files = [f"# {_md_text(title)}", ""], {}
     for s in secs:
-        lines += [f"## {s.title}", ""]
+        lines += [f"## {_md_text(s.title)}", ""]
         for t in s.text:
-            lines += [t, ""]
+            lines += [_md_text(t), ""]
         for caption, png in s.images:
             name = f"fig{len(files) + 1}.png"
             files[name] = png
             lines += [f"![{_md_cell(caption)}]({image_dir}/{name})", ""]
         for t in s.tables:
-            lines += [f"### {t.title}", "", "| " + " | ".join(map(_md_cell, t.headers)) + " |",
+            lines += [f"### {_md_text(t.title)}", "",
+                      "| " + " | ".join(map(_md_cell, t.headers)) + " |",
                       "|" + "---|" * len(t.headers)]
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
             lines.append("")
         if s.pre:
-            lines += ["```yaml", s.pre.rstrip(), "```", ""]
+            fence = _fence(s.pre)
+            lines += [f"{fence}yaml", s.pre.rstrip(), fence, ""]
     return "\n".join(lines), files
 
 

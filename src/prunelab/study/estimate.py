@@ -85,3 +85,24 @@ def rough_estimate(recipe, model: str, point, tasks) -> tuple[float, float]:
         if config is not None and (measure.on_dense or not point.is_dense):
             compress += measure.cost(recipe, config, point, per_token, params)
     return compress, evaluate
+
+
+# The share of the planned work after which the ETA follows the measured pace alone.
+TRUST_MEASURED_AT = 0.25
+
+
+def eta_seconds(planned_total: float, planned_done: float, elapsed: float) -> float:
+    """Seconds left in a study: the plan's seconds left, scaled by how fast the run goes.
+
+    The pace measured over the first points is mostly noise (the first one also loads the
+    model, which the plan does not price), so it is trusted by the share of the planned work
+    done: the scale is the measured pace (elapsed / planned done) to the power
+    min(1, share / TRUST_MEASURED_AT), a geometric blend from the plan's 1 to the measured
+    pace. The ETA starts at the dry run's estimate and follows the run once a quarter is done.
+    """
+    left = max(planned_total - planned_done, 0.0)
+    if planned_total <= 0 or planned_done <= 0 or elapsed <= 0:
+        return left
+    share = min(planned_done / planned_total, 1.0)
+    pace = elapsed / planned_done
+    return left * pace ** min(1.0, share / TRUST_MEASURED_AT)

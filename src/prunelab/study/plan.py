@@ -203,18 +203,40 @@ def check_compressions(recipe: Recipe) -> list[tuple[str, str]]:
     from pydantic import ValidationError
 
     problems = []
+    chains: dict[str, tuple[int, str]] = {}  # each chain: the entry giving it, its label
     for i, comp in enumerate(recipe.compressions):
         try:
-            for stages, x_path in expand(comp):
+            expanded = expand(comp)
+            for stages, x_path in expanded:
                 x = x_value(stages, x_path)
                 if not isinstance(x, (int, float)) or isinstance(x, bool):
                     raise ValueError(f"x = {x_path} is {x!r} at {chain_label(stages)}, not a "
                                      "number: sweep a numeric field, or name it with x:")
+            problems += _repeated_chains(i, expanded, chains)
         except ValidationError as exc:
             problems.append((f"compressions[{i}]", "; ".join(
                 f"{yaml_path(loc)}: {msg}" if loc else msg for loc, msg in problems_of(exc))))
         except ValueError as exc:
             problems.append((f"compressions[{i}]", str(exc)))
+    return problems
+
+
+def _repeated_chains(i: int, expanded, chains: dict[str, tuple[int, str]]
+                     ) -> list[tuple[str, str]]:
+    """A compression the grid already holds (the same chain on the same x-axis), which would
+    be merged silently into one: named with the entry that first gives it."""
+    problems = []
+    for stages, x_path in expanded:
+        chain = json.dumps([[type(s).__name__, s.model_dump(mode="json")] for s in stages]
+                           + [x_path], sort_keys=True, default=str)
+        if chain not in chains:
+            chains[chain] = (i, chain_label(stages))
+            continue
+        first, label = chains[chain]
+        where = "itself" if first == i else f"compressions[{first}]"
+        problems.append((f"compressions[{i}]", f"repeats {label}, already given by {where} "
+                         "(it would be computed and shown once): remove the repeat"))
+        break  # one line per entry is enough to find it
     return problems
 
 

@@ -12,12 +12,13 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
-                      model_validator)
+                      field_validator, model_validator)
 
 from prunelab.errors import PrunelabError
 from prunelab.study.axis import computed_axis
@@ -132,7 +133,7 @@ class Calibration(_Strict):
 
 class Evaluation(_Strict):
     limit: int | None = Field(None, ge=1, description="items per task level (None = all)")
-    seed: int = Field(0, description="selects the items and few-shot demonstrations")
+    seed: int = Field(0, ge=0, description="selects the items and few-shot demonstrations")
     batch_size: int = Field(16, ge=1)
     # How `finetune` task levels (the transfer study's encoder track) are trained before they
     # are scored: `prunelab.recover.TrainConfig` fields (None: the paper's defaults, batch 32).
@@ -176,13 +177,25 @@ class Recipe(_Strict):
     compressions: list[Compression] = Field(default_factory=list)
     band_probe: BandProbe | None = None
     tasks: list[str] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     calibration: Calibration = Field(default_factory=Calibration)
     eval: Evaluation = Field(default_factory=Evaluation)
     perplexity: Perplexity | None = None
     divergence: Divergence | None = None
     refusal: Refusal | None = None
     analysis: Analysis = Field(default_factory=Analysis)
+
+    @field_validator("models", "tasks", "seeds")
+    @classmethod
+    def _each_once(cls, values: list) -> list:
+        # A repeated entry would be merged silently into one: say so instead.
+        first: dict = {}
+        for i, value in enumerate(values):
+            if value in first:
+                raise ValueError(f"lists {value!r} twice (at [{first[value]}] and [{i}]): "
+                                 "keep one")
+            first[value] = i
+        return values
 
     @model_validator(mode="after")
     def _some_compression(self) -> Recipe:
@@ -247,7 +260,8 @@ def yaml_path(loc: tuple) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            # a key that would break the one-line message (a newline) is shown quoted
+            out += ("." if out else "") + (part if str(part).isprintable() else repr(part))
     return out or "(top level)"
 
 
@@ -271,7 +285,7 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
 
 
 def recipe_error(source: str, problems: list[tuple[str, str]]) -> PrunelabError:
-    listed = "; ".join(f"{path}: {msg}" for path, msg in problems)
+    listed = " ".join("; ".join(f"{path}: {msg}" for path, msg in problems).split())
     count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
     return PrunelabError(f"invalid recipe {source}: {count}: {listed}",
                          "fix each listed field and run again")
@@ -315,8 +329,17 @@ def apply_override(data: dict, assignment: str) -> None:
                             "check the path") from None
 
 
-def parse_recipe(data: Any, source: str = "recipe", overrides: list[str] | None = None) -> Recipe:
-    """Validate raw data (a mapping from YAML) into a Recipe; every problem in one error."""
+SemanticCheck = Callable[[Recipe], list[tuple[str, str]]]
+
+
+def parse_recipe(data: Any, source: str = "recipe", overrides: list[str] | None = None,
+                 check: SemanticCheck | None = None) -> Recipe:
+    """Validate raw data (a mapping from YAML) into a Recipe; every problem in one error.
+
+    `check` (the backend's checks of what the schema cannot see: methods, tasks, models) is
+    run here only when the schema fails, on what of the recipe is sound, so that its problems
+    come in the same error instead of after the schema's are fixed; a recipe that validates
+    is checked by the study itself (`prepare`)."""
     if not isinstance(data, dict):
         raise recipe_error(source, [("(top level)", "must be a mapping of keys to values")])
     data = copy.deepcopy(data)
@@ -325,10 +348,74 @@ def parse_recipe(data: Any, source: str = "recipe", overrides: list[str] | None 
     try:
         return recipe_model().model_validate(data)
     except ValidationError as exc:
-        raise recipe_error(source, _problems(exc)) from None
+        problems = _problems(exc)
+    if check is not None:
+        problems += [p for p in _semantic_problems(data, check) if p not in problems]
+    raise recipe_error(source, problems)
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+# Stand-ins for a required field the schema refused, so that the rest can still be checked;
+# problems found under them are not reported (the schema's are).
+_STAND_INS = {"name": "recipe", "models": ["stand-in"], "tasks": ["stand-in"]}
+_STAND_IN_COMPRESSION = {"method": "magnitude", "sparsity": [0.5]}
+_SWEPT_FIELDS = ("sparsity", "patterns", "bits", "sweep")
+
+
+def _semantic_problems(data: dict, check: SemanticCheck) -> list[tuple[str, str]]:
+    """`check`'s problems on the sound part of a recipe the schema refused: each refused
+    field is left out (or stood in for, when required), and problems under a stand-in are
+    dropped."""
+    data = copy.deepcopy(data)
+    stood_in: set[str] = set()
+    for _ in range(4):  # leaving a field out can uncover an error in what it hid
+        try:
+            recipe = recipe_model().model_validate(data)
+            break
+        except ValidationError as exc:
+            if not all(_leave_out(data, loc, stood_in) for loc, _ in problems_of(exc)):
+                return []
+    else:
+        return []
+    try:
+        found = check(recipe)
+    except PrunelabError:
+        return []
+    return [(path, msg) for path, msg in found
+            if not any(path == s or path.startswith((f"{s}.", f"{s}[")) for s in stood_in)]
+
+
+def _leave_out(data: dict, loc: tuple, stood_in: set[str]) -> bool:
+    """Take the refused field at `loc` out of `data`; False when it cannot be."""
+    if not loc or not isinstance(loc[0], str):
+        return False
+    top = loc[0]
+    entries = data.get("compressions")
+    if top == "compressions" and len(loc) >= 2 and isinstance(loc[1], int) \
+            and isinstance(entries, list) and loc[1] < len(entries):
+        i, entry = loc[1], entries[loc[1]]
+        if len(loc) >= 3 and isinstance(entry, dict) and loc[2] in entry \
+                and loc[2] not in ("method", "stages"):
+            entry.pop(loc[2])  # e.g. a bad sparsity: the method can still be checked
+            if not any(entry.get(k) for k in _SWEPT_FIELDS) and "method" in entry:
+                entry["sparsity"] = [0.5]
+        else:
+            entries[i] = dict(_STAND_IN_COMPRESSION)
+            stood_in.add(f"compressions[{i}]")
+        return True
+    if top in _STAND_INS:
+        data[top] = copy.deepcopy(_STAND_INS[top])
+    elif top in data:
+        data.pop(top)  # a field with a default
+    else:
+        return False
+    stood_in.add(top)
+    return True
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None,
+                check: SemanticCheck | None = None) -> Recipe:
+    """A recipe file, validated; a schema refusal also lists what `check` (the backend's
+    checks: `prunelab.study.checks.check_recipe` for prunelab's) finds in the rest."""
     path = Path(path)
     if not path.is_file():
         raise PrunelabError(f"recipe {path} does not exist",
@@ -340,4 +427,4 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         where = f" at line {mark.line + 1}" if mark else ""
         raise PrunelabError(f"recipe {path} is not valid YAML{where}",
                             "check indentation and quoting") from None
-    return parse_recipe(data, str(path), overrides)
+    return parse_recipe(data, str(path), overrides, check)

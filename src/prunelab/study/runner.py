@@ -25,6 +25,8 @@ from pydantic import ValidationError
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_file, write_json_atomic
 from prunelab.study.backend import Backend, PrunelabBackend, timed
+from prunelab.study.estimate import eta_seconds
+from prunelab.study.lock import LOCK_FILES, run_dir_lock
 from prunelab.study.measures import compression_measures, point_measure
 from prunelab.study.plan import CompressionPoint, TaskInfo, Unit, grid_summary, plan
 from prunelab.study.power import DETECTABLE_AIM, POWER_AT_KEPT, power  # noqa: F401 (the CLI's)
@@ -87,6 +89,22 @@ def prepare(recipe: Recipe, backend: Backend | None = None) -> Study:
 # -- the run directory ----------------------------------------------------------------------------
 
 
+def check_run_dir(run_dir: Path, recipe: Recipe, force: bool) -> None:
+    """Refuse a directory that belongs to another recipe, or to no study (writes nothing)."""
+    run_file = run_dir / RUN_FILE
+    if run_file.is_file():
+        owner = read_run_record(run_file)
+        if owner.get("fingerprint") != recipe.fingerprint() and not force:
+            raise PrunelabError(
+                f"run directory {run_dir} holds results of another recipe "
+                f"({owner.get('name')}, fingerprint {owner.get('fingerprint')})",
+                "pass a new --run-dir, or --force to reuse it (matching points are kept)")
+    elif run_dir.exists() and not force and any(
+            p.name not in LOCK_FILES for p in run_dir.iterdir()):
+        raise PrunelabError(f"{run_dir} exists and is not a prunelab run directory",
+                            "pass a new or empty --run-dir, or --force")
+
+
 def claim_run_dir(run_dir: Path, recipe: Recipe, versions: dict, force: bool,
                   grid_ids: set[str] | None = None) -> None:
     """Make `run_dir` this recipe's, refusing a directory that belongs to another recipe.
@@ -94,27 +112,42 @@ def claim_run_dir(run_dir: Path, recipe: Recipe, versions: dict, force: bool,
     With `force` the directory is taken over: finished points that the new recipe shares with
     the old one (same config) are kept and reused; the report only ever shows the new grid.
     """
+    check_run_dir(run_dir, recipe, force)
     run_file = run_dir / RUN_FILE
-    if run_file.is_file():
-        owner = json.loads(run_file.read_text())
-        if owner.get("fingerprint") != recipe.fingerprint() and not force:
-            raise PrunelabError(
-                f"run directory {run_dir} holds results of another recipe "
-                f"({owner.get('name')}, fingerprint {owner.get('fingerprint')})",
-                "pass a new --run-dir, or --force to reuse it (matching points are kept)")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
-        raise PrunelabError(f"{run_dir} exists and is not a prunelab run directory",
-                            "pass a new or empty --run-dir, or --force")
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(run_dir / RECIPE_FILE) as handle:
         handle.write(recipe.to_yaml())
-    previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    previous = read_run_record(run_file) if run_file.is_file() else {}
     write_json_atomic(run_file, {
         "name": recipe.name, "fingerprint": recipe.fingerprint(), "versions": versions,
         "created": previous.get("created", time.time()), "updated": time.time(),
         "recipe": recipe.dump(),
         # Which store rows belong to this recipe: the report shows exactly these cells.
         "grid_ids": sorted(grid_ids or [])})
+
+
+# What every run.json holds; a file without them was not written whole by `claim_run_dir`.
+RUN_RECORD_KEYS = ("name", "fingerprint", "recipe")
+
+
+def read_run_record(run_file: Path) -> dict:
+    """A run directory's run.json, refused in one line when it is damaged (truncated, not
+    JSON, not a mapping, keys missing): the store beside it is still good."""
+    try:
+        record = json.loads(run_file.read_text(encoding="utf-8"))
+    except ValueError:  # not JSON, or not UTF-8
+        what = "is not JSON (truncated or overwritten?)"
+    else:
+        missing = ([k for k in RUN_RECORD_KEYS if k not in record]
+                   if isinstance(record, dict) else None)
+        if missing == []:
+            return record
+        what = (f"misses {', '.join(missing)}" if missing
+                else f"holds a {type(record).__name__}, not a run record")
+    raise PrunelabError(
+        f"{run_file} is damaged: it {what}",
+        "delete it and run the study again on this --run-dir with --force (finished points "
+        "in its results.sqlite are kept and reused), or pass a fresh --run-dir")
 
 
 def read_run(run_dir: str | Path) -> tuple[Recipe, dict]:
@@ -124,7 +157,7 @@ def read_run(run_dir: str | Path) -> tuple[Recipe, dict]:
     if not run_file.is_file() or not (run_dir / STORE_FILE).is_file():
         raise PrunelabError(f"{run_dir} is not a prunelab run directory (no {RUN_FILE} or "
                             f"{STORE_FILE})", "pass the --run-dir a study wrote to")
-    record = json.loads(run_file.read_text())
+    record = read_run_record(run_file)
     try:
         return recipe_model().model_validate(record["recipe"]), record
     except ValidationError as exc:
@@ -281,11 +314,14 @@ def run_study(recipe: Recipe, run_dir: str | Path, *, force: bool = False,
     run_dir = Path(run_dir)
     try:
         study = prepare(recipe, backend)
-        claim_run_dir(run_dir, recipe, study.versions, force, study.grid_ids)
-        with Store.in_dir(run_dir) as store:
-            total = sum(len(u.tasks) for u in study.units)
-            todo = pending_work(study, store.finished_keys())
-            points_run = _run_points(study, store, todo, executor, progress)
+        # Refused before the lock file is made: a foreign directory is left untouched.
+        check_run_dir(run_dir, recipe, force)
+        with run_dir_lock(run_dir):
+            claim_run_dir(run_dir, recipe, study.versions, force, study.grid_ids)
+            with Store.in_dir(run_dir) as store:
+                total = sum(len(u.tasks) for u in study.units)
+                todo = pending_work(study, store.finished_keys())
+                points_run = _run_points(study, store, todo, executor, progress)
     except KeyboardInterrupt as exc:
         if isinstance(exc, StudyInterrupted):
             raise
@@ -300,12 +336,25 @@ def _run_points(study: Study, store: Store, todo: list[PointWork], executor: Exe
     from tqdm.auto import tqdm
 
     weights = _step_weights(study, todo)
+    planned = sum(weights.values())
     points_run = 0
     # The bar counts estimated seconds, not steps: a SparseGPT prune weighs more than one
-    # small task, so the ETA (which tqdm rescales by the measured rate) stays honest.
-    with tqdm(total=sum(weights.values()) * 1.0001, disable=not progress,
-              dynamic_ncols=True, file=sys.stderr,
-              bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]") as bar:
+    # small task. Its ETA starts from the plan and follows the measured pace as points finish
+    # (`eta_seconds`): tqdm's own, the plan rescaled by the first point's pace (a model load
+    # included), showed days for a run of minutes.
+    def bar_format(seconds_left: float) -> str:
+        return ("{desc} {percentage:3.0f}%|{bar}| [{elapsed}<"
+                f"{tqdm.format_interval(seconds_left)}]")
+
+    with tqdm(total=planned * 1.0001, disable=not progress, dynamic_ncols=True,
+              file=sys.stderr, bar_format=bar_format(planned)) as bar:
+        started = time.perf_counter()
+
+        def advance(seconds: float) -> None:
+            left = eta_seconds(planned, bar.n + seconds, time.perf_counter() - started)
+            bar.bar_format = bar_format(left)
+            bar.update(seconds)
+
         if todo:
             bar.set_description(_describe(todo[0]))
         results = (executor or LocalExecutor()).map(partial(PointWorker, study.backend), todo)
@@ -313,10 +362,10 @@ def _run_points(study: Study, store: Store, todo: list[PointWork], executor: Exe
             work = result.work
             if result.compression is not None:
                 store.put_compression(**result.compression)
-                bar.update(weights.get(work.compression_key, 0.0))
+                advance(weights.get(work.compression_key, 0.0))
             store.put_point(result.row, result.examples, result.records)
             points_run += 1
-            bar.update(weights.get(work.key, 0.0))
+            advance(weights.get(work.key, 0.0))
             if points_run < len(todo):
                 bar.set_description(_describe(todo[points_run]))
     return points_run

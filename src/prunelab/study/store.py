@@ -8,6 +8,7 @@ memory until the end; a crash loses at most the point in progress.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -67,10 +68,50 @@ POINT_COLUMNS = ("key", "grid_id", "model", "method", "sparsity", "pattern", "op
 SCHEMA_VERSION = 2
 
 
+def damaged_store(path: Path, exc: sqlite3.DatabaseError) -> PrunelabError:
+    """A store SQLite cannot read (garbage, a truncated copy): one line naming the file."""
+    return PrunelabError(
+        f"{path} is damaged, SQLite cannot read it ({exc})",
+        "move it aside and run the study again, in this --run-dir (its points are computed "
+        "anew) or a fresh one; `sqlite3 FILE .recover` may save the rows still readable")
+
+
+def _readable(method):
+    """Turn SQLite's complaint about a damaged file into a `damaged_store` error; a busy
+    database (another writer) is not damage and is left as it is."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            raise damaged_store(self.path, exc) from None
+
+    return wrapper
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc)
+    return not (isinstance(exc, sqlite3.OperationalError)
+                and any(w in text for w in ("locked", "busy", "unable to open")))
+
+
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            if getattr(self, "conn", None) is not None:
+                self.conn.close()
+            if not _is_damage(exc):
+                raise
+            raise damaged_store(self.path, exc) from None
+
+    def _open(self) -> None:
         # isolation_level=None: we open transactions ourselves, explicitly.
         self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=60)
         self.conn.row_factory = sqlite3.Row
@@ -103,6 +144,7 @@ class Store:
 
     # -- writing ------------------------------------------------------------------------------
 
+    @_readable
     def put_point(self, row: dict, examples: list[dict], records: dict | None = None) -> None:
         """Write a finished point, its examples and its measure's own records by kind (a
         `finetune` level's fine-tuning) atomically, replacing an older copy."""
@@ -120,6 +162,7 @@ class Store:
             self.conn.execute("DELETE FROM measures WHERE key = ?", (row["key"],))
             self._put_measures(row["key"], records or {})
 
+    @_readable
     def put_compression(self, key: str, model: str, config: dict, result: dict | None,
                         model_info: dict, seconds: float, measures: dict | None = None,
                         perplexity: float | None = None) -> None:
@@ -145,6 +188,7 @@ class Store:
                 self.conn.execute("INSERT INTO measures VALUES (?, ?, ?)",
                                   (key, kind, json.dumps(data, default=str)))
 
+    @_readable
     def set_meta(self, key: str, value: Any) -> None:
         with self._transaction():
             self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -155,13 +199,16 @@ class Store:
 
     # -- reading ------------------------------------------------------------------------------
 
+    @_readable
     def finished_keys(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT key FROM points")}
 
+    @_readable
     def meta(self, key: str, default: Any = None) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
+    @_readable
     def points(self, grid_ids: set[str] | None = None) -> list[dict]:
         """Finished points as dicts (level, options and config decoded); the newest copy of
         each grid cell when `grid_ids` is given (older copies were made by older versions)."""
@@ -175,20 +222,24 @@ class Store:
                 newest[row["grid_id"]] = row
         return list(newest.values())
 
+    @_readable
     def examples(self, point_key: str) -> list[dict]:
         return [dict(r) for r in self.conn.execute(
             "SELECT example_id, value, weight, margin FROM examples WHERE point_key = ? "
             "ORDER BY idx", (point_key,))]
 
+    @_readable
     def example_records(self, point_key: str) -> list[dict]:
         return [json.loads(r[0]) for r in self.conn.execute(
             "SELECT data FROM examples WHERE point_key = ? ORDER BY idx", (point_key,))]
 
+    @_readable
     def trainings(self) -> dict[str, dict]:
         """Each fine-tuned point's training record, by point key."""
         return {k: json.loads(d) for k, d in self.conn.execute(
             "SELECT key, data FROM measures WHERE kind = 'training'")}
 
+    @_readable
     def compressions(self) -> list[dict]:
         """Compressed models' rows, each with every compression measure's result under its
         name (None where it was not taken)."""
@@ -207,6 +258,7 @@ class Store:
             out.append(row)
         return out
 
+    @_readable
     def integrity(self) -> str:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
 
