@@ -4,12 +4,14 @@
 
 Every table of `results.sqlite` (points, examples, compressions, measures, meta) is matched
 by its key; each key must be in both runs and each stored field identical, the wall-clock
-columns (`finished`, `seconds`) aside, since they differ between any two runs. Prints the
+columns and keys (`finished`, `seconds`, also inside a stored JSON record such as a
+compression's result) aside, since they differ between any two runs. Prints the
 number of rows compared and every difference; exits 1 on a difference, 2 on a bad argument.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -28,10 +30,25 @@ def rows(path: Path, table: str) -> dict[tuple, dict]:
         if not found:
             return {}
         key = TABLES[table]
-        return {tuple(r[k] for k in key): {k: r[k] for k in r.keys() if k not in CLOCK}
+        return {tuple(r[k] for k in key): {k: _without_clock(r[k]) for k in r.keys()
+                                           if k not in CLOCK}
                 for r in conn.execute(f"SELECT * FROM {table}")}
     finally:
         conn.close()
+
+
+def _without_clock(value):
+    """A stored value with every wall-clock key removed, JSON records included."""
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, dict):
+        return {k: _without_clock(v) for k, v in value.items() if k not in CLOCK}
+    if isinstance(value, list):
+        return [_without_clock(v) for v in value]
+    return value
 
 
 def compare(run_a: Path, run_b: Path) -> tuple[int, list[str]]:
