@@ -120,6 +120,8 @@ def _check_pruning(pruning: Any) -> None:
         _expect(layer, dict, where)
         for key, kind in _LAYER_KEYS.items():
             _expect(layer.get(key), kind, f"{where[:-1]}.{key}'")
+        _optional(layer, "notes", dict, f"pruning.layers[{number}].")
+    _optional(pruning, "options", dict, "pruning.")
     size = pruning.get("model_size")
     if size is not None:
         _expect(size, dict, "'pruning.model_size'")
