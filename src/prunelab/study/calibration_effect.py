@@ -20,6 +20,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from prunelab import defaults
 from prunelab.study.stats import _relative, collect, resamples
 from prunelab.study.trend import percentile_ci
 
@@ -43,7 +44,7 @@ def _group_key(stages: list[dict]) -> str:
 def calibration_effects(points: list[dict], examples, records=None, *,
                         item_measure: str = "task", measure: str = "relative",
                         n_boot: int = 1000, seed: int = 0,
-                        default_source: str = "squadshifts-new_wiki") -> list[dict]:
+                        default_source: str = defaults.CALIBRATION_SOURCE) -> list[dict]:
     """One row per model, group, family, x and non-reference source (see the docstring)."""
     arms: dict[str, dict] = {}  # arm -> {"stages", "source", "group"}
     for p in points:

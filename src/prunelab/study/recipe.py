@@ -20,6 +20,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
                       field_validator, model_validator)
 
+from prunelab import defaults
+from prunelab.data.checks import MIN_SEQLEN
 from prunelab.errors import PrunelabError
 from prunelab.study.axis import computed_axis
 from prunelab.study.measures.divergence import Divergence
@@ -126,9 +128,9 @@ def _relative(path: str) -> str:
 class Calibration(_Strict):
     """Calibration text for methods that need it; the window seed is each study seed."""
 
-    source: str = "squadshifts-new_wiki"
-    n_samples: int = Field(128, ge=1)
-    seqlen: int = Field(512, ge=8)
+    source: str = defaults.CALIBRATION_SOURCE
+    n_samples: int = Field(defaults.CALIBRATION_SAMPLES, ge=1)
+    seqlen: int = Field(defaults.CALIBRATION_SEQLEN, ge=MIN_SEQLEN)
 
 
 class Evaluation(_Strict):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prunelab import defaults
+from prunelab.data.checks import MIN_SEQLEN
 from prunelab.study.measures import Measure, register_measure
 
 
@@ -14,9 +16,9 @@ class Divergence(BaseModel):
     (JSD, KL both ways, top-1 agreement; `prunelab.evaluate.divergence`) on these windows."""
 
     model_config = ConfigDict(extra="forbid")
-    source: str = "squad-dev"
-    seqlen: int = Field(512, ge=8)
-    n_windows: int = Field(8, ge=1)
+    source: str = defaults.EVAL_SOURCE
+    seqlen: int = Field(defaults.EVAL_SEQLEN, ge=MIN_SEQLEN)
+    n_windows: int = Field(defaults.STUDY_EVAL_WINDOWS, ge=1)
 
 
 @register_measure
