@@ -4,21 +4,13 @@ The dense side is computed once per model and kept on the model handle."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from prunelab import defaults
-from prunelab.data.checks import MIN_SEQLEN
 from prunelab.study.measures import Measure, register_measure
+from prunelab.study.measures.perplexity import EvalWindows
 
 
-class Divergence(BaseModel):
+class Divergence(EvalWindows):
     """Divergence of each compressed model's next-token distributions from the dense model's
     (JSD, KL both ways, top-1 agreement; `prunelab.evaluate.divergence`) on these windows."""
-
-    model_config = ConfigDict(extra="forbid")
-    source: str = defaults.EVAL_SOURCE
-    seqlen: int = Field(defaults.EVAL_SEQLEN, ge=MIN_SEQLEN)
-    n_windows: int = Field(defaults.STUDY_EVAL_WINDOWS, ge=1)
 
 
 @register_measure

@@ -10,11 +10,17 @@ from prunelab.data.checks import MIN_SEQLEN
 from prunelab.study.measures import Measure, register_measure
 
 
-class Perplexity(BaseModel):
+class EvalWindows(BaseModel):
+    """Which held-out windows a measure reads: a text source, their length, how many."""
+
     model_config = ConfigDict(extra="forbid")
     source: str = defaults.EVAL_SOURCE
     seqlen: int = Field(defaults.EVAL_SEQLEN, ge=MIN_SEQLEN)
     n_windows: int = Field(defaults.STUDY_EVAL_WINDOWS, ge=1)
+
+
+class Perplexity(EvalWindows):
+    """Perplexity of each compressed model (dense included) on these windows."""
 
 
 @register_measure
