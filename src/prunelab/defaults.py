@@ -8,14 +8,15 @@ from __future__ import annotations
 
 DEFAULT_MODEL = "smollm2-135m"
 
-# Calibration: SQuADShifts' newer Wikipedia paragraphs, never the evaluation text.
-CALIBRATION_SOURCE = "squadshifts-new_wiki"
+# Calibration: one half of Python's own reference text (ships with Python: no download),
+# never the evaluation text, which is the other half.
+CALIBRATION_SOURCE = "python-ref-a"
 CALIBRATION_SAMPLES = 128
 CALIBRATION_SEQLEN = 512
 CALIBRATION_SEED = 0
 
-# Perplexity and divergence: the SQuAD v1.1 dev paragraphs (our WikiText stand-in).
-EVAL_SOURCE = "squad-dev"
+# Perplexity and divergence: the other half of Python's reference text (our WikiText stand-in).
+EVAL_SOURCE = "python-ref-b"
 EVAL_SEQLEN = 512
 EVAL_WINDOWS = 32            # `prunelab ppl`, and the before/after check of prune and quantize
 STUDY_EVAL_WINDOWS = 8       # a study's perplexity and divergence measures, per point

@@ -1,9 +1,10 @@
 """Text corpora for calibration and perplexity, and how they are cut into token windows.
 
-Evaluation text and calibration text are deliberately different: perplexity is measured on
-Wikipedia paragraphs of the SQuAD v1.1 dev set (our WikiText stand-in, since WikiText is not
-reachable here) while calibration defaults to the "new_wiki" paragraphs of SQuADShifts,
-written later and about other articles. Any local UTF-8 text file works as either.
+Evaluation text and calibration text are deliberately different: by default perplexity is
+measured on one half of Python's own reference text ("python-ref-b", our WikiText stand-in,
+since WikiText is not reachable here) and calibration draws from the other half
+("python-ref-a"); both ship with Python. The SQuAD sources remain where BIG-bench data can be
+had. Any local UTF-8 text file works as either.
 """
 
 from __future__ import annotations

@@ -11,20 +11,63 @@ import codecs
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prunelab.errors import PrunelabError
 
-# name -> (BIG-bench task folder, file, description)
-TEXT_SOURCES: dict[str, tuple[str, str, str]] = {
-    "squad-dev": ("squad_shifts", "squaddev_v1.1.json",
-                  "Wikipedia paragraphs of the SQuAD v1.1 dev set (perplexity default)"),
-    "squadshifts-new_wiki": ("squad_shifts", "new_wiki_v1.0.json",
-                             "newer Wikipedia paragraphs from SQuADShifts (calibration default)"),
-    "squadshifts-nyt": ("squad_shifts", "nyt_v1.0.json", "New York Times paragraphs (SQuADShifts)"),
-    "squadshifts-reddit": ("squad_shifts", "reddit_v1.0.json", "Reddit posts (SQuADShifts)"),
-    "squadshifts-amazon": ("squad_shifts", "amazon_reviews_v1.0.json",
-                           "Amazon product reviews (SQuADShifts)"),
+@dataclass(frozen=True)
+class TextSource:
+    """A named corpus: what it is, under which licence, and how its text is read."""
+
+    description: str
+    license: str
+    read: Callable[[], str] = field(repr=False)
+    needs_bigbench: bool = False
+
+
+def python_reference_text(half: int) -> str:
+    """One of two disjoint halves of Python's own reference text (`pydoc_data.topics`, which
+    ships with every CPython): the topics in sorted order, alternately, joined by blank lines.
+
+    Needs no download. The text is the running interpreter's, so it differs a little between
+    Python versions; results record the digest of the tokens drawn from it."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)[half::2]
+    return "\n\n".join(topics[name].strip() for name in names)
+
+
+def _squad_paragraphs(filename: str) -> Callable[[], str]:
+    def read() -> str:
+        from prunelab.data.bigbench import task_dir
+
+        data = json.loads((task_dir("squad_shifts") / filename).read_text(encoding="utf-8"))
+        return "\n\n".join(p["context"].strip() for article in data["data"]
+                            for p in article["paragraphs"])
+    return read
+
+
+PYTHON_REF_LICENSE = "PSF License (Python documentation, pydoc_data.topics of the running CPython)"
+_SQUAD = "CC BY-SA 4.0; from BIG-bench squad_shifts (needs BIG-bench)"
+TEXT_SOURCES: dict[str, TextSource] = {
+    "python-ref-a": TextSource(
+        "Python's reference text, topics 1, 3, 5, ... in sorted order (calibration default; "
+        "ships with Python, no download)", PYTHON_REF_LICENSE, lambda: python_reference_text(0)),
+    "python-ref-b": TextSource(
+        "Python's reference text, topics 2, 4, 6, ... (perplexity default; disjoint from "
+        "python-ref-a)", PYTHON_REF_LICENSE, lambda: python_reference_text(1)),
+    "squad-dev": TextSource("Wikipedia paragraphs of the SQuAD v1.1 dev set", _SQUAD,
+                            _squad_paragraphs("squaddev_v1.1.json"), needs_bigbench=True),
+    "squadshifts-new_wiki": TextSource("newer Wikipedia paragraphs from SQuADShifts", _SQUAD,
+                                       _squad_paragraphs("new_wiki_v1.0.json"), needs_bigbench=True),
+    "squadshifts-nyt": TextSource("New York Times paragraphs (SQuADShifts)", _SQUAD,
+                                  _squad_paragraphs("nyt_v1.0.json"), needs_bigbench=True),
+    "squadshifts-reddit": TextSource("Reddit posts (SQuADShifts)", _SQUAD,
+                                     _squad_paragraphs("reddit_v1.0.json"), needs_bigbench=True),
+    "squadshifts-amazon": TextSource("Amazon product reviews (SQuADShifts)", _SQUAD,
+                                     _squad_paragraphs("amazon_reviews_v1.0.json"),
+                                     needs_bigbench=True),
 }
 # Calibration sources that other parts provide by a name prefix: name -> its text, and name ->
 # a check that refuses it in one line before any text is built. "task:" is a task's own prompts
@@ -41,13 +84,7 @@ def load_text(source: str | Path) -> str:
         if name.startswith(prefix):
             return provide(name)
     if name in TEXT_SOURCES:
-        from prunelab.data.bigbench import task_dir
-
-        folder, filename, _ = TEXT_SOURCES[name]
-        data = json.loads((task_dir(folder) / filename).read_text(encoding="utf-8"))
-        paragraphs = [p["context"].strip() for article in data["data"]
-                      for p in article["paragraphs"]]
-        return "\n\n".join(paragraphs)
+        return TEXT_SOURCES[name].read()
     path = Path(name).expanduser()
     if path.is_file():
         try:
@@ -67,6 +104,10 @@ def check_text_source(source: str, role: str) -> None:
     name a provided source (TEXT_PROVIDERS, e.g. "task:NAME").
     """
     if source in TEXT_SOURCES:
+        if TEXT_SOURCES[source].needs_bigbench:
+            from prunelab.data.bigbench import require
+
+            require(f"the {role} source {source}")
         return
     if role == "calibration":
         for prefix, check in TEXT_PROVIDER_CHECKS.items():
