@@ -104,13 +104,24 @@ def tasks_command(
         typer.echo(f"wrote {len(written)} lm-eval tasks to {export_lmeval} "
                    f"(use --include_path {export_lmeval})")
         return
+    from prunelab.data.bigbench import FIX, availability
+
+    missing = availability() if any(t.needs_bigbench for t in tasks) else None
+    if missing is not None and missing.available:
+        missing = None
     head = f"{'task':<30} {'family':<26} {'axis':<12} {'level':<9} {'kind':<9} {'size':>6}  licence"
     typer.echo(head)
     typer.echo("-" * len(head))
     for task in tasks:
-        size = str(task.size) if sizes else "-"
-        typer.echo(f"{task.name:<30} {task.family:<26} {task.axis:<12} {task.level!s:<9} "
-                   f"{task.kind:<9} {size:>6}  {task.license}")
+        unavailable = task.needs_bigbench and missing is not None
+        size = "n/a" if unavailable else str(task.size) if sizes else "-"
+        mark = "*" if task.needs_bigbench else " "
+        typer.echo(f"{task.name + mark:<30} {task.family:<26} {task.axis:<12} "
+                   f"{task.level!s:<9} {task.kind:<9} {size:>6}  {task.license}")
+    if any(t.needs_bigbench for t in tasks):
+        note = (f"not available here: {missing.reason}; {FIX}" if missing is not None
+                else "available here")
+        typer.echo(f"\n* needs BIG-bench data ({note})")
 
 
 @app.command()

@@ -122,6 +122,9 @@ class Task:
     # fewer demonstrations, another language. The study then resamples an item at all levels
     # together, so the comparison between levels is paired item by item.
     paired_levels: bool = False
+    # The items come from BIG-bench, which cannot always be had (`prunelab.data.bigbench`):
+    # listings mark such tasks, and loading them refuses in one line where it is missing.
+    needs_bigbench: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

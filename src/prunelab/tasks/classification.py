@@ -96,7 +96,8 @@ def finetune_tasks() -> list[Task]:
                 license=MULTIEMO_LICENSE if bb_task == "multiemo" else "Apache-2.0 (BIG-bench)",
                 source=f"{BIGBENCH}: {bb_task}" + (f"/{folder}" if folder else ""),
                 description=f"{name}: fine-tune an encoder with a new head on {percent}% of the "
-                            "training pool, score the held-out split", paired_levels=True))
+                            "training pool, score the held-out split", paired_levels=True,
+                needs_bigbench=True))
     return out
 
 

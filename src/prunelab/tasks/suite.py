@@ -1,7 +1,10 @@
 """The built-in task suite: families of tasks whose levels differ along one difficulty axis.
 
-Every family is built from data in the BIG-bench archive on PyPI (`prunelab.data.bigbench`,
-attribution in `ATTRIBUTION`). `level_rank` orders levels by the Junk DNA paper's reading of
+Most families here are built from data in the BIG-bench archive (`prunelab.data.bigbench`,
+attribution in `ATTRIBUTION`), which the package registry no longer serves: they need a
+local copy (PRUNELAB_BIGBENCH) and are marked `needs_bigbench`. Families that need no
+BIG-bench: generated arithmetic (`prunelab.tasks.synthetic_arithmetic`: digits, shots,
+options) and Django's interface messages in eleven languages (`prunelab.tasks.ui_messages`). `level_rank` orders levels by the Junk DNA paper's reading of
 difficulty: higher = harder (more digits, more objects, fewer demonstrations, more options,
 less context, a minority language, generation rather than choice).
 """
@@ -236,6 +239,10 @@ def builtin_tasks() -> list[Task]:
     """The prompted suite (the encoder track's `finetune` levels are in
     `prunelab.tasks.classification`)."""
     from prunelab.tasks.squad import squad_tasks
+    from prunelab.tasks.synthetic_arithmetic import synthetic_arithmetic_tasks
+    from prunelab.tasks.ui_messages import ui_tasks
 
-    return (arithmetic_tasks() + object_tasks() + squad_tasks() + shots_tasks()
-            + options_tasks() + multiemo_tasks() + wikidata_tasks())
+    bigbench = (arithmetic_tasks() + object_tasks() + squad_tasks() + shots_tasks()
+                + options_tasks() + multiemo_tasks() + wikidata_tasks())
+    return ([task.with_(needs_bigbench=True) for task in bigbench]
+            + synthetic_arithmetic_tasks() + ui_tasks())
