@@ -12,6 +12,9 @@ from prunelab.study.recipe import Recipe
 def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
     from prunelab.study.measures import compression_measures
 
+    missing = _bigbench_problem(recipe)
+    if missing:
+        return missing  # one line, not one per task and source that needs the same data
     problems = _compression_problems(recipe)
     problems += _task_problems(recipe)
     for measure in compression_measures():
@@ -24,6 +27,40 @@ def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
             problems.append((f"models[{i}]", problem))
     problems += track_problems(recipe)
     return problems
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _bigbench_problem(recipe: Recipe) -> list[tuple[str, str]]:
+    """The recipe's task families and text sources that need BIG-bench data, as one problem,
+    where that data cannot be had here."""
+    from prunelab.data.bigbench import FIX, availability
+    from prunelab.data.sources import TEXT_SOURCES
+    from prunelab.tasks.registry import get_tasks
+
+    needs = []
+    for selector in recipe.tasks:
+        try:
+            needs += [t.family for t in get_tasks([selector]) if t.needs_bigbench]
+        except PrunelabError:
+            pass  # reported with the tasks
+    needs += [s for s in _strings(recipe.model_dump())
+              if s in TEXT_SOURCES and TEXT_SOURCES[s].needs_bigbench]
+    if not needs:
+        return []
+    found = availability()
+    if found.available:
+        return []
+    return [("recipe", f"{', '.join(dict.fromkeys(needs))} need BIG-bench data: {found.reason}; "
+             f"{FIX}")]
 
 
 def _compression_problems(recipe: Recipe) -> list[tuple[str, str]]:

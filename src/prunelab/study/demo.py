@@ -32,20 +32,20 @@ compressions:
     sparsity: [0.3, 0.5, 0.7]
 tasks:
   # digits of the operands (1-3), on multiple-choice arithmetic
-  - arithmetic:1
-  - arithmetic:2
-  - arithmetic:3
+  - synth_arithmetic:1
+  - synth_arithmetic:2
+  - synth_arithmetic:3
   # number of options (2, 4, all 7) on the same 1-digit items: more = harder
-  - options:2
-  - options:4
-  - options:all
+  - synth_options:2
+  - synth_options:4
+  - synth_options:all
   # language resource level: bits per byte on the same sentences in English, German, Polish
-  - multiemo_ppl:en
-  - multiemo_ppl:de
-  - multiemo_ppl:pl
+  - ui_ppl:en
+  - ui_ppl:de
+  - ui_ppl:pl
 seeds: [0]
 calibration:
-  source: squadshifts-new_wiki
+  source: python-ref-a
   n_samples: 32
   seqlen: 256
 eval:
