@@ -28,14 +28,25 @@ class TextSource:
 
 def python_reference_text(half: int) -> str:
     """One of two disjoint halves of Python's own reference text (`pydoc_data.topics`, which
-    ships with every CPython): the topics in sorted order, alternately, joined by blank lines.
+    ships with every CPython): the topics in sorted order, alternately.
 
-    Needs no download. The text is the running interpreter's, so it differs a little between
-    Python versions; results record the digest of the tokens drawn from it."""
+    Topics repeat one another (the compound statements' topic holds the "if" topic's text),
+    so each paragraph is kept once, in the first topic that has it: no paragraph is in both
+    halves. Needs no download. The text is the running interpreter's, so it differs a little
+    between Python versions; results record the digest of the tokens drawn from it."""
     from pydoc_data.topics import topics
 
-    names = sorted(topics)[half::2]
-    return "\n\n".join(topics[name].strip() for name in names)
+    seen: set[str] = set()
+    kept: list[str] = []
+    for index, name in enumerate(sorted(topics)):
+        for paragraph in topics[name].split("\n\n"):
+            paragraph = paragraph.strip("\n")
+            if not paragraph.strip() or paragraph in seen:
+                continue
+            seen.add(paragraph)
+            if index % 2 == half:
+                kept.append(paragraph)
+    return "\n\n".join(kept)
 
 
 def _squad_paragraphs(filename: str) -> Callable[[], str]:
