@@ -46,7 +46,7 @@ def test_the_transfer_commands_check_their_device_before_loading(tmp_path):
 
     out = tmp_path / "out"
     decoder = ("transfer", "no-such-model", "--out", str(out), "--setting", "dense",
-               "--train-on", "arithmetic:1")
+               "--train-on", "synth_arithmetic:1")
     assert_user_error(run(*decoder, "--device", "nonsense"), "not a torch device")
     assert_user_error(run("transfer-encoder", "no-such-model", "--setting", "dense",
                           "--device", "nonsense"), "not a torch device")

@@ -24,7 +24,7 @@ def test_default_model_loads_with_caveat(smollm):
 
 def test_wanda_beats_magnitude_on_real_model(smollm):
     loaded, dense = smollm
-    small = dict(source="squad-dev", seqlen=256, n_windows=4)
+    small = dict(source="python-ref-b", seqlen=256, n_windows=4)
     dense_ppl = prunelab.perplexity(loaded, **small)
     assert 5 < dense_ppl < 60
 

@@ -24,11 +24,11 @@ RECIPE = str(REPO / "recipes" / "demo.yaml")
 
 # The commands, each with the rest of a valid-looking command line; OUT marks the output path.
 FILE_OUTPUTS = {
-    "eval --out": ["eval", "smollm2-135m", "--tasks", "arithmetic", "--out", "OUT"],
-    "eval --summary": ["eval", "smollm2-135m", "--tasks", "arithmetic", "--summary", "OUT"],
+    "eval --out": ["eval", "smollm2-135m", "--tasks", "synth_arithmetic", "--out", "OUT"],
+    "eval --summary": ["eval", "smollm2-135m", "--tasks", "synth_arithmetic", "--summary", "OUT"],
     "divergence --out": ["divergence", "smollm2-135m", "pruned", "--out", "OUT"],
     "refusal --out": ["refusal", "smollm2-135m", "--out", "OUT"],
-    "route --out": ["route", "smollm2-135m", "--families", "arithmetic,options",
+    "route --out": ["route", "smollm2-135m", "--families", "synth_arithmetic,synth_options",
                     "--sparsity", "0.2", "--out", "OUT"],
     "results --out": ["results", "run", "--out", "OUT"],
     "transfer-encoder --out": ["transfer-encoder", "minilm-l6", "--setting", "dense",
@@ -38,8 +38,8 @@ DIR_OUTPUTS = {
     "prune --out": ["prune", "smollm2-135m", "--sparsity", "0.5", "--out", "OUT"],
     "quantize --out": ["quantize", "smollm2-135m", "--out", "OUT"],
     "transfer --out": ["transfer", "smollm2-135m", "--setting", "dense", "--train-on",
-                       "arithmetic:1", "--out", "OUT"],
-    "tasks --export-lmeval": ["tasks", "arithmetic", "--export-lmeval", "OUT"],
+                       "synth_arithmetic:1", "--out", "OUT"],
+    "tasks --export-lmeval": ["tasks", "synth_arithmetic", "--export-lmeval", "OUT"],
     "study --run-dir": ["study", RECIPE, "--run-dir", "OUT"],
     "demo --run-dir": ["demo", "--run-dir", "OUT"],
 }

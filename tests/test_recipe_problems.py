@@ -80,7 +80,7 @@ def test_schema_and_check_problems_come_together():
 def test_the_cli_lists_every_problem_of_a_recipe_file_in_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**GOOD, "models": ["smollm2-135m"],
-                                    "tasks": ["arithmetic"], "seeds": [-1],
+                                    "tasks": ["synth_arithmetic"], "seeds": [-1],
                                     "compressions": [{"method": "nosuch",
                                                       "sparsity": [1.5]}]}))
     result = run("study", str(path), "--dry-run")

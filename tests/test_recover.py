@@ -242,7 +242,7 @@ def test_transfer_cli_refuses_bad_input_in_one_line(tmp_path, args, words):
     from tests.cli_helpers import run
 
     result = run("transfer", "smollm2-135m", "--out", str(tmp_path / "o"), "--train-on",
-                 "arithmetic:1", *args)
+                 "synth_arithmetic:1", *args)
     assert result.returncode == 2 and words in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
 

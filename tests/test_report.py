@@ -110,7 +110,7 @@ def test_cli_results_report_and_errors(run_dir, tmp_path, capsys):
     main(["report", str(run_dir)])
     assert "report.html" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nmodels: []\ntasks: [arithmetic]\ncompressions:\n"
+    bad.write_text("name: x\nmodels: []\ntasks: [synth_arithmetic]\ncompressions:\n"
                    "  - {method: wanda, sparsity: [1.5]}\nwhat: 1\n")
     code, _, err = _cli(["study", str(bad)], capsys)
     assert code == 2 and err.count("\n") == 1

@@ -175,12 +175,12 @@ def test_refusal_sets_are_checked_before_any_model(tmp_path):
 
     bad = tmp_path / "t.yaml"
     bad.write_text("- {name: x, template: 'no placeholder'}\n")
-    recipe = parse_recipe({"name": "r", "models": ["smollm2-135m"], "tasks": ["arithmetic:1"],
+    recipe = parse_recipe({"name": "r", "models": ["smollm2-135m"], "tasks": ["synth_arithmetic:1"],
                            "compressions": [{"method": "magnitude", "sparsity": [0.1]}],
                            "refusal": {"templates": str(bad)}})
     problems = PrunelabBackend().check(recipe)
     assert ("refusal.templates", f"{bad}: template 'x' has no {{request}} placeholder") in problems
-    judged = parse_recipe({"name": "r", "models": ["smollm2-135m"], "tasks": ["arithmetic:1"],
+    judged = parse_recipe({"name": "r", "models": ["smollm2-135m"], "tasks": ["synth_arithmetic:1"],
                            "compressions": [{"method": "magnitude", "sparsity": [0.1]}],
                            "refusal": {"judge": "no-such-judge"}})
     assert [p for p in PrunelabBackend().check(judged) if p[0] == "refusal.judge"] == [
@@ -192,7 +192,7 @@ def test_refusal_sets_are_checked_before_any_model(tmp_path):
 def test_divergence_text_is_checked_before_any_model():
     from prunelab.study.backend import PrunelabBackend
 
-    recipe = parse_recipe({"name": "r", "models": ["smollm2-135m"], "tasks": ["arithmetic:1"],
+    recipe = parse_recipe({"name": "r", "models": ["smollm2-135m"], "tasks": ["synth_arithmetic:1"],
                            "compressions": [{"method": "magnitude", "sparsity": [0.1]}],
                            "divergence": {"source": "no-such-text"}})
     problems = PrunelabBackend().check(recipe)

@@ -72,7 +72,7 @@ def test_tracks_do_not_mix(synthetic, tiny_bert, tiny_dir):
     assert not [p for p in backend.check(prompted) if p[0].startswith(("models", "compr"))]
     assert ("models[0]", f"{tiny_bert} is an encoder: it is scored by fine-tuning on "
             "`finetune` task levels only (e.g. finetune-multiemo-en), not on prompted tasks"
-            ) in backend.check(_recipe(tiny_bert, tasks=["arithmetic:1"]))
+            ) in backend.check(_recipe(tiny_bert, tasks=["synth_arithmetic:1"]))
     causal = backend.check(_recipe(tiny_dir))
     assert any("is a causal LM" in problem for _, problem in causal)
     assert any("needs train_on" in problem for _, problem in causal)

@@ -27,14 +27,14 @@ def test_variants_of_one_method_at_one_sparsity_are_separate_arms(tmp_path):
     recipe = parse_recipe({**BASE, "compressions": [
         {"method": "sparsegpt", "sparsity": [0.5], "options": {"percdamp": 0.01}},
         {"method": "sparsegpt", "sparsity": [0.5], "options": {"percdamp": 0.1}},
-        {"method": "sparsegpt", "sparsity": [0.5], "calibration": {"source": "squadshifts-nyt"}},
+        {"method": "sparsegpt", "sparsity": [0.5], "calibration": {"source": "python-ref-b"}},
     ]})
     run_study(recipe, tmp_path, backend=FakeBackend(), progress=False)
     run = load_run(tmp_path)
     try:
         arms = {r["arm"] for r in run.analysis.relative}
         assert arms == {"sparsegpt percdamp=0.01", "sparsegpt percdamp=0.1",
-                        "sparsegpt calibration.source=squadshifts-nyt"}
+                        "sparsegpt calibration.source=python-ref-b"}
         for arm in arms:  # each arm holds its own four levels at x = 0.5
             assert sum(r["arm"] == arm for r in run.analysis.relative) == 4
     finally:

@@ -94,11 +94,11 @@ def test_the_dry_run_estimate_counts_fine_tuning_steps():
     from prunelab.study.plan import CompressionPoint
     from prunelab.study.stages import TransferStage
 
-    recipe = parse_recipe({"name": "t", "models": ["smollm2-135m"], "tasks": ["arithmetic:1"],
+    recipe = parse_recipe({"name": "t", "models": ["smollm2-135m"], "tasks": ["synth_arithmetic:1"],
                            "compressions": [{"method": "magnitude", "sparsity": [0.5]}]})
 
     def seconds(**fields):
-        stage = TransferStage(setting="dense", train_on=["arithmetic:1"], **fields)
+        stage = TransferStage(setting="dense", train_on=["synth_arithmetic:1"], **fields)
         point = CompressionPoint(stages=(stage,), calibration=(None,), seed=41)
         return rough_estimate(recipe, "smollm2-135m", point, [])[0]
 
@@ -113,7 +113,7 @@ def test_the_dry_run_estimate_tells_the_pruners_apart():
     from prunelab.study.plan import CompressionPoint
     from prunelab.study.stages import PruneStage
 
-    recipe = parse_recipe({"name": "t", "models": ["smollm2-135m"], "tasks": ["arithmetic:1"],
+    recipe = parse_recipe({"name": "t", "models": ["smollm2-135m"], "tasks": ["synth_arithmetic:1"],
                            "compressions": [{"method": "magnitude", "sparsity": [0.5]}]})
     calibration = {"n_samples": 32, "seqlen": 256}
 

@@ -91,13 +91,13 @@ def test_study_resolves_task_calibration_against_its_evaluation():
     recipe = parse_recipe({
         "name": "cal", "models": ["smollm2-135m"], "tasks": ["calfam"],
         "compressions": [{"method": "wanda", "sparsity": [0.5],
-                          "sweep": {"calibration.source": ["squadshifts-new_wiki",
+                          "sweep": {"calibration.source": ["python-ref-a",
                                                            "task:calfam"],
                                     "calibration.n_samples": [8, 32]}}],
         "eval": {"limit": 30, "seed": 2}})
     points = compressions(recipe, lambda stage: True)
     sources = sorted({p.calibration[0]["source"] for p in points})
-    assert sources == ["squadshifts-new_wiki", "task:calfam?limit=30&seed=2"]
+    assert sources == ["python-ref-a", "task:calfam?limit=30&seed=2"]
     assert len({p.arm for p in points}) == 4  # source x n_samples, one arm each
 
 
@@ -125,7 +125,7 @@ def test_report_shows_the_calibration_effect_per_family_and_method(tmp_path):
     recipe = parse_recipe({
         "name": "cal", "models": ["fake"], "tasks": ["digits", "flat"],
         "compressions": [{"method": "wanda", "sparsity": [0.5, 0.7],
-                          "sweep": {"calibration.source": ["squadshifts-new_wiki",
+                          "sweep": {"calibration.source": ["python-ref-a",
                                                            "task:digits"]}}],
         "eval": {"limit": 60}, "analysis": {"n_boot": 200}})
     run_study(recipe, tmp_path / "run", backend=FakeBackend(), progress=False)
@@ -135,9 +135,9 @@ def test_report_shows_the_calibration_effect_per_family_and_method(tmp_path):
     assert set(by) == {("digits", 0.5), ("digits", 0.7), ("flat", 0.5), ("flat", 0.7)}
     for x in (0.5, 0.7):  # the fake halves the damage to the family calibrated on
         digits, flat = by[("digits", x)], by[("flat", x)]
-        assert digits["source"] == "task:digits" and digits["reference"] == "squadshifts-new_wiki"
+        assert digits["source"] == "task:digits" and digits["reference"] == "python-ref-a"
         assert digits["effect"] > 0.05 and digits["ci"][0] > 0
         assert abs(flat["effect"]) < 1e-9 and flat["ci"][0] <= 0 <= flat["ci"][1]
     md = build_report(tmp_path / "run")["md"].read_text()
     assert "## Calibration source: effect per family and method" in md
-    assert "| task:digits | squadshifts-new_wiki |" in md
+    assert "| task:digits | python-ref-a |" in md

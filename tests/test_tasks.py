@@ -33,10 +33,11 @@ def test_every_builtin_task_declares_its_place_on_an_axis():
     assert len(names) == len(set(names))
     for family in ("arithmetic", "logical_deduction", "tracking_shuffled_objects", "squad_book",
                    "squad_context", "arithmetic_shots", "options", "multiemo", "multiemo_ppl",
-                   "wikidata"):
+                   "wikidata", "synth_arithmetic", "synth_arithmetic_shots", "synth_options",
+                   "ui_ppl"):
         levels = [t for t in tasks if t.family == family]
         assert len(levels) >= 2, family
-        assert len({t.level_rank for t in levels}) > 1 or family.startswith("multiemo")
+        assert len({t.level_rank for t in levels}) > 1
         for t in levels:
             assert t.name == f"{family}:{t.level}"
             assert t.axis and t.license and t.source and t.kind in ("mc", "generate", "rolling")
@@ -159,7 +160,8 @@ def test_local_spec_with_levels_and_bigbench_rows(tmp_path):
 def test_builtin_families_that_ask_the_same_items_are_paired():
     paired = {t.family for t in builtin_tasks() if t.paired_levels}
     assert paired == {"arithmetic_shots", "options", "multiemo", "multiemo_ppl", "wikidata",
-                      "squad_book", "squad_context"}
+                      "squad_book", "squad_context", "synth_arithmetic_shots", "synth_options",
+                      "ui_ppl"}
     from prunelab.tasks.classification import finetune_tasks
 
     # the encoder track's adequacy levels test the same held-out split
