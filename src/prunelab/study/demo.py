@@ -5,9 +5,9 @@ small calibration (32 windows of 256 tokens), three sparsities per method, 40 it
 level.
 The families are those where the dense SmolLM2-135M is above chance on several levels
 (number of options) or where the metric is continuous (bits per byte), plus the paper's own
-axis, operand digits, where at 40 items it is above chance on 1 and 3 digits but not on 2:
-such levels are flagged and left out of the verdict, which the report shows. (Its 2-shot and
-0-shot arithmetic are at chance, which is why the shots family is left to the full recipe.)
+axis, operand digits; levels at chance are flagged and left out of the verdict, which the
+report shows. All need no BIG-bench: arithmetic generated in its format (`synth_*`) and
+Django's translated messages (`ui_ppl`), see docs/findings/data-sources.md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ compressions:
   - method: sparsegpt
     sparsity: [0.3, 0.5, 0.7]
 tasks:
-  # digits of the operands (1-3), on multiple-choice arithmetic
+  # digits of the operands (1-3), on multiple-choice arithmetic generated in BIG-bench's format
   - synth_arithmetic:1
   - synth_arithmetic:2
   - synth_arithmetic:3
@@ -39,7 +39,8 @@ tasks:
   - synth_options:2
   - synth_options:4
   - synth_options:all
-  # language resource level: bits per byte on the same sentences in English, German, Polish
+  # language resource level: bits per byte on the same Django interface messages in English,
+  # German, Polish
   - ui_ppl:en
   - ui_ppl:de
   - ui_ppl:pl
@@ -50,8 +51,8 @@ calibration:
   seqlen: 256
 eval:
   # 100 items per level: with the continuous measure, the dry run (`--dry-run --run-dir` on
-  # a finished run as the pilot) puts the smallest detectable extra drop of the hardest level
-  # at 0.13 (arithmetic), 0.12 (options) and 0.04 (multiemo_ppl); at 40 items 0.20 and 0.18
+  # a finished run as the pilot) put the smallest detectable extra drop of the hardest level
+  # at 0.13, 0.12 and 0.04 on the BIG-bench namesakes of these families; at 40 items 0.20, 0.18
   limit: 100
   seed: 0
   batch_size: 16
