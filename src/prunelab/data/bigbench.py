@@ -89,7 +89,8 @@ def registry_serves_archive() -> bool:
     """Whether the package index lists the bigbench 1.0.0 source archive (asked once per
     process; an unreachable index counts as no)."""
     page = f"{index_url().rstrip('/')}/bigbench/"
-    request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    request = urllib.request.Request(
+        page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     try:
         with urllib.request.urlopen(request, timeout=_PROBE_TIMEOUT_S) as response:
             files = json.load(response)["files"]

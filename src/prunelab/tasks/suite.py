@@ -4,9 +4,11 @@ Most families here are built from data in the BIG-bench archive (`prunelab.data.
 attribution in `ATTRIBUTION`), which the package registry no longer serves: they need a
 local copy (PRUNELAB_BIGBENCH) and are marked `needs_bigbench`. Families that need no
 BIG-bench: generated arithmetic (`prunelab.tasks.synthetic_arithmetic`: digits, shots,
-options) and Django's interface messages in eleven languages (`prunelab.tasks.ui_messages`). `level_rank` orders levels by the Junk DNA paper's reading of
-difficulty: higher = harder (more digits, more objects, fewer demonstrations, more options,
-less context, a minority language, generation rather than choice).
+options) and Django's interface messages in eleven languages (`prunelab.tasks.ui_messages`).
+
+`level_rank` orders levels by the Junk DNA paper's reading of difficulty: higher = harder
+(more digits, more objects, fewer demonstrations, more options, less context, a minority
+language, generation rather than choice).
 """
 
 from __future__ import annotations
