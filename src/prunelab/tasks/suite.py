@@ -21,6 +21,9 @@ from pathlib import Path
 
 from prunelab.tasks.base import Item, Task, Template, stable_hash
 from prunelab.tasks.loaders import bigbench_generate, bigbench_mc
+from prunelab.tasks.synthetic_arithmetic import DIGITS, synthetic_arithmetic_items
+from prunelab.tasks.synthetic_arithmetic import LICENSE as SYNTH_LICENSE
+from prunelab.tasks.synthetic_arithmetic import SOURCE as SYNTH_SOURCE
 
 BIGBENCH = "BIG-bench (Srivastava et al. 2022), bigbench==1.0.0 on PyPI"
 APACHE = "Apache-2.0 (BIG-bench)"
@@ -237,11 +240,44 @@ def wikidata_tasks() -> list[Task]:
     ]
 
 
+# --- 8. the same three arithmetic axes on generated items (no BIG-bench needed) -----
+def synthetic_arithmetic_tasks() -> list[Task]:
+    """The three always-available arithmetic families: digits, shots and number of options,
+    on the same levels and templates as their BIG-bench namesakes."""
+    tasks = [
+        Task(name=f"synth_arithmetic:{d}", family="synth_arithmetic", axis="digits", level=d,
+             level_rank=d - 1, kind="mc", loader=lambda d=d: synthetic_arithmetic_items(d),
+             template=Template(), license=SYNTH_LICENSE, source=SYNTH_SOURCE,
+             description=f"{d}-digit +, -, x; 7 choices: 5 numbers, 'banana', 'house' "
+                         "(generated)")
+        for d in DIGITS
+    ]
+    tasks += [
+        Task(name=f"synth_arithmetic_shots:{k}", family="synth_arithmetic_shots", axis="shots",
+             level=k, level_rank=rank, kind="mc", shots=k,
+             loader=lambda: synthetic_arithmetic_items(2), template=Template(separator="\n"),
+             license=SYNTH_LICENSE, source=SYNTH_SOURCE, selection_key="synth_arithmetic_shots",
+             paired_levels=True,
+             description=f"2-digit arithmetic with {k} seeded demonstrations (generated)")
+        for rank, k in enumerate(SHOTS)
+    ]
+    levels = ((2, 2), (4, 4), ("all", None))
+    tasks += [
+        Task(name=f"synth_options:{label}", family="synth_options", axis="options", level=label,
+             level_rank=rank, kind="mc", paired_levels=True,
+             loader=lambda k=k: restrict_options(synthetic_arithmetic_items(1), k),
+             template=Template(), license=SYNTH_LICENSE, source=SYNTH_SOURCE,
+             selection_key="synth_options",
+             description=f"the same 1-digit sums with {label} options (generated)")
+        for rank, (label, k) in enumerate(levels)
+    ]
+    return tasks
+
+
 def builtin_tasks() -> list[Task]:
     """The prompted suite (the encoder track's `finetune` levels are in
     `prunelab.tasks.classification`)."""
     from prunelab.tasks.squad import squad_tasks
-    from prunelab.tasks.synthetic_arithmetic import synthetic_arithmetic_tasks
     from prunelab.tasks.ui_messages import ui_tasks
 
     bigbench = (arithmetic_tasks() + object_tasks() + squad_tasks() + shots_tasks()

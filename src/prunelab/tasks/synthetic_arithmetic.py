@@ -7,8 +7,8 @@ it, one of about its size far away) and the words "banana" and "house". Everythi
 from a generator seeded by the level and item number, so the items are the same on every
 machine and every run.
 
-The families built on these items carry their own names (`synth_arithmetic`, `synth_options`,
-`synth_arithmetic_shots`), never BIG-bench's: a result under `arithmetic:2` always means
+The families built on these items (in `prunelab.tasks.suite`) carry their own names
+(`synth_arithmetic`, `synth_options`, `synth_arithmetic_shots`), never BIG-bench's: a result under `arithmetic:2` always means
 BIG-bench's items.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 
-from prunelab.tasks.base import Item, Task, Template
+from prunelab.tasks.base import Item
 
 OPERATIONS = {"addition": ("plus", lambda a, b: a + b),
               "subtraction": ("minus", lambda a, b: a - b),
@@ -71,37 +71,3 @@ def generate_item(operation: str, digits: int, index: int) -> Item:
 def synthetic_arithmetic_items(digits: int) -> tuple[Item, ...]:
     return tuple(generate_item(operation, digits, index) for operation in OPERATIONS
                  for index in range(ITEMS_PER_OPERATION))
-
-
-def synthetic_arithmetic_tasks() -> list[Task]:
-    """The three always-available arithmetic families: digits, shots and number of options,
-    on the same levels and templates as their BIG-bench namesakes."""
-    from prunelab.tasks.suite import SHOTS, restrict_options
-
-    tasks = [
-        Task(name=f"synth_arithmetic:{d}", family="synth_arithmetic", axis="digits", level=d,
-             level_rank=d - 1, kind="mc", loader=lambda d=d: synthetic_arithmetic_items(d),
-             template=Template(), license=LICENSE, source=SOURCE,
-             description=f"{d}-digit +, -, x; 7 choices: 5 numbers, 'banana', 'house' "
-                         "(generated)")
-        for d in DIGITS
-    ]
-    tasks += [
-        Task(name=f"synth_arithmetic_shots:{k}", family="synth_arithmetic_shots", axis="shots",
-             level=k, level_rank=rank, kind="mc", shots=k,
-             loader=lambda: synthetic_arithmetic_items(2), template=Template(separator="\n"),
-             license=LICENSE, source=SOURCE, selection_key="synth_arithmetic_shots",
-             paired_levels=True,
-             description=f"2-digit arithmetic with {k} seeded demonstrations (generated)")
-        for rank, k in enumerate(SHOTS)
-    ]
-    levels = ((2, 2), (4, 4), ("all", None))
-    tasks += [
-        Task(name=f"synth_options:{label}", family="synth_options", axis="options", level=label,
-             level_rank=rank, kind="mc", paired_levels=True,
-             loader=lambda k=k: restrict_options(synthetic_arithmetic_items(1), k),
-             template=Template(), license=LICENSE, source=SOURCE, selection_key="synth_options",
-             description=f"the same 1-digit sums with {label} options (generated)")
-        for rank, (label, k) in enumerate(levels)
-    ]
-    return tasks
