@@ -10,10 +10,8 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,6 +24,7 @@ from prunelab.errors import PrunelabError
 from prunelab.study.plan import CompressionPoint, TaskInfo
 from prunelab.study.ray_executor import (GIB, PointNeeds, point_needs, ray_installed,
                                          resolve_address, unmet)
+from prunelab.study.ray_testing import HOST, LoopbackCluster, free_port, pids_mentioning
 from prunelab.study.recipe import parse_recipe
 from prunelab.study.runner import PointWork, run_study
 from prunelab.study.store import Store
@@ -48,8 +47,6 @@ RECIPE = {"name": "fake-ray", "models": ["smollm2-135m"], "tasks": ["digits"], "
                            {"method": "wanda", "sparsity": [0.5]}],
           "eval": {"limit": 20}, "analysis": {"n_boot": 100}}
 POINTS = 16
-# Loopback, but not 127.0.0.1: Ray replaces that address by the machine's network address.
-HOST = "127.0.0.2"
 COMPARE_RUNS = Path(__file__).parents[1] / "bench" / "compare_runs.py"
 
 
@@ -60,112 +57,11 @@ def _compare(a: Path, b: Path) -> tuple[int, list[str]]:
     return module.compare(a, b)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _ray_cli() -> str:
-    return str(Path(sys.executable).parent / "ray")
-
-
-class Cluster:
-    """A head and a second worker node, one CPU each, on loopback."""
-
-    def __init__(self):
-        self.temp = tempfile.mkdtemp(prefix="prl-ray-", dir="/tmp")  # short: socket paths
-        self.port = _free_port()
-        self.address = f"{HOST}:{self.port}"
-        self.groups: list[subprocess.Popen] = []
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": self.temp}
-
-    def _start(self, *args: str) -> None:
-        log = open(Path(self.temp) / f"node-{len(self.groups)}.log", "wb")
-        self.groups.append(subprocess.Popen(
-            [_ray_cli(), "start", "--node-ip-address", HOST, "--num-cpus", "1",
-             "--disable-usage-stats", "--block", *args],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True))
-
-    def start(self) -> None:
-        self._start("--head", "--port", str(self.port), "--include-dashboard=false",
-                    "--temp-dir", self.temp)
-        self._wait(lambda: _answers(HOST, self.port), "the head")
-        self._start("--address", self.address)
-        self._wait(lambda: self.alive_nodes() == 2, "the second node")
-
-    def alive_nodes(self) -> int:
-        import ray
-
-        ray.init(address=self.address, log_to_driver=False, logging_level="ERROR")
-        try:
-            return sum(n["Alive"] for n in ray.nodes())
-        finally:
-            ray.shutdown()
-
-    def _wait(self, ready, what: str, seconds: float = 180) -> None:
-        deadline = time.monotonic() + seconds
-        while not ready():
-            if time.monotonic() > deadline or any(g.poll() is not None for g in self.groups):
-                logs = "\n".join(p.read_text(errors="replace")[-2000:]
-                                 for p in Path(self.temp).glob("node-*.log"))
-                raise RuntimeError(f"{what} of the test's Ray cluster did not start:\n{logs}")
-            time.sleep(1)
-
-    def stop(self) -> None:
-        """Every process this cluster started: both process groups, then any worker left
-        (found by this cluster's own temp directory on its command line)."""
-        for group in self.groups:
-            _kill_group(group, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while any(g.poll() is None for g in self.groups) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for group in self.groups:
-            _kill_group(group, signal.SIGKILL)
-            group.wait()
-        for pid in _pids_mentioning(self.temp):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _kill_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    started = Cluster()
-    try:
-        started.start()
+    with LoopbackCluster(nodes=2) as started:
         yield started
-    finally:
-        started.stop()
-    assert _pids_mentioning(started.temp) == []
+    assert pids_mentioning(started.temp) == []  # every process it started is gone
 
 
 @pytest.fixture(scope="module")
@@ -198,40 +94,49 @@ def test_killed_worker_is_retried_and_nothing_finished_recomputed(cluster, local
                                                                   tmp_path):
     from prunelab.study.ray_executor import RayExecutor
 
+    def kill_the_fourth(marker: dict) -> None:
+        os.kill(marker["pid"], signal.SIGKILL)
+
+    run_dir, started = _run_killing(cluster, tmp_path, kill_the_fourth)
+    evaluated = Counter(tuple(m["point"]) for m in started)
+    # Every point evaluated once, the one killed mid-way twice: nothing finished recomputed.
+    assert len(evaluated) == POINTS and evaluated[tuple(started[3]["point"])] == 2
+    assert sum(evaluated.values()) == POINTS + 1
+    assert _compare(local_run, run_dir)[1] == []
+
+
+def _run_killing(cluster, tmp_path, kill) -> tuple[Path, list[dict]]:
+    """Run the study on the cluster; when the fourth evaluation starts, `kill(its marker)`.
+    Returns the run directory and every evaluation's marker, in the order they started."""
+    from prunelab.study.ray_executor import RayExecutor
+
     markers = tmp_path / "markers"
     markers.mkdir()
-    killed: list[int] = []
+    killed = threading.Event()
 
-    def kill_a_worker_mid_point():
-        """Wait for the fourth evaluation to start, then kill -9 the process running it."""
+    def killer() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             found = sorted(markers.iterdir(), key=lambda p: p.stat().st_mtime_ns)
             if len(found) >= 4:
-                pid = json.loads(found[3].read_text())["pid"]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+                kill(json.loads(found[3].read_text()))
+                killed.set()
                 return
             time.sleep(0.02)
 
-    killer = threading.Thread(target=kill_a_worker_mid_point, daemon=True)
-    killer.start()
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
     run_dir = tmp_path / "ray"
     backend = FakeBackend(eval_sleep=0.5, marker_dir=str(markers))
     out = run_study(parse_recipe(RECIPE), run_dir, backend=backend,
                     executor=RayExecutor(cluster.address), progress=False)
-    killer.join()
-    assert killed, "no worker was killed"
+    thread.join()
+    assert killed.is_set(), "nothing was killed"
     assert out.points_run == out.points_total == POINTS
     with Store.in_dir(run_dir) as store:
         assert len(store.finished_keys()) == POINTS
     started = sorted(markers.iterdir(), key=lambda p: p.stat().st_mtime_ns)
-    evaluated = Counter(tuple(json.loads(p.read_text())["point"]) for p in started)
-    interrupted = tuple(json.loads(started[3].read_text())["point"])
-    # Every point evaluated once, the one killed mid-way twice: nothing finished recomputed.
-    assert len(evaluated) == POINTS and evaluated[interrupted] == 2
-    assert sum(evaluated.values()) == POINTS + 1
-    assert _compare(local_run, run_dir)[1] == []
+    return run_dir, [json.loads(p.read_text()) for p in started]
 
 
 class GpuFakeBackend(FakeBackend):
@@ -248,6 +153,18 @@ def test_cluster_without_a_gpu_refuses_before_writing(cluster, tmp_path):
                   executor=RayExecutor(cluster.address), progress=False)
     assert "largest node: 1 CPU, 0 GPU" in str(info.value)
     assert not run_dir.exists()
+
+
+@on_cluster
+def test_lost_node_is_survived(cluster, local_run, tmp_path):
+    """The second node dies (its whole process group, kill -9) mid-run: its worker is
+    restarted on the head and the study completes. Last of the cluster tests: it leaves one
+    node."""
+    run_dir, started = _run_killing(cluster, tmp_path, lambda marker: cluster.kill_node(1))
+    evaluated = Counter(tuple(m["point"]) for m in started)
+    assert len(evaluated) == POINTS and max(evaluated.values()) <= 2
+    assert POINTS <= sum(evaluated.values()) <= POINTS + 1  # at most the one it was running
+    assert _compare(local_run, run_dir)[1] == []
 
 
 # -- what a point declares (no cluster) --------------------------------------------------------
@@ -301,7 +218,7 @@ def test_unknown_executor(recipe_file, tmp_path):
 def test_unreachable_address_is_refused_quickly(recipe_file, tmp_path):
     started = time.monotonic()
     result = run("study", str(recipe_file), "--executor", "ray", "--address",
-                 f"{HOST}:{_free_port()}", "--run-dir", str(tmp_path / "run"))
+                 f"{HOST}:{free_port()}", "--run-dir", str(tmp_path / "run"))
     assert_user_error(result, "no Ray cluster answers at 127.0.0.2")
     assert time.monotonic() - started < 10
     assert not (tmp_path / "run").exists()
