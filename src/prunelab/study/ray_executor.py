@@ -199,7 +199,9 @@ class SpilledResult:
 class PointActor:
     """One worker process: a `PointWorker` that keeps its model between points."""
 
-    def __init__(self, make_worker, shared_dir: str, inline_bytes: int):
+    def __init__(self, make_worker, shared_dir: str, inline_bytes: int, cwd: str):
+        if Path(cwd).is_dir():  # the driver's: a recipe's relative paths mean the same here
+            os.chdir(cwd)
         self.worker = make_worker()
         self.shared_dir = Path(shared_dir)
         self.inline_bytes = inline_bytes
@@ -339,7 +341,7 @@ class RayExecutor:
                 actor = remote.options(
                     num_cpus=need.cpus, num_gpus=need.gpus, memory=need.memory,
                     max_restarts=self.max_retries, max_task_retries=self.max_retries,
-                ).remote(make_worker, str(self.artifacts), self.inline_bytes)
+                ).remote(make_worker, str(self.artifacts), self.inline_bytes, os.getcwd())
                 slots.append(_Slot(actor, model, deque()))
         running: dict[Any, tuple[_Slot, PointWork]] = {}
 
