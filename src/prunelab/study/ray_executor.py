@@ -111,12 +111,13 @@ def point_needs(work: PointWork, device_type: str | None,
     """What one point needs: its CPUs; one GPU when the study runs on a GPU; memory for the
     model and its dense copy (kept to restore between compressions), plus working room for
     calibration activations and statistics when a stage is calibrated, and the optimizer's
-    state when the point fine-tunes."""
+    state when the point fine-tunes (a `finetune` task, a `transfer` stage)."""
     weights = model_bytes(work.model)
     copies = 2.0  # the model and its pristine dense copy
     if any(c is not None for c in work.compression.calibration):
         copies += 1.0  # activations, Hessians, a layer's copy while it is pruned
-    if work.task.kind == "finetune":
+    if work.task.kind == "finetune" or any(stage.kind == "transfer"
+                                           for stage in work.compression.stages):
         copies += 3.0  # gradients and AdamW's two moments
     gpus = 1.0 if device_type not in (None, "cpu") else 0.0
     return PointNeeds(float(cpus), gpus, int(BASE_MEMORY + copies * weights))
