@@ -155,6 +155,32 @@ def test_cluster_without_a_gpu_refuses_before_writing(cluster, tmp_path):
     assert not run_dir.exists()
 
 
+class ElsewhereBackend(FakeBackend):
+    """Other software versions in every process but the one that made it (a Ray worker)."""
+
+    def __init__(self):
+        super().__init__()
+        self.driver = os.getpid()
+
+    def versions(self) -> dict:
+        found = super().versions()
+        return found if os.getpid() == self.driver else {**found, "fake": "2"}
+
+
+@on_cluster
+def test_a_node_with_other_versions_is_refused(cluster, tmp_path):
+    import ray.cloudpickle
+
+    from prunelab.study.ray_executor import RayExecutor
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import it
+    with pytest.raises(PrunelabError, match="runs other software than the driver"):
+        run_study(parse_recipe(RECIPE), tmp_path / "run", backend=ElsewhereBackend(),
+                  executor=RayExecutor(cluster.address), progress=False)
+    with Store.in_dir(tmp_path / "run") as store:
+        assert store.finished_keys() == set()
+
+
 @on_cluster
 def test_lost_node_is_survived(cluster, local_run, tmp_path):
     """The second node dies (its whole process group, kill -9) mid-run: its worker is

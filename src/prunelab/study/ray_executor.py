@@ -200,17 +200,30 @@ class SpilledResult:
 class PointActor:
     """One worker process: a `PointWorker` that keeps its model between points."""
 
-    def __init__(self, make_worker, shared_dir: str, inline_bytes: int, cwd: str):
+    def __init__(self, make_worker, shared_dir: str, inline_bytes: int, cwd: str,
+                 versions: dict):
         if Path(cwd).is_dir():  # the driver's: a recipe's relative paths mean the same here
             os.chdir(cwd)
         self.worker = make_worker()
         self.shared_dir = Path(shared_dir)
         self.inline_bytes = inline_bytes
+        # The points' keys hold the driver's software versions: a node that runs other
+        # versions would store results under keys that do not describe them.
+        backend = getattr(self.worker, "backend", None)
+        found = backend.versions() if backend is not None else versions
+        self.mismatch = {k: (versions.get(k), found.get(k)) for k in versions.keys() | found
+                         if versions.get(k) != found.get(k)}
 
     def pid(self) -> int:
         return os.getpid()
 
     def run(self, work: PointWork) -> PointResult | SpilledResult:
+        if self.mismatch:
+            differ = ", ".join(f"{k} {a} here {b} there" for k, (a, b) in
+                               sorted(self.mismatch.items()))
+            raise PrunelabError(f"a Ray node runs other software than the driver ({differ})",
+                                "install the same prunelab, torch and transformers on every "
+                                "node")
         result = self.worker(work)
         data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         if len(data) <= self.inline_bytes:
@@ -265,6 +278,7 @@ class RayExecutor:
         self.inline_bytes = inline_bytes
         self.device_type: str | None = None
         self.artifacts: Path | None = None  # set by `check`
+        self.versions: dict | None = None  # the driver's, which the points' keys hold
         self._ray = None
 
     # The runner calls `check` after planning and before it writes anything.
@@ -273,6 +287,7 @@ class RayExecutor:
 
         # This run's own folder: what it leaves there is removed at the end, nothing else.
         self.artifacts = (self.shared_dir or Path(run_dir)) / f"ray-artifacts-{uuid.uuid4().hex[:8]}"
+        self.versions = study.versions
         device = getattr(study.backend, "device", None)
         self.device_type = getattr(device, "type", device)
         ray = self._connect()
@@ -323,7 +338,7 @@ class RayExecutor:
             return
         ray = self._connect()
         needs = self._needs(items)
-        if self.artifacts is None:
+        if self.artifacts is None or self.versions is None:
             raise PrunelabError("RayExecutor.map was called before check",
                                 "run it through prunelab.study.runner.run_study")
         units: dict[str, deque[deque]] = {}
@@ -342,7 +357,8 @@ class RayExecutor:
                 actor = remote.options(
                     num_cpus=need.cpus, num_gpus=need.gpus, memory=need.memory,
                     max_restarts=self.max_retries, max_task_retries=self.max_retries,
-                ).remote(make_worker, str(self.artifacts), self.inline_bytes, os.getcwd())
+                ).remote(make_worker, str(self.artifacts), self.inline_bytes, os.getcwd(),
+                          self.versions)
                 slots.append(_Slot(actor, model, deque()))
         running: dict[Any, tuple[_Slot, PointWork]] = {}
 
