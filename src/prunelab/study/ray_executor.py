@@ -264,8 +264,9 @@ class _Slot:
 class RayExecutor:
     """Runs points on the Ray cluster at `address` (HOST:PORT or "auto"), yielding each
     result as it arrives. `shared_dir`: where large results travel (default: the run
-    directory); each run uses a folder of its own there, removed at the end; `max_retries`: how often a lost worker
-    is restarted and its point retried before the study stops (finished points are kept)."""
+    directory; each run uses a folder of its own there, removed at the end); `max_retries`:
+    how often a lost worker is restarted and its point retried before the study stops
+    (finished points are kept)."""
 
     def __init__(self, address: str = "auto", shared_dir: str | Path | None = None,
                  max_retries: int = RAY_MAX_RETRIES, cpus_per_point: float = RAY_CPUS_PER_POINT,
@@ -286,7 +287,8 @@ class RayExecutor:
         from prunelab.study.runner import pending_work
 
         # This run's own folder: what it leaves there is removed at the end, nothing else.
-        self.artifacts = (self.shared_dir or Path(run_dir)) / f"ray-artifacts-{uuid.uuid4().hex[:8]}"
+        folder = f"ray-artifacts-{uuid.uuid4().hex[:8]}"
+        self.artifacts = (self.shared_dir or Path(run_dir)) / folder
         self.versions = study.versions
         device = getattr(study.backend, "device", None)
         self.device_type = getattr(device, "type", device)
@@ -395,7 +397,13 @@ class RayExecutor:
             if isinstance(cause, BaseException):
                 raise cause from None
             raise
-        except RayActorError:
+        except RayActorError as exc:
+            if exc.actor_init_failed:  # it never ran a point: the same error on every retry
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                last = lines[-1] if lines else type(exc).__name__
+                raise PrunelabError(f"a Ray worker could not start: {last}",
+                                    "run the same prunelab, Python and Ray on every node as "
+                                    "on this one") from None
             raise PrunelabError(
                 f"the Ray worker running {work.model} {work.compression.label}: "
                 f"{work.task.name} was lost {self.max_retries + 1} times",
