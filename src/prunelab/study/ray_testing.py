@@ -3,7 +3,8 @@
     with LoopbackCluster(nodes=2) as cluster:
         run_study(recipe, run_dir, executor=RayExecutor(cluster.address))
 
-A head (`ray start --head`) and `nodes - 1` more nodes (`ray start --address`), one CPU each,
+A head (`ray start --head`) and `nodes - 1` more nodes (`ray start --address`), one CPU and
+8 GiB of memory (as Ray's scheduling resource) each,
 each `ray start --block` in a process group of its own; leaving the block kills both groups
 and any Ray worker left behind (found by the cluster's own temp directory on its command
 line), whatever happened, and removes the temp directory. Nothing is sent off this machine:
@@ -24,6 +25,9 @@ from pathlib import Path
 
 HOST = "127.0.0.2"
 START_SECONDS = 180  # a loaded 2-core machine takes ~30 s per node
+# Each node's memory resource, declared rather than measured: Ray would count the memory free
+# at its start, which on a shared machine may be less than one point declares.
+NODE_MEMORY = 8 * 1024**3
 
 
 def free_port() -> int:
@@ -47,7 +51,10 @@ class LoopbackCluster:
         self.port = free_port()
         self.address = f"{HOST}:{self.port}"
         self.groups: list[subprocess.Popen] = []  # one per node, head first
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": self.temp}
+        # Ray's memory monitor off: on a shared machine short of memory it kills workers at
+        # random, and the tests count exactly which points ran twice.
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": self.temp,
+                    "RAY_memory_monitor_refresh_ms": "0"}
 
     def __enter__(self) -> LoopbackCluster:
         try:
@@ -65,7 +72,7 @@ class LoopbackCluster:
             ray_cli = str(Path(sys.executable).parent / "ray")
             self.groups.append(subprocess.Popen(
                 [ray_cli, "start", "--node-ip-address", HOST, "--num-cpus", str(self.cpus),
-                 "--disable-usage-stats", "--block", *args],
+                 "--memory", str(NODE_MEMORY), "--disable-usage-stats", "--block", *args],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True))
 
     def start(self) -> None:
