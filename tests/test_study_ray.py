@@ -230,7 +230,10 @@ def test_address_without_ray_executor(recipe_file, tmp_path):
     result = run("study", str(recipe_file), "--address", "10.0.0.1:6379",
                  "--run-dir", str(tmp_path / "run"))
     assert_user_error(result, "--address is for a Ray cluster")
-    assert not (tmp_path / "run").exists()
+    result = run("study", str(recipe_file), "--shared-dir", str(tmp_path / "shared"),
+                 "--run-dir", str(tmp_path / "run"))
+    assert_user_error(result, "--shared-dir is for a Ray cluster")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "shared").exists()
 
 
 def test_unknown_executor(recipe_file, tmp_path):
