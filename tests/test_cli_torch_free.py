@@ -68,6 +68,8 @@ REFUSALS = [
     (["eval", "smollm2-135m", "--tasks", "no-such-task"], "unknown task"),
     (["tasks", "no-such-family"], "unknown task"),
     (["study", "no-such-recipe.yaml"], "no-such-recipe.yaml"),
+    (["study", "recipes/demo.yaml", "--address", "10.0.0.1:6379"], "is for a Ray cluster"),
+    (["study", "recipes/demo.yaml", "--executor", "dask"], "is not one of local, ray"),
 ]
 
 # Runs every case in one fresh process, one after the other, and reports after each whether

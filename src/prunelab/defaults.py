@@ -28,3 +28,11 @@ QUANT_GROUP_SIZE = 128
 EVAL_BATCH_SIZE = 16
 PRUNE_BATCH_SIZE = 8         # calibration windows per forward pass while pruning
 PERPLEXITY_BATCH_SIZE = 4    # windows per forward pass of a perplexity measurement
+
+# Studies on a Ray cluster (`prunelab study --executor ray`, `prunelab.study.ray_executor`).
+RAY_CPUS_PER_POINT = 1       # CPUs a point's worker reserves (its torch threads)
+RAY_MAX_RETRIES = 3          # restarts of a lost worker, and retries of its point, before giving up
+RAY_CONNECT_TIMEOUT_S = 5.0  # an --address that does not answer within this is refused
+# A point's result larger than this (pickled) goes through the shared directory, not Ray's
+# object store; Ray itself inlines objects up to 100 KB in the reply.
+RAY_INLINE_RESULT_BYTES = 100_000

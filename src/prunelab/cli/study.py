@@ -14,6 +14,7 @@ import typer
 
 from prunelab.checks import check_output_dir, check_output_file
 from prunelab.cli.common import Interrupted, app
+from prunelab.errors import PrunelabError
 
 
 def _overrides(sets: list[str] | None, models: list[str] | None, tasks: list[str] | None,
@@ -80,8 +81,32 @@ def _points_kept(run_dir: Path) -> int:
         return len(store.finished_keys())
 
 
+EXECUTORS = ("local", "ray")
+
+
+def _executor(name: str, address: str | None, shared_dir: Path | None, dry: bool):
+    """The executor the options name, refused in one line before anything is loaded: an
+    --address or --shared-dir without --executor ray, Ray missing, an address that does not
+    answer."""
+    if name not in EXECUTORS:
+        raise PrunelabError(f"--executor {name!r} is not one of {', '.join(EXECUTORS)}",
+                            "pass --executor local (the default) or --executor ray")
+    if name != "ray":
+        for option, value in (("--address", address), ("--shared-dir", shared_dir)):
+            if value is not None:
+                raise PrunelabError(f"{option} is for a Ray cluster, and the executor is "
+                                    f"{name}", f"add --executor ray, or drop {option}")
+        return None
+    from prunelab.study.ray_executor import RayExecutor, require_ray
+
+    require_ray()
+    if shared_dir is not None:
+        check_output_dir(shared_dir, "--shared-dir")
+    return None if dry else RayExecutor(address or "auto", shared_dir)
+
+
 def _run(recipe, run_dir: Path, force: bool, dry: bool, report: bool,
-         device: str | None = None, progress: bool = True) -> None:
+         device: str | None = None, progress: bool = True, executor=None) -> None:
     from prunelab.study.backend import PrunelabBackend
     from prunelab.study.runner import StudyInterrupted, dry_run, run_study
 
@@ -92,7 +117,8 @@ def _run(recipe, run_dir: Path, force: bool, dry: bool, report: bool,
         _print_dry_run(dry_run(recipe, backend, run_dir=run_dir))
         return
     try:
-        outcome = run_study(recipe, run_dir, force=force, backend=backend, progress=progress)
+        outcome = run_study(recipe, run_dir, force=force, backend=backend, progress=progress,
+                            executor=executor)
     except StudyInterrupted as exc:  # Ctrl-C, or SIGTERM (see `prunelab.cli.main`)
         raise Interrupted(str(exc)) from None
     except KeyboardInterrupt:  # before the runner started its points
@@ -125,6 +151,14 @@ def study(
     device: Optional[str] = typer.Option(None, help="run models there, e.g. cuda "
                                          "(default: the CPU)"),
     progress: bool = typer.Option(True, help="show a progress bar with an ETA"),
+    executor: str = typer.Option("local", help="where points run: local (this process) or "
+                                 "ray (a Ray cluster; needs prunelab[ray])"),
+    address: Optional[str] = typer.Option(None, help="with --executor ray: the cluster's head, "
+                                          "HOST:PORT, or auto (the one started on this "
+                                          "machine; the default)"),
+    shared_dir: Optional[Path] = typer.Option(None, help="with --executor ray: where large "
+                                              "results travel, a path every node sees "
+                                              "(default: the run directory)"),
 ) -> None:
     """Run (or resume) a pruning study; finished points are never recomputed."""
     from prunelab.study.checks import check_recipe
@@ -132,8 +166,9 @@ def study(
 
     if not dry_run:
         check_output_dir(run_dir, "--run-dir")  # before the recipe's checks load anything
+    runner = _executor(executor, address, shared_dir, dry_run)
     r = load_recipe(recipe, _overrides(set_, model, tasks, limit, seed), check=check_recipe)
-    _run(r, run_dir or Path("runs") / r.name, force, dry_run, report, device, progress)
+    _run(r, run_dir or Path("runs") / r.name, force, dry_run, report, device, progress, runner)
 
 @app.command()
 def demo(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 from prunelab.study.plan import CompressionPoint, TaskInfo
@@ -31,6 +32,10 @@ class Backend(Protocol):
                  batch_size: int) -> tuple[list[dict], dict]: ...
     def estimate(self, recipe: Recipe, model: str, point: CompressionPoint,
                  tasks: list[TaskInfo]) -> tuple[float, float]: ...  # (compress s, eval s)
+
+
+# Local task files whose tasks this process has registered.
+_REGISTERED_FILES: set[str] = set()
 
 
 class _Handle:
@@ -81,6 +86,9 @@ class PrunelabBackend:
 
         self.device = resolve_device(device)
         self.cache: dict[str, Any] = {}  # what measures keep for the whole study (a judge)
+        # Local task spec files the recipe selects (absolute): a worker process of a
+        # distributed executor registers their tasks before it evaluates any.
+        self.task_files: list[str] = []
 
     def versions(self) -> dict:
         from prunelab.checkpoint import versions
@@ -103,6 +111,9 @@ class PrunelabBackend:
         if any(is_spec_path(s) for s in selectors):
             for task in tasks:  # tasks from local spec files: findable by name from now on
                 register(task)
+            self.task_files = [str(Path(s).expanduser().resolve()) for s in selectors
+                               if is_spec_path(s)]
+            _REGISTERED_FILES.update(self.task_files)
         return [TaskInfo(t.name, t.family, t.axis, t.level, t.level_rank, t.chance, t.size,
                          t.kind, t.content_digest, t.paired_levels) for t in tasks]
 
@@ -110,7 +121,20 @@ class PrunelabBackend:
         return stage.needs_calibration()
 
     def load(self, model: str) -> _Handle:
+        self._register_task_files()
         return _Handle(self.load_model(model))
+
+    def _register_task_files(self) -> None:
+        """In a process that did not plan the study (a Ray worker), the recipe's local task
+        files are read here, so that their tasks are found by name."""
+        from prunelab.tasks.local import load_task_file
+        from prunelab.tasks.registry import register
+
+        for path in self.task_files:
+            if path not in _REGISTERED_FILES:
+                for task in load_task_file(path):
+                    register(task)
+                _REGISTERED_FILES.add(path)
 
     def load_model(self, model: str):
         """A zoo model or model directory, on this backend's device."""

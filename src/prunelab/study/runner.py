@@ -276,7 +276,11 @@ def point_row(work: PointWork, summary: dict, seconds: float) -> dict:
 class Executor(Protocol):
     """Runs points and yields their results as they finish, in any order. `make_worker()`
     builds a `PointWorker` (a distributed executor calls it once in each worker process and
-    ships `PointWork` items to it); the driver alone writes the store and the progress bar."""
+    ships `PointWork` items to it); the driver alone writes the store and the progress bar.
+
+    An executor may also have `check(study, run_dir)`, called after planning and before
+    anything is written (a cluster without the resources the points declare is refused
+    there), and `close()`, called when the study ends (`prunelab.study.ray_executor`)."""
 
     def map(self, make_worker: Callable[[], Callable[[PointWork], PointResult]],
             items: list[PointWork]) -> Iterator[PointResult]: ...
@@ -316,6 +320,8 @@ def run_study(recipe: Recipe, run_dir: str | Path, *, force: bool = False,
         study = prepare(recipe, backend)
         # Refused before the lock file is made: a foreign directory is left untouched.
         check_run_dir(run_dir, recipe, force)
+        if hasattr(executor, "check"):
+            executor.check(study, run_dir)
         with run_dir_lock(run_dir):
             claim_run_dir(run_dir, recipe, study.versions, force, study.grid_ids)
             with Store.in_dir(run_dir) as store:
@@ -326,6 +332,9 @@ def run_study(recipe: Recipe, run_dir: str | Path, *, force: bool = False,
         if isinstance(exc, StudyInterrupted):
             raise
         raise StudyInterrupted(run_dir, _points_kept(run_dir)) from None
+    finally:
+        if hasattr(executor, "close"):
+            executor.close()
     return Outcome(run_dir, total, total - len(todo), points_run,
                    time.perf_counter() - started)
 

@@ -66,8 +66,12 @@ class FakeModel:
 
 class FakeBackend:
     def __init__(self, eval_sleep: float = 0.0, compress_sleep: float = 0.0,
-                 versions: dict | None = None, size: int = SIZE):
+                 versions: dict | None = None, size: int = SIZE,
+                 marker_dir: str | None = None):
         self.eval_sleep, self.compress_sleep = eval_sleep, compress_sleep
+        # Each evaluation first leaves a file there naming its process and task: a test of
+        # a distributed executor finds a worker to kill by it, and counts what was computed.
+        self.marker_dir = marker_dir
         self._versions = versions or {"prunelab": "test", "fake": "1"}
         self.size = size
         self.calls: list[tuple] = []  # what was done, for tests to assert on
@@ -200,6 +204,8 @@ class FakeBackend:
 
     def evaluate(self, handle: FakeModel, task: TaskInfo, limit, seed, batch_size):
         self.calls.append(("evaluate", handle.name, task.name))
+        if self.marker_dir is not None:
+            self._mark(handle, task)
         time.sleep(self.eval_sleep)
         family, _, _ = task.name.partition(":")
         _, _, chance, dense_acc, fragility = next(
@@ -230,6 +236,16 @@ class FakeBackend:
         low, high = wilson(score * n, n)
         return examples, {"metric": "accuracy", "n": n, "score": score, "ci_low": low,
                           "ci_high": high, "chance": chance, "at_chance": low <= chance}
+
+    def _mark(self, handle: FakeModel, task: TaskInfo) -> None:
+        import json
+        import os
+        import uuid
+        from pathlib import Path
+
+        label = handle.point.label if handle.point else "dense"
+        path = Path(self.marker_dir) / f"{uuid.uuid4().hex}.json"
+        path.write_text(json.dumps({"pid": os.getpid(), "point": [label, task.name]}))
 
     def estimate(self, recipe, model, point, tasks) -> tuple[float, float]:
         return (0.0 if point.is_dense else self.compress_sleep), self.eval_sleep * len(tasks)
