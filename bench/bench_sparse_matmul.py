@@ -7,7 +7,8 @@ sparsity, it times y = x Wᵀ with W dense and W stored as torch CSR (random uns
 and BSR (a random mask of whole 16×16 blocks, the only kind of mask BSR can skip), fp32, and
 bf16 where torch's CPU kernels take it (CSR/BSR bf16 are not implemented on CPU in torch 2.13:
 the bench says so once and goes on). Every timing is the median of `--repeat` runs of
-`--inner` calls each, all with the same thread count. It prints one row per case with
+`--inner` calls each, dense and sparse timed in turn within each run, all with the same
+thread count. It prints one row per case with
 time ratios dense / sparse (above 1 means the sparse one is faster) and, per shape and
 batch, the crossover: the lowest sparsity from which the sparse kernel is faster at every
 sparsity measured above it.
@@ -57,15 +58,19 @@ def random_mask(shape, sparsity: float, block: int | None, gen) -> torch.Tensor:
     return tiles.repeat_interleave(block, 0).repeat_interleave(block, 1)
 
 
-def median_time(fn, repeat: int, inner: int) -> float:
-    fn()  # warm-up: first-call allocations and kernel selection
-    times = []
+def interleaved_medians(kernels: dict, repeat: int, inner: int) -> dict[str, float]:
+    """Median seconds per call of each kernel, timed in turn within every repeat so that a
+    shared machine's changing load falls on all of them alike."""
+    for fn in kernels.values():
+        fn()  # warm-up: first-call allocations and kernel selection
+    times: dict[str, list[float]] = {name: [] for name in kernels}
     for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - start) / inner)
-    return statistics.median(times)
+        for name, fn in kernels.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[name].append((time.perf_counter() - start) / inner)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def sparse_kernel(weight: torch.Tensor, layout: str):
@@ -117,27 +122,31 @@ def main() -> None:
                     x = torch.randn(batch, cols, generator=gen).to(dtype)
                     inner = args.inner or max(1, int(2e7 // (rows * cols * batch)))
                     dense_w = torch.randn(rows, cols, generator=gen).to(dtype)
-                    dense = median_time(lambda: x @ dense_w.t(), args.repeat, inner)
                     ratios = {"csr": {}, "bsr": {}}
                     for sparsity in args.sparsities:
-                        cells = []
+                        kernels = {"dense": lambda: x @ dense_w.t()}
                         for layout, block in (("csr", None), ("bsr", BLOCK)):
                             mask = random_mask((rows, cols), sparsity, block, gen)
-                            weight = dense_w * mask
-                            run = sparse_kernel(weight, layout)
+                            run = sparse_kernel(dense_w * mask, layout)
                             if run is None:
                                 if (layout, dtype_name) not in warned:
                                     print(f"  ({layout} {dtype_name}: no CPU kernel in this "
                                           "torch; skipped)", flush=True)
                                     warned.add((layout, dtype_name))
                                 continue
-                            t = median_time(lambda: run(x), args.repeat, inner)
-                            ratios[layout][sparsity] = dense / t
-                            cells.append(f"{layout} {t * 1e3:8.3f} ms ({dense / t:5.2f}x)")
-                        if cells:
-                            print(f"{model:18s} {kind:7s} {rows:4d}x{cols:<4d} {dtype_name:8s} "
-                                  f"batch {batch:3d} {sparsity:4.0%}: dense {dense * 1e3:8.3f} "
-                                  f"ms | " + " | ".join(cells), flush=True)
+                            kernels[layout] = (lambda r: lambda: r(x))(run)
+                        if len(kernels) == 1:
+                            continue
+                        t = interleaved_medians(kernels, args.repeat, inner)
+                        cells = []
+                        for layout in ("csr", "bsr"):
+                            if layout in t:
+                                ratios[layout][sparsity] = t["dense"] / t[layout]
+                                cells.append(f"{layout} {t[layout] * 1e3:8.3f} ms "
+                                             f"({t['dense'] / t[layout]:5.2f}x)")
+                        print(f"{model:18s} {kind:7s} {rows:4d}x{cols:<4d} {dtype_name:8s} "
+                              f"batch {batch:3d} {sparsity:4.0%}: dense "
+                              f"{t['dense'] * 1e3:8.3f} ms | " + " | ".join(cells), flush=True)
                     for layout, by_sparsity in ratios.items():
                         if by_sparsity:
                             summary.append((model, kind, f"{rows}x{cols}", dtype_name, batch,

@@ -72,7 +72,12 @@ def isolated_home(tmp_path, monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    # Integration tests share the real model's cache: run them on one worker, in order.
+    import os
+
+    run_slow = os.environ.get("PRUNELAB_SLOW_TESTS") == "1"
     for item in items:
+        # Integration tests share the real model's cache: run them on one worker, in order.
         if item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.xdist_group("integration"))
+        if item.get_closest_marker("slow") and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="opt-in: set PRUNELAB_SLOW_TESTS=1"))

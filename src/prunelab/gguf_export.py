@@ -115,6 +115,9 @@ def check_exportable(directory: str | Path) -> dict:
             (tokenizer.get("decoder") or {}).get("type") != "ByteLevel":
         raise PrunelabError(f"{directory}'s tokenizer is not byte-level BPE, the only kind "
                             "export-gguf writes", "use llama.cpp's own converter for it")
+    if not tokenizer["model"].get("merges"):
+        raise PrunelabError(f"{directory}'s tokenizer has no merges, which llama.cpp's BPE "
+                            "vocabulary needs", "export a model with a trained BPE tokenizer")
     if not list(directory.glob("*.safetensors")):
         raise PrunelabError(f"{directory} has no safetensors weights",
                             "pass a directory written by `prunelab prune --out`")
@@ -142,7 +145,21 @@ def _tokenizer_metadata(writer, directory: Path, config: dict, pre: str) -> None
     writer.add_token_list(tokens)
     writer.add_token_types([int(t) for t in types])
     special = gguf.SpecialVocab(directory, load_merges=True, n_vocab=n_vocab)
+    if "bos" not in special.add_special_token:
+        writer.add_add_bos_token(_adds_bos(raw))
     special.add_to_gguf(writer, quiet=True)
+
+
+def _adds_bos(tokenizer: dict) -> bool:
+    """Whether the tokenizer puts a special token before every text (its post-processor's
+    template starts with one), which llama.cpp must then add too."""
+    post = tokenizer.get("post_processor") or {}
+    processors = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+    for processor in processors:
+        if processor.get("type") == "TemplateProcessing":
+            single = processor.get("single") or []
+            return bool(single) and "SpecialToken" in single[0]
+    return False
 
 
 def _hyperparameters(writer, config: dict, name: str, file_type) -> None:
@@ -276,6 +293,32 @@ def _write_atomically(writer, out: Path) -> None:
         raise
 
 
+def llama_cpp_perplexity(path: str | Path, windows, threads: int | None = None) -> float:
+    """Perplexity that llama.cpp (through llama-cpp-python) gives a GGUF file on `windows`
+    (token ids [n, seqlen]), scored as prunelab scores them: every position but the first of
+    each window predicted from the ones before it."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        raise PrunelabError("llama-cpp-python is not installed",
+                            "pip install llama-cpp-python (it builds llama.cpp)") from None
+    rows = [list(map(int, row)) for row in windows.tolist()]
+    llm = Llama(model_path=str(path), n_ctx=len(rows[0]), n_batch=len(rows[0]),
+                logits_all=True, verbose=False, n_threads=threads or os.cpu_count())
+    total, count = 0.0, 0
+    for row in rows:
+        llm.reset()
+        llm.eval(row)
+        logits = np.asarray(llm.scores[: len(row)], dtype=np.float64)
+        peak = logits.max(axis=1, keepdims=True)
+        log_z = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+        targets = np.asarray(row[1:])
+        total += float((log_z[:-1] - logits[np.arange(len(row) - 1), targets]).sum())
+        count += len(row) - 1
+    llm.close() if hasattr(llm, "close") else None
+    return float(np.exp(total / count))
+
+
 def _source_name(directory: Path) -> str:
     """The model a saved directory came from (prunelab.json), else its folder name."""
     try:
@@ -286,4 +329,4 @@ def _source_name(directory: Path) -> str:
 
 
 __all__ = ["ARCHITECTURES", "GGUF_TYPES", "GgufExport", "check_exportable", "default_output",
-           "export_gguf"]
+           "export_gguf", "llama_cpp_perplexity"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -42,7 +43,9 @@ class CsrLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight_csr = linear.weight.detach().to_sparse_csr()
+        with warnings.catch_warnings():  # torch calls its CSR support "beta" on first use
+            warnings.simplefilter("ignore", UserWarning)
+            self.weight_csr = linear.weight.detach().to_sparse_csr()
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(),
                                                                   requires_grad=False)
 
@@ -163,14 +166,12 @@ def _decode_seconds(model, prompt: torch.Tensor, steps: int) -> float:
     """Seconds for `steps` single-token forwards with the key/value cache (the prompt's own
     forward not counted). The tokens fed are fixed, not sampled, so both models do the same
     work whatever their logits."""
-    out = model(input_ids=prompt, use_cache=True)
-    past = out.past_key_values
+    cache = model(input_ids=prompt, use_cache=True).cache
     feed = prompt[:, -1:]
     _sync(prompt.device)
     start = time.perf_counter()
     for _ in range(steps):
-        out = model(input_ids=feed, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        cache = model(input_ids=feed, cache=cache, use_cache=True).cache
     _sync(prompt.device)
     return time.perf_counter() - start
 
@@ -233,3 +234,59 @@ def measure_speed(model: nn.Module, *, sparse: bool = True, min_sparsity: float 
         result.outputs_match = difference <= tolerance * scale
         result.layers_replaced = replaced
     return result
+
+
+def machine_description() -> str:
+    """The CPU model and core count, or the GPU's name: what a tokens/s figure was measured on."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        text += f"; {torch.cuda.get_device_name()}"
+    return text
+
+
+def inference_record(result: SpeedResult, min_sparsity: float | None) -> dict:
+    """The "inference" entry of prunelab.json: decode tokens/s dense and sparse at the top (what
+    a user of a chat model feels), prefill beside them."""
+    from datetime import datetime, timezone
+
+    def side(kind: str) -> dict:
+        return {"tokens": result.prefill_tokens if kind == "prefill" else result.decode_tokens,
+                "tokens_per_s_dense": getattr(result, f"{kind}_tokens_per_s_dense"),
+                "tokens_per_s_sparse": getattr(result, f"{kind}_tokens_per_s_sparse"),
+                "speedup": result.speedup(kind)}
+    decode = side("decode")
+    return {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_description(), "device": result.device,
+            "threads": result.threads, "dtype": result.dtype,
+            "runtime": ("semi-structured 2:4" if result.device.startswith("cuda") else "csr")
+            if result.sparse_layers else None,
+            "min_sparsity": min_sparsity if result.sparse_layers else None,
+            "tokens_per_s_dense": decode["tokens_per_s_dense"],
+            "tokens_per_s_sparse": decode["tokens_per_s_sparse"],
+            "speedup": decode["speedup"], "decode": decode, "prefill": side("prefill"),
+            "sparse_layers": result.sparse_layers, "dense_layers": result.dense_layers,
+            "repeats": result.repeats, "outputs_match": result.outputs_match,
+            "max_abs_logit_difference": result.max_abs_logit_difference}
+
+
+def record_inference(directory, record: dict) -> None:
+    """Put `record` under "inference" in the directory's prunelab.json (rewritten atomically)."""
+    from pathlib import Path
+
+    from prunelab.paths import write_json_atomic
+    from prunelab.zoo.provenance import PROVENANCE_FILE, read_provenance_file
+
+    data = read_provenance_file(directory)
+    data["inference"] = record
+    write_json_atomic(Path(directory) / PROVENANCE_FILE, data)

@@ -15,7 +15,7 @@ import click
 import typer
 
 # Each module registers its commands on import; `prunelab --help` lists them in this order.
-from prunelab.cli import compress, evaluate, study, catalogue, route  # noqa: F401,I001
+from prunelab.cli import compress, evaluate, study, catalogue, route, inference  # noqa: F401,I001
 from prunelab.cli.common import Interrupted, app
 from prunelab.errors import PrunelabError
 
