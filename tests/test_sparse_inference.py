@@ -170,6 +170,8 @@ def test_speed_records_inference_in_prunelab_json(tmp_path):
     assert inference["min_sparsity"] == 0.9 and inference["sparse_layers"] == 14
     assert inference["tokens_per_s_dense"] > 0 and inference["speedup"] > 0
     assert not list(path.glob(".prunelab.json.tmp-*"))
+    shown = run("info", str(path))
+    assert shown.returncode == 0 and "with the sparse runtime" in shown.stdout
 
 
 def test_speed_without_the_runtime_measures_dense_only(tmp_path):
