@@ -277,6 +277,18 @@ def test_export_gguf_command_and_its_refusals(tmp_path):
     assert not list(tmp_path.glob("gpt2*.gguf")) and not list(tmp_path.glob(".*.tmp-*"))
 
 
+def test_export_refuses_shapes_it_cannot_describe(tmp_path):
+    path, _ = _saved(tmp_path, sparsity=0.5)
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "intermediate_size": 100}))
+    assert_user_error(run("export-gguf", str(path), "--type", "Q4_0"),
+                      "are not all multiples of 32")
+    # F16 takes any width, but the weights (128 wide) disagree with the config (100)
+    assert_user_error(run("export-gguf", str(path), "--type", "F16"), "its config describes")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp-*"))
+
+
 def test_an_interrupted_export_leaves_nothing(tmp_path, monkeypatch):
     import prunelab.gguf_export as export
 

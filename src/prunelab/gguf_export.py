@@ -86,9 +86,9 @@ def read_config(directory: Path) -> dict:
     return config
 
 
-def check_exportable(directory: str | Path) -> dict:
-    """The model's config, when its architecture, tokenizer and weights can be exported;
-    one line naming what is missing otherwise. Reads no weights."""
+def check_exportable(directory: str | Path, type: str = "F16") -> dict:
+    """The model's config, when its architecture, shapes, tokenizer and weights can be
+    exported as `type`; one line naming what is missing otherwise. Reads no weights."""
     directory = Path(directory)
     if not directory.is_dir():
         raise PrunelabError(f"{directory} is not a directory",
@@ -100,6 +100,16 @@ def check_exportable(directory: str | Path) -> dict:
             f"export-gguf takes Llama and Qwen2 models; {directory} is {model_type!r}",
             "export a llama or qwen2 model (e.g. smollm2-135m, qwen2.5-coder-0.5b), or use "
             "llama.cpp's convert_hf_to_gguf.py for this one")
+    widths = {"hidden_size": config.get("hidden_size"),
+              "intermediate_size": config.get("intermediate_size")}
+    if not all(isinstance(w, int) for w in widths.values()):
+        raise PrunelabError(f"{directory}'s config gives per-layer widths ({widths}), which "
+                            "one GGUF architecture entry cannot hold",
+                            "export a model whose blocks all have the same shapes")
+    if type != "F16" and any(w % 32 for w in widths.values()):
+        raise PrunelabError(f"{type} codes blocks of 32 weights, and {directory}'s widths "
+                            f"{sorted(widths.values())} are not all multiples of 32",
+                            "export it with --type F16")
     if config.get("rope_scaling"):
         raise PrunelabError(f"{directory} uses rope scaling {config['rope_scaling']}, which "
                             "export-gguf does not write", "export a model without rope_scaling")
@@ -190,6 +200,26 @@ def _permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
+def _check_shape(gguf_name: str, shape: tuple, config: dict, weights_file: Path) -> None:
+    """A block matrix has the shape the config promises llama.cpp (a structurally pruned
+    model whose blocks differ cannot be described by one set of hyperparameters)."""
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    expected = {"attn_q.weight": (heads * head_dim, hidden),
+                "attn_k.weight": (kv * head_dim, hidden), "attn_v.weight": (kv * head_dim, hidden),
+                "attn_output.weight": (hidden, heads * head_dim),
+                "ffn_gate.weight": (inter, hidden), "ffn_up.weight": (inter, hidden),
+                "ffn_down.weight": (hidden, inter)}
+    suffix = gguf_name.split(".", 2)[-1]
+    if gguf_name.startswith("blk.") and suffix in expected and tuple(shape) != expected[suffix]:
+        raise PrunelabError(f"{weights_file.name}: {gguf_name} is {tuple(shape)}, not the "
+                            f"{expected[suffix]} its config describes (blocks of different "
+                            "shapes, e.g. after structured pruning, cannot be written as GGUF)",
+                            "export a model whose blocks all have the config's shapes")
+
+
 def _block_matrix(gguf_name: str) -> bool:
     return gguf_name.startswith("blk.") and gguf_name.endswith(".weight") and \
         "norm" not in gguf_name
@@ -205,7 +235,7 @@ def export_gguf(directory: str | Path, type: str = "F16", out: str | Path | None
 
     type = check_gguf_type(type)
     directory = Path(directory)
-    config = check_exportable(directory)
+    config = check_exportable(directory, type)
     out = Path(out) if out is not None else default_output(directory, type)
     arch_name = ARCHITECTURES[config["model_type"]]
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
@@ -237,6 +267,7 @@ def export_gguf(directory: str | Path, type: str = "F16", out: str | Path | None
                                         "llama.cpp name", "export an unmodified Llama/Qwen2 "
                                         "layout")
                 weight = tensors.get_tensor(hf_name).float().numpy()
+                _check_shape(gguf_name, weight.shape, config, weights_file)
                 if arch_name == "llama" and gguf_name.endswith("attn_q.weight"):
                     weight = _permute_rotary(weight, heads)
                 elif arch_name == "llama" and gguf_name.endswith("attn_k.weight"):

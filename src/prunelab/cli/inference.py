@@ -104,7 +104,7 @@ def export_gguf(
     check_output_file(out, "--out", "model.gguf")
     from prunelab.gguf_export import check_exportable, default_output
 
-    check_exportable(directory)
+    check_exportable(directory, type)
     target = out if out is not None else default_output(directory, type)
     check_output_file(target, "--out", "model.gguf")
     from prunelab.gguf_export import export_gguf as export
