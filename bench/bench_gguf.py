@@ -4,7 +4,10 @@ llama.cpp's perplexity beside prunelab's on the same token windows.
 For each type (F16, Q8_0, Q4_0) the model directory is exported, the pruned weights still
 exactly zero after the type's codes are counted, and, when llama-cpp-python is installed, the
 file is loaded by llama.cpp and scored on the same windows prunelab scores (one window =
-`--seqlen` token ids, every position but the first predicted).
+`--seqlen` token ids, every position but the first predicted). It is also read back by
+transformers' GGUF loader (an independent reader of llama.cpp's format, which dequantizes the
+codes and undoes the rotary row order) and scored by prunelab, which checks the file's
+tensors without llama.cpp.
 
     OMP_NUM_THREADS=1 python bench/bench_gguf.py DIR --text /work/briefs/text/eval.txt
         [--windows 4] [--seqlen 256] [--out-dir /tmp/gguf] [--types F16 Q8_0 Q4_0]
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from prunelab.data.corpora import eval_windows
 from prunelab.evaluate.perplexity import perplexity_of_windows
@@ -49,7 +53,7 @@ def main() -> None:
         have_llama = False
         print("llama-cpp-python is not installed: perplexity through llama.cpp skipped")
     print("| type | file MB | pruned zeros kept | nonzero coded to zero | llama.cpp ppl | "
-          "prunelab ppl | ratio |")
+          "GGUF read by transformers, ppl | prunelab ppl (original) |")
     print("|---|---|---|---|---|---|---|")
     for kind in args.types:
         start = time.perf_counter()
@@ -58,10 +62,15 @@ def main() -> None:
         seconds = time.perf_counter() - start
         theirs = llama_cpp_perplexity(result.path, windows, args.threads) if have_llama \
             else float("nan")
+        read_back = AutoModelForCausalLM.from_pretrained(result.path.parent,
+                                                         gguf_file=result.path.name,
+                                                         dtype=torch.float32)
+        through_transformers = perplexity_of_windows(read_back, windows)
+        del read_back
         print(f"| {kind} | {result.file_bytes / 1e6:.1f} | {result.zeros_kept:,} / "
               f"{result.pruned_zeros:,} ({result.zeros_kept_share:.4%}) | {result.new_zeros:,} "
-              f"| {theirs:.3f} | {ours:.3f} | {theirs / ours:.4f} |  (export {seconds:.0f} s)",
-              flush=True)
+              f"| {theirs:.3f} | {through_transformers:.3f} | {ours:.3f} |  "
+              f"(export {seconds:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
