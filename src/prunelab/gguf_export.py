@@ -110,9 +110,12 @@ def check_exportable(directory: str | Path, type: str = "F16") -> dict:
         raise PrunelabError(f"{type} codes blocks of 32 weights, and {directory}'s widths "
                             f"{sorted(widths.values())} are not all multiples of 32",
                             "export it with --type F16")
-    if config.get("rope_scaling"):
-        raise PrunelabError(f"{directory} uses rope scaling {config['rope_scaling']}, which "
-                            "export-gguf does not write", "export a model without rope_scaling")
+    scaling = config.get("rope_scaling") or {
+        k: v for k, v in (config.get("rope_parameters") or {}).items()
+        if k not in ("rope_theta", "rope_type") or (k == "rope_type" and v != "default")}
+    if scaling:
+        raise PrunelabError(f"{directory} uses rope scaling {scaling}, which export-gguf does "
+                            "not write", "export a model without rope scaling")
     if config.get("quantization_config"):
         raise PrunelabError(f"{directory} is a packed quantized checkpoint",
                             "export the dequantized model (`prunelab quantize --format "
@@ -187,11 +190,17 @@ def _hyperparameters(writer, config: dict, name: str, file_type) -> None:
     writer.add_rope_dimension_count(head_dim)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    writer.add_rope_freq_base(rope_theta(config))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     writer.add_vocab_size(config["vocab_size"])
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def rope_theta(config: dict) -> float:
+    """The rotary base: under `rope_parameters` (transformers 5) or `rope_theta` (before)."""
+    parameters = config.get("rope_parameters") or {}
+    return float(parameters.get("rope_theta") or config.get("rope_theta") or 10000.0)
 
 
 def _permute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:

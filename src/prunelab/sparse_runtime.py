@@ -239,6 +239,40 @@ def measure_speed(model: nn.Module, *, sparse: bool = True, min_sparsity: float 
     return result
 
 
+def measure_directory(directory, *, sparse: bool = False, min_sparsity: float | None = None,
+                      prefill_tokens: int = 512, decode_tokens: int = 32, repeats: int = 3,
+                      threads: int | None = None, device: str | None = None,
+                      record: bool = True) -> SpeedResult:
+    """`measure_speed` of the saved model in `directory` (on `device`: the CPU by default, or
+    CUDA in fp16 for the 2:4 kernels), recorded into its prunelab.json unless `record` is
+    False. A runtime whose logits differ from dense math is refused, and nothing recorded."""
+    from prunelab.devices import resolve_device
+    from prunelab.zoo.models import load_model
+
+    target = resolve_device(device) or torch.device("cpu")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    threshold = CPU_MIN_SPARSITY if min_sparsity is None else min_sparsity
+    model = load_model(directory).model
+    if target.type == "cuda":  # the 2:4 kernels take half precision
+        model = model.to(target, dtype=torch.float16)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and prefill_tokens > context:
+        raise PrunelabError(f"--prefill-tokens {prefill_tokens} is longer than the model's "
+                            f"context ({context})", "give a shorter --prefill-tokens")
+    result = measure_speed(model, sparse=sparse, min_sparsity=threshold,
+                           prefill_tokens=prefill_tokens, decode_tokens=decode_tokens,
+                           repeats=repeats)
+    if sparse and not result.outputs_match:
+        raise PrunelabError(
+            f"the sparse runtime's logits differ from the dense model's (max |difference| "
+            f"{result.max_abs_logit_difference:.2e})",
+            "report this; measure without --sparse-runtime meanwhile")
+    if record:
+        record_inference(directory, inference_record(result, threshold if sparse else None))
+    return result
+
+
 def machine_description() -> str:
     """The CPU model and core count, or the GPU's name: what a tokens/s figure was measured on."""
     import os
