@@ -220,6 +220,10 @@ def test_f16_gguf_loads_back_to_the_same_model_with_zeros_exact(tmp_path, family
     with torch.no_grad():
         expected, got = model(input_ids=x).logits, back(input_ids=x).logits
     assert (expected - got).abs().max() < 5e-3 * expected.abs().max()
+    import gguf  # a tiny random model hardly feels the rotary base: check the field itself
+    fields = gguf.GGUFReader(tmp_path / "out.gguf").fields
+    assert fields[f"{family}.rope.freq_base"].contents() == 50000.0
+    assert fields[f"{family}.context_length"].contents() == config["max_position_embeddings"]
     # the tokenizer travels with it: the GGUF's vocabulary tokenizes as the original does
     from transformers import AutoTokenizer
     original = AutoTokenizer.from_pretrained(path)
