@@ -72,8 +72,11 @@ def isolated_home(tmp_path, monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    # Integration tests share the real model's cache: run them on one worker, in order.
+    import os
+
+    run_slow = os.environ.get("PRUNELAB_SLOW_TESTS") == "1"
     for item in items:
+        # Integration tests share the real model's cache: run them on one worker, in order.
         if item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.xdist_group("integration"))
     # Tests of BIG-bench data skip, with the reason, where the data cannot be had (the
@@ -87,3 +90,5 @@ def pytest_collection_modifyitems(config, items):
             skip = pytest.mark.skip(reason=f"BIG-bench data not available: {found.reason}")
             for item in marked:
                 item.add_marker(skip)
+        if item.get_closest_marker("slow") and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="opt-in: set PRUNELAB_SLOW_TESTS=1"))

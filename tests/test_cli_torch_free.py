@@ -70,6 +70,12 @@ REFUSALS = [
     (["study", "no-such-recipe.yaml"], "no-such-recipe.yaml"),
     (["study", "recipes/demo.yaml", "--address", "10.0.0.1:6379"], "is for a Ray cluster"),
     (["study", "recipes/demo.yaml", "--executor", "dask"], "is not one of local, ray"),
+    (["speed", "OUT"], "has no prunelab.json"),
+    (["speed", "OUT", "--min-sparsity", "1.5"], "--min-sparsity 1.5 is not in [0, 1]"),
+    (["speed", "OUT", "--decode-tokens", "0"], "--decode-tokens 0 is below 1"),
+    (["export-gguf", "OUT", "--type", "Q5_K"], "unknown GGUF type 'Q5_K'"),
+    (["export-gguf", "OUT"], "is not a directory"),
+    (["export-gguf", "src", "--out", "src"], "is a directory, not a file"),
 ]
 
 # Runs every case in one fresh process, one after the other, and reports after each whether
@@ -110,7 +116,8 @@ def test_import_prunelab_imports_no_torch():
 def test_every_help_imports_no_torch(tmp_path):
     assert set(COMMANDS) >= {"prune", "quantize", "transfer", "transfer-encoder", "ppl", "eval",
                              "divergence", "refusal", "tasks", "study", "demo", "results",
-                             "report", "models", "methods", "info", "route"}
+                             "report", "models", "methods", "info", "route", "speed",
+                             "export-gguf"}
     report = _probe([["--help"], *([c, "--help"] for c in COMMANDS)], tmp_path)
     for case in report:
         assert case["code"] == 0, case

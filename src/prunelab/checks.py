@@ -20,6 +20,9 @@ LAYER_KINDS = ("attention", "mlp")
 SUPPORTED_BITS = (2, 3, 4, 6, 8)  # what the quantizers (rtn, gptq, sparsegpt's joint mode) store
 # How a quantized model is saved: fp32 weights, or packed integers (`prunelab.quant_export`).
 CHECKPOINT_FORMATS = ("dequantized", "compressed-tensors")
+# What `prunelab export-gguf` writes (`prunelab.gguf_export`): half precision, or llama.cpp's
+# 8- and 4-bit block codes.
+GGUF_TYPES = ("F16", "Q8_0", "Q4_0")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,21 @@ def check_format_name(format: str) -> None:
     if format not in CHECKPOINT_FORMATS:
         raise PrunelabError(f"unknown checkpoint format {format!r}",
                             f"use one of {', '.join(CHECKPOINT_FORMATS)}")
+
+
+def check_gguf_type(type: str) -> str:
+    """A GGUF type name in its canonical spelling (case is forgiven)."""
+    canonical = {t.lower(): t for t in GGUF_TYPES}.get(str(type).strip().lower())
+    if canonical is None:
+        raise PrunelabError(f"unknown GGUF type {type!r}", f"use one of {', '.join(GGUF_TYPES)}")
+    return canonical
+
+
+def check_fraction(value: float, flag: str) -> float:
+    """A share in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise PrunelabError(f"{flag} {value} is not in [0, 1]", f"give {flag} e.g. 0.9")
+    return value
 
 
 def pattern_unsupported(method: str, supporting: list[str]) -> PrunelabError:

@@ -58,12 +58,25 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
     size = pruning.get("model_size")
     if size:
         typer.echo(size_line(size["before"], size["after"], data.get("weights_file_bytes")))
+    _print_inference(data.get("inference"))
     if layers and _quantized_only(pruning):
         _print_quantized_layers(pruning, layers)
     elif layers:
         print_table([{"layer": r["name"], "shape": f"{r['rows']}x{r['cols']}",
                       "target": r["target_sparsity"], "achieved": r["achieved_sparsity"],
                       "zeros before": r["zeros_before"]} for r in layers])
+
+
+def _print_inference(inference) -> None:
+    """The measured speed-up (`prunelab speed`), where one was measured."""
+    if not isinstance(inference, dict) or not inference.get("tokens_per_s_dense"):
+        return
+    line = (f"inference ({inference.get('measured', '?')}, {inference.get('device', '?')}): "
+            f"decode {inference['tokens_per_s_dense']:.1f} tokens/s dense")
+    if inference.get("tokens_per_s_sparse"):
+        line += (f", {inference['tokens_per_s_sparse']:.1f} with the sparse runtime "
+                 f"({inference.get('speedup', 0):.2f}x)")
+    typer.echo(line)
 
 
 def _quantized_only(pruning: dict) -> bool:
