@@ -44,14 +44,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunelab.checks import COMPACT_FILE, COMPACT_LAYOUTS as LAYOUTS
+from prunelab.checks import COMPACT_MAX_GROUP as MAX_GROUP
+from prunelab.checks import check_compact_layout as check_layout
+from prunelab.checks import check_compact_pattern as check_pattern
+from prunelab.checks import check_value_dtype
 from prunelab.errors import PrunelabError
 
-COMPACT_FILE = "compact.json"
 FORMAT_NAME = "prunelab-compact"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
-LAYOUTS = ("prunelab", "compressed-tensors")  # what `pack --layout` offers
-MAX_GROUP = 16  # the largest M of an N:M pattern the index layout stores
 _FIELDS = ("shape", "compressed", "bitmask", "row_offsets", "pattern_index", "codes",
            "weight_scale", "weight_zero_point")
 _NOT_PACKED_FIX = "pack a directory written by `prunelab prune` (or with --format compact)"
@@ -119,16 +121,6 @@ def parse_group(pattern: str | None) -> GroupCode | None:
         return None
     n, m = (int(part) for part in str(pattern).split(":"))
     return GroupCode(n, m)
-
-
-def check_pattern(pattern: str | None) -> None:
-    """Refuse an N:M pattern the index layout cannot hold (torch-free callers: `prunelab
-    prune --format compact` checks it before the model loads)."""
-    group = parse_group(pattern)
-    if group is not None and group.m > MAX_GROUP:
-        raise PrunelabError(f"pattern {pattern}: the compact format stores N:M groups of at "
-                            f"most {MAX_GROUP} weights", "use M of 16 or less (e.g. 2:4, 4:8), "
-                            "or save --format dequantized")
 
 
 def nm_positions(kept: torch.Tensor, group: GroupCode, name: str) -> torch.Tensor:
@@ -222,9 +214,8 @@ def pack_matrix(name: str, weight: torch.Tensor, *, group: GroupCode | None = No
         out["weight_scale"] = codes.scales.to(torch.float32).contiguous()
         if not codes.symmetric:
             out["weight_zero_point"] = codes.zeros.to(torch.uint8).contiguous()
-        entry.update(layout=entry["layout"], codes={"bits": codes.bits,
-                                                    "group_size": codes.group_size,
-                                                    "symmetric": codes.symmetric})
+        entry["codes"] = {"bits": codes.bits, "group_size": codes.group_size,
+                          "symmetric": codes.symmetric}
     size = sum(t.numel() * t.element_size() for t in out.values())
     if codes is None and size >= weight.numel() * weight.element_size():
         return None
@@ -380,12 +371,6 @@ def unpack_state(tensors: dict[str, torch.Tensor], layers: dict[str, dict]
     return dense
 
 
-def check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise PrunelabError(f"unknown compact layout {layout!r}",
-                            f"use one of {', '.join(LAYOUTS)}")
-
-
 def is_compact(directory: str | Path) -> bool:
     return (Path(directory) / COMPACT_FILE).is_file()
 
@@ -409,6 +394,23 @@ def read_manifest(directory: str | Path) -> dict:
                             f"prunelab reads version {FORMAT_VERSION}",
                             "upgrade prunelab, or unpack it with the version that wrote it")
     return data
+
+
+def check_compact_directory(directory: str | Path) -> None:
+    """Refuse, reading only compact.json and the weight files' headers, a compact directory
+    whose manifest names a matrix the weights lack (the counts are checked as it unpacks)."""
+    from prunelab.zoo.weights import check_weight_files
+
+    names = check_weight_files(Path(directory))
+    for name, entry in read_manifest(directory)["layers"].items():
+        if not isinstance(entry, dict):
+            raise _damaged(f"compact.json's entry for {name} is not a mapping")
+        needed = ["shape", "codes" if entry.get("codes") else "compressed",
+                  "pattern_index" if entry.get("layout") == "nm-index" else "bitmask"]
+        for key in needed:
+            if f"{name}.{key}" not in names:
+                raise _damaged(f"its weights have no tensor {name}.{key}, which compact.json "
+                               "lists")
 
 
 def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
@@ -644,7 +646,7 @@ def update_provenance(directory: Path, format: str, extra: dict | None = None) -
 
 
 def pack(directory: str | Path, out: str | Path, *, layout: str = "prunelab",
-         dtype: str | None = None, overwrite: bool = False) -> dict:
+         dtype: str = "keep", overwrite: bool = False) -> dict:
     """Write the compact form of model directory `directory` to `out` (atomically)."""
     from prunelab.paths import atomic_dir
 
@@ -670,11 +672,9 @@ def unpack(directory: str | Path, out: str | Path, *, overwrite: bool = False) -
 
 
 def check_dtype(name: str | None) -> torch.dtype | None:
-    if name is None or name == "keep":
+    """The torch dtype of `pack --dtype NAME`; None for "keep" (the checkpoint's own)."""
+    if name is None:
         return None
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-    resolved = _DTYPE_NAMES.get(aliases.get(name, name))
-    if resolved is None:
-        raise PrunelabError(f"unknown value dtype {name!r}",
-                            "use keep, fp32, bf16 or fp16")
-    return resolved
+    check_value_dtype(name)
+    return {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16,
+            "fp16": torch.float16}[name]

@@ -10,6 +10,10 @@ import typer
 from prunelab.cli.common import app, size_line
 from prunelab.tables import print_table
 
+# Where a sparse runtime records the speed-up it measured for a directory, in prunelab.json:
+# {"ratio": sparse tokens/s over dense, "runtime": ..., "device": ..., "phase": ...}.
+SPEEDUP_KEY = "speedup"
+
 
 @app.command()
 def models() -> None:
@@ -58,12 +62,37 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
     size = pruning.get("model_size")
     if size:
         typer.echo(size_line(size["before"], size["after"], data.get("weights_file_bytes")))
+    _print_physical_account(directory, data)
     if layers and _quantized_only(pruning):
         _print_quantized_layers(pruning, layers)
     elif layers:
         print_table([{"layer": r["name"], "shape": f"{r['rows']}x{r['cols']}",
                       "target": r["target_sparsity"], "achieved": r["achieved_sparsity"],
                       "zeros before": r["zeros_before"]} for r in layers])
+
+
+def _print_physical_account(directory: Path, data: dict) -> None:
+    """Bytes of the weights dense and compact (what `pack` writes, computed when the directory
+    is dense), and the speed-up a sparse runtime measured, where prunelab.json records one."""
+    from prunelab.compact import physical_account
+
+    account = physical_account(directory)
+    side = "as stored" if account["measured_from"] == "compact" else "computed, not written"
+    typer.echo(f"physical account: weights {account['dense_bytes'] / 1e6:.1f} MB dense, "
+               f"{account['compact_bytes'] / 1e6:.1f} MB compact ({side}): "
+               f"{account['dense_bytes'] / account['compact_bytes']:.2f}x smaller; the "
+               f"{account['prunable_matrices']} prunable matrices alone "
+               f"{account['prunable_dense_bytes'] / 1e6:.1f} -> "
+               f"{account['prunable_compact_bytes'] / 1e6:.1f} MB "
+               f"({account['prunable_dense_bytes'] / account['prunable_compact_bytes']:.2f}x)")
+    speedup = data.get(SPEEDUP_KEY)
+    if isinstance(speedup, dict) and isinstance(speedup.get("ratio"), (int, float)):
+        where = ", ".join(str(speedup[k]) for k in ("runtime", "device", "phase")
+                          if speedup.get(k))
+        typer.echo(f"measured speed-up: {speedup['ratio']:.2f}x tokens/s against dense"
+                   + (f" ({where})" if where else ""))
+    else:
+        typer.echo("measured speed-up: none recorded (a smaller file is not a faster model)")
 
 
 def _quantized_only(pruning: dict) -> bool:
