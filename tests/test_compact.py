@@ -292,3 +292,33 @@ def test_a_packed_quantized_checkpoint_is_refused(tmp_path, pruned):
     with pytest.raises(PrunelabError, match="packed compressed-tensors checkpoint"):
         compact.pack(target, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- the study
+
+
+def test_a_study_reports_the_physical_account(tmp_path):
+    from prunelab.report import build_report
+    from prunelab.study.recipe import parse_recipe
+    from prunelab.study.runner import run_study
+    from prunelab.study.testing import FakeBackend
+
+    recipe = parse_recipe({"name": "phys", "models": ["m"], "tasks": ["digits"],
+                           "compressions": [{"method": "magnitude", "sparsity": [0.5]}],
+                           "perplexity": {}, "physical_account": {"values": "bf16"},
+                           "eval": {"limit": 10}, "analysis": {"n_boot": 50}})
+    run_study(recipe, tmp_path, backend=FakeBackend(), progress=False)
+    build_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Physical account" in md and "| model | stages | perplexity | dense MB |" in md
+
+
+def test_the_measure_on_a_real_model_matches_pack(tmp_path, pruned):
+    from prunelab.zoo.models import load_model
+
+    measured = compact.model_account(load_model(pruned["2:4"]).model, values="fp32")
+    assert measured["pattern"] == "2:4"
+    run("pack", str(pruned["2:4"]), "--out", str(tmp_path / "p"))
+    written = compact.physical_account(tmp_path / "p")
+    assert measured["compact_bytes"] == written["compact_bytes"]
+    assert measured["prunable_compact_bytes"] == written["prunable_compact_bytes"]

@@ -505,6 +505,48 @@ def physical_account(directory: str | Path, *, dtype: torch.dtype | None = None,
             "pattern": pattern, "measured_from": "compact" if compact else "dense"}
 
 
+# The N:M patterns `model_account` looks for in a model's weights, sparsest first.
+_KNOWN_PATTERNS = ("1:4", "2:8", "2:4", "4:8")
+
+
+def detect_pattern(state: dict[str, torch.Tensor], layers: list[str]) -> str | None:
+    """The sparsest known N:M pattern every prunable matrix keeps (None: unstructured)."""
+    weights = [state[f"{n}.weight"] for n in layers if f"{n}.weight" in state]
+    for pattern in _KNOWN_PATTERNS:
+        group = parse_group(pattern)
+        if weights and all(w.shape[1] % group.m == 0 and int(
+                _nonzero_bits(w).reshape(-1, group.m).sum(1).max()) <= group.n
+                for w in weights):
+            return pattern
+    return None
+
+
+def model_account(model, *, values: str = "bf16", layout: str = "prunelab") -> dict:
+    """`physical_account` of a model in memory (nothing written): its weights as
+    save_pretrained stores them (a tied tensor once), in `values` dtype, dense and compact."""
+    from prunelab import arch
+
+    dtype = check_dtype(values)
+    state, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        if tensor.numel() and tensor.data_ptr() in seen:
+            continue  # a tied weight: stored once
+        seen.add(tensor.data_ptr())
+        tensor = tensor.detach().cpu()
+        state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() \
+            else tensor
+    names = [n for n, layer in arch.named_prunable_layers(model).items()
+             if getattr(layer, "weight", None) is not None and layer.weight.dim() == 2]
+    pattern = detect_pattern(state, names)
+    packed, _ = pack_state(state, names, pattern=pattern, layout=layout)
+    return {"values": values, "layout": layout, "pattern": pattern,
+            "dense_bytes": tensor_bytes(state), "compact_bytes": tensor_bytes(packed),
+            "prunable_dense_bytes": sum(tensor_bytes({n: state[f"{n}.weight"]}) for n in names
+                                        if f"{n}.weight" in state),
+            "prunable_compact_bytes": sum(tensor_bytes({k: v}) for k, v in packed.items()
+                                          if k.rsplit(".", 1)[0] in names)}
+
+
 def _recorded_pattern(directory: Path) -> str | None:
     from prunelab.zoo.provenance import PROVENANCE_FILE, read_provenance_file
 
