@@ -67,6 +67,12 @@ REFUSALS = [
     (["eval", "smollm2-135m", "--tasks", "no-such-task"], "unknown task"),
     (["tasks", "no-such-family"], "unknown task"),
     (["study", "no-such-recipe.yaml"], "no-such-recipe.yaml"),
+    ([*PRUNE, "--pattern", "2:32", "--format", "compact"], "stores N:M groups of at most 16"),
+    ([*PRUNE, "--sparsity", "0.5", "--format", "compressed-tensors"],
+     "prune writes --format dequantized or compact"),
+    (["pack", "no/such/dir"], "is not a model directory"),
+    (["pack", "recipes", "--layout", "zip"], "is not a model directory"),
+    (["unpack", "no/such/dir"], "is not a model directory"),
 ]
 
 # Runs every case in one fresh process, one after the other, and reports after each whether
@@ -107,7 +113,8 @@ def test_import_prunelab_imports_no_torch():
 def test_every_help_imports_no_torch(tmp_path):
     assert set(COMMANDS) >= {"prune", "quantize", "transfer", "transfer-encoder", "ppl", "eval",
                              "divergence", "refusal", "tasks", "study", "demo", "results",
-                             "report", "models", "methods", "info", "route"}
+                             "report", "models", "methods", "info", "route", "pack",
+                             "unpack"}
     report = _probe([["--help"], *([c, "--help"] for c in COMMANDS)], tmp_path)
     for case in report:
         assert case["code"] == 0, case
