@@ -11,7 +11,7 @@ file is loaded again and compared tensor by tensor with the model it came from.
 The embeddings (tied to the head) are not pruned and stay dense, so the whole file shrinks
 less than the pruned matrices: both ratios are printed.
 
-    python bench/bench_compact.py [--model smollm2-135m] [--group-size 64]
+    python bench/bench_compact.py [--model smollm2-135m] [--group-size 64] [--cases 50,2:4]
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cases", default="50,2:4", help="which prunings: 50 (unstructured), "
+                        "2:4, or both (comma-separated)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -65,8 +67,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-compact-") as scratch:
         root = Path(scratch)
-        for label, sparsity, pattern in (("50% unstructured", 0.5, None),
-                                         ("2:4", None, "2:4")):
+        cases = [c for c in (("50% unstructured", 0.5, None), ("2:4", None, "2:4"))
+                 if c[0].split("%")[0].split()[0] in args.cases.split(",")]
+        for label, sparsity, pattern in cases:
             loaded = copy.copy(base)
             loaded.model = copy.deepcopy(base.model)
             result = prunelab.prune(loaded, "magnitude", sparsity, pattern=pattern,

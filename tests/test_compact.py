@@ -166,9 +166,12 @@ def test_pruned_then_quantized_codes_round_trip(tmp_path, tiny_dir, text_file, p
     assert account["prunable_compact_bytes"] * 8 / weights <= 4.25 + 0.01
 
 
-def test_quantize_format_compact(tmp_path, pruned, text_file):
+@pytest.mark.parametrize("kind", ["50%", "2:4"])
+def test_quantize_format_compact(tmp_path, pruned, text_file, kind):
+    """Quantizing a pruned directory: the kept codes are stored, and the N:M pattern is found
+    in the weights (the quantization itself records none)."""
     out = tmp_path / "q"
-    result = run("quantize", str(pruned["50%"]), "--method", "rtn", "--bits", "4",
+    result = run("quantize", str(pruned[kind]), "--method", "rtn", "--bits", "4",
                  "--group-size", "32", "--format", "compact", "--no-ppl", "--calib-source",
                  str(text_file), "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -176,6 +179,8 @@ def test_quantize_format_compact(tmp_path, pruned, text_file):
 
     weight = load_model(out).model.model.layers[0].mlp.down_proj.weight
     assert (weight == 0).float().mean() >= 0.5  # the pruned zeros are still zeros
+    layouts = {e["layout"] for e in compact.read_manifest(out)["layers"].values()}
+    assert layouts == ({"nm-index"} if kind == "2:4" else {"sparse-bitmask"})
 
 
 def test_physical_account_of_a_dense_directory_is_what_pack_writes(tmp_path, pruned):

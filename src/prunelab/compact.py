@@ -601,6 +601,8 @@ def write_compact(source: Path, target: Path, *, pattern: str | None = None,
                                 "apply", "leave out --dtype")
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     names = prunable_names(source)
+    if pattern is None:  # e.g. quantized after an N:M pruning, or no prunelab.json
+        pattern = detect_pattern(state, names)
     packed, layers = pack_state(state, names, pattern=pattern, layout=layout,
                                 quantized=quantized)
     if not layers and refuse_dense:
