@@ -286,16 +286,20 @@ def test_a_pattern_the_weights_break_is_refused():
         compact.nm_positions(weight != 0, compact.GroupCode(2, 4), "m")
 
 
-def test_a_packed_quantized_checkpoint_is_refused(tmp_path, pruned):
+@pytest.mark.parametrize("key, value, fragment", [
+    ("quantization_config", {"format": "pack-quantized"}, "packed compressed-tensors"),
+    ("prunelab_structure", {}, "structurally pruned"),
+])
+def test_checkpoints_the_format_does_not_hold_are_refused(tmp_path, pruned, key, value,
+                                                          fragment):
     target = tmp_path / "ct"
     import shutil
 
     shutil.copytree(pruned["50%"], target)
     config = json.loads((target / "config.json").read_text())
-    config["quantization_config"] = {"format": "pack-quantized"}
+    config[key] = value
     (target / "config.json").write_text(json.dumps(config))
-    with pytest.raises(PrunelabError, match="packed compressed-tensors checkpoint"):
-        compact.pack(target, tmp_path / "out")
+    assert_user_error(run("pack", str(target), "--out", str(tmp_path / "out")), fragment)
     assert not (tmp_path / "out").exists()
 
 

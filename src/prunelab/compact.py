@@ -480,6 +480,8 @@ def physical_account(directory: str | Path, *, dtype: torch.dtype | None = None,
     written); for a compact one the dense side is what `unpack` would write."""
     directory = Path(directory)
     compact = is_compact(directory)
+    if not compact:
+        _refuse_packed_quantized(directory)
     tensors = read_tensors(directory)
     if compact:
         manifest = read_manifest(directory)
@@ -635,10 +637,19 @@ def write_compact(source: Path, target: Path, *, pattern: str | None = None,
 
 
 def _refuse_packed_quantized(source: Path) -> None:
+    """Refuse what the compact format does not hold: packed integer codes, and structurally
+    pruned models (their per-layer shapes need their own loader)."""
+    from prunelab.structure import STRUCTURE_KEY
+
     try:
-        quant = json.loads((source / "config.json").read_text()).get("quantization_config")
+        config = json.loads((source / "config.json").read_text())
     except (OSError, ValueError):
         return
+    if isinstance(config, dict) and STRUCTURE_KEY in config:
+        raise PrunelabError(f"{source} is structurally pruned (rows and columns removed, "
+                            "not zeroed): the compact format stores zeroed weights only",
+                            "keep it as it is: its file is already smaller")
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
     if isinstance(quant, dict) and quant.get("format") == "pack-quantized":
         raise PrunelabError(f"{source} is a packed compressed-tensors checkpoint: its codes "
                             "are packed already, and its zeros cannot be told apart",

@@ -75,8 +75,13 @@ def _print_physical_account(directory: Path, data: dict) -> None:
     """Bytes of the weights dense and compact (what `pack` writes, computed when the directory
     is dense), and the speed-up a sparse runtime measured, where prunelab.json records one."""
     from prunelab.compact import physical_account
+    from prunelab.errors import PrunelabError
 
-    account = physical_account(directory)
+    try:
+        account = physical_account(directory)
+    except PrunelabError as exc:  # e.g. a structurally pruned model: say why, keep the rest
+        typer.echo(f"physical account: not available ({exc.problem})")
+        return
     side = "as stored" if account["measured_from"] == "compact" else "computed, not written"
     typer.echo(f"physical account: weights {account['dense_bytes'] / 1e6:.1f} MB dense, "
                f"{account['compact_bytes'] / 1e6:.1f} MB compact ({side}): "
