@@ -92,7 +92,7 @@ def _save_compact(loaded: LoadedModel, directory: Path, result: PruneResult | No
 def storage_record(model, directory: Path, format: str) -> dict:
     """Bytes of the saved weights beside what the same parameters take in fp32 and bf16."""
     on_disk = sum(p.stat().st_size for p in Path(directory).glob("*.safetensors"))
-    parameters = sum(p.numel() for p in model.parameters())  # shared tensors counted once
+    parameters = sum(p.numel() for p in model.parameters())
     return {"format": format, "safetensors_bytes": on_disk, "parameters": parameters,
             "fp32_bytes": 4 * parameters, "bf16_bytes": 2 * parameters}
 

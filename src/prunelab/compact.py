@@ -44,8 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunelab.checks import COMPACT_FILE, COMPACT_LAYOUTS as LAYOUTS
-from prunelab.checks import COMPACT_MAX_GROUP as MAX_GROUP
+from prunelab.checks import COMPACT_FILE
 from prunelab.checks import check_compact_layout as check_layout
 from prunelab.checks import check_compact_pattern as check_pattern
 from prunelab.checks import check_value_dtype
@@ -56,7 +55,6 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 _FIELDS = ("shape", "compressed", "bitmask", "row_offsets", "pattern_index", "codes",
            "weight_scale", "weight_zero_point")
-_NOT_PACKED_FIX = "pack a directory written by `prunelab prune` (or with --format compact)"
 _DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
