@@ -189,6 +189,15 @@ def test_physical_account_of_a_dense_directory_is_what_pack_writes(tmp_path, pru
     measured = compact.physical_account(tmp_path / "p")
     assert computed["compact_bytes"] == measured["compact_bytes"]
     assert computed["dense_bytes"] == measured["dense_bytes"]
+    # without prunelab.json the pattern is found in the weights, by both
+    import shutil
+
+    shutil.copytree(pruned["2:4"], tmp_path / "bare")
+    (tmp_path / "bare" / "prunelab.json").unlink()
+    assert compact.physical_account(tmp_path / "bare")["compact_bytes"] == measured[
+        "compact_bytes"]
+    run("pack", str(tmp_path / "bare"), "--out", str(tmp_path / "bare-p"))
+    assert compact.physical_account(tmp_path / "bare-p")["pattern"] == "2:4"
 
 
 def test_info_gives_the_physical_account(tmp_path, pruned):

@@ -179,8 +179,9 @@ def pack_matrix(name: str, weight: torch.Tensor, *, group: GroupCode | None = No
         kept = codes.codes != codes.zero_codes()
     else:
         kept = _nonzero_bits(weight)
-    use_group = group is not None and cols % group.m == 0 and not (
-        int(kept.reshape(-1, group.m).sum(1).max()) > group.n)
+    # the pattern's index holds this matrix only if every group keeps at most N weights
+    use_group = group is not None and cols % group.m == 0 and int(
+        kept.reshape(-1, group.m).sum(1).max()) <= group.n
     shape = torch.tensor([rows, cols], dtype=torch.int64)
     entry: dict = {"shape": [rows, cols], "dtype": str(weight.dtype).removeprefix("torch.")}
     out: dict[str, torch.Tensor] = {}
@@ -481,6 +482,7 @@ def physical_account(directory: str | Path, *, dtype: torch.dtype | None = None,
     if not compact:
         _refuse_packed_quantized(directory)
     tensors = read_tensors(directory)
+    names = prunable_names(directory)
     if compact:
         manifest = read_manifest(directory)
         dense_state = unpack_state(tensors, manifest["layers"])
@@ -491,10 +493,9 @@ def physical_account(directory: str | Path, *, dtype: torch.dtype | None = None,
         if dtype is not None:
             dense_state = {k: v.to(dtype) if v.is_floating_point() else v
                            for k, v in tensors.items()}
-        pattern = _recorded_pattern(directory)
-        packed_state, layers = pack_state(dense_state, prunable_names(directory),
-                                          pattern=pattern, layout=layout)
-    names = prunable_names(directory)
+        # as `pack` chooses it: the recorded pattern, or one found in the weights
+        pattern = _recorded_pattern(directory) or detect_pattern(dense_state, names)
+        packed_state, layers = pack_state(dense_state, names, pattern=pattern, layout=layout)
     dense_linear = sum(tensor_bytes({k: dense_state[f"{k}.weight"]}) for k in names
                        if f"{k}.weight" in dense_state)
     packed_linear = sum(tensor_bytes({k: v}) for k, v in packed_state.items()
