@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import prunelab
-from prunelab import compact
+from prunelab import compact, compact_dirs
 
 
 def file_bytes(directory: Path) -> int:
@@ -82,11 +82,11 @@ def main() -> None:
                 dense_bytes = None
                 for layout in layouts:
                     out = root / f"{key}-{dtype_name}-{layout}"
-                    compact.pack(dense, out, layout=layout,
+                    compact_dirs.pack(dense, out, layout=layout,
                                  dtype="keep" if dtype_name == "fp32" else dtype_name)
                     if dense_bytes is None:  # the dense file in this dtype, written for real
                         unpacked = root / f"{key}-{dtype_name}-dense"
-                        compact.unpack(out, unpacked)
+                        compact_dirs.unpack(out, unpacked)
                         dense_bytes = (file_bytes(unpacked), prunable_bytes(unpacked, names))
                     exact = same_weights(loaded.model, out, dtype)
                     rows.append((label, dtype_name, layout, dense_bytes,

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cli_helpers import assert_user_error, run
-from prunelab import compact
+from prunelab import compact, compact_dirs
 from prunelab.errors import PrunelabError
 
 
@@ -125,8 +125,8 @@ def test_pack_dtype_bf16_halves_values(tmp_path, pruned):
     run("pack", str(pruned["50%"]), "--out", str(tmp_path / "fp32"))
     result = run("pack", str(pruned["50%"]), "--out", str(tmp_path / "bf16"), "--dtype", "bf16")
     assert result.returncode == 0, result.stderr
-    fp32 = compact.physical_account(tmp_path / "fp32")
-    bf16 = compact.physical_account(tmp_path / "bf16")
+    fp32 = compact_dirs.physical_account(tmp_path / "fp32")
+    bf16 = compact_dirs.physical_account(tmp_path / "bf16")
     assert bf16["dense_bytes"] * 2 == fp32["dense_bytes"]
     reference = {k: v.to(torch.bfloat16) for k, v in _state(pruned["50%"]).items()}
     from prunelab.zoo.models import load_model
@@ -159,7 +159,7 @@ def test_pruned_then_quantized_codes_round_trip(tmp_path, tiny_dir, text_file, p
     entries = compact.read_manifest(out)["layers"]
     assert entries and all(e["codes"]["bits"] == 4 for e in entries.values())
     _assert_same(loaded.model.state_dict(), _state(out))
-    account = compact.physical_account(out)
+    account = compact_dirs.physical_account(out)
     # per weight: half a 4-bit code, a mask bit (or 3/4 of one), a 32nd of an fp32 scale and
     # of an 8-bit zero point: 4.25 bits at most
     weights = account["prunable_dense_bytes"] / 4
@@ -184,9 +184,9 @@ def test_quantize_format_compact(tmp_path, pruned, text_file, kind):
 
 
 def test_physical_account_of_a_dense_directory_is_what_pack_writes(tmp_path, pruned):
-    computed = compact.physical_account(pruned["2:4"])
+    computed = compact_dirs.physical_account(pruned["2:4"])
     run("pack", str(pruned["2:4"]), "--out", str(tmp_path / "p"))
-    measured = compact.physical_account(tmp_path / "p")
+    measured = compact_dirs.physical_account(tmp_path / "p")
     assert computed["compact_bytes"] == measured["compact_bytes"]
     assert computed["dense_bytes"] == measured["dense_bytes"]
     # without prunelab.json the pattern is found in the weights, by both
@@ -194,10 +194,10 @@ def test_physical_account_of_a_dense_directory_is_what_pack_writes(tmp_path, pru
 
     shutil.copytree(pruned["2:4"], tmp_path / "bare")
     (tmp_path / "bare" / "prunelab.json").unlink()
-    assert compact.physical_account(tmp_path / "bare")["compact_bytes"] == measured[
+    assert compact_dirs.physical_account(tmp_path / "bare")["compact_bytes"] == measured[
         "compact_bytes"]
     run("pack", str(tmp_path / "bare"), "--out", str(tmp_path / "bare-p"))
-    assert compact.physical_account(tmp_path / "bare-p")["pattern"] == "2:4"
+    assert compact_dirs.physical_account(tmp_path / "bare-p")["pattern"] == "2:4"
 
 
 def test_info_gives_the_physical_account(tmp_path, pruned):
@@ -337,6 +337,6 @@ def test_the_measure_on_a_real_model_matches_pack(tmp_path, pruned):
     measured = compact.model_account(load_model(pruned["2:4"]).model, values="fp32")
     assert measured["pattern"] == "2:4"
     run("pack", str(pruned["2:4"]), "--out", str(tmp_path / "p"))
-    written = compact.physical_account(tmp_path / "p")
+    written = compact_dirs.physical_account(tmp_path / "p")
     assert measured["compact_bytes"] == written["compact_bytes"]
     assert measured["prunable_compact_bytes"] == written["prunable_compact_bytes"]

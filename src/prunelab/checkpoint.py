@@ -79,7 +79,7 @@ def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = 
 
 def _save_compact(loaded: LoadedModel, directory: Path, result: PruneResult | None) -> None:
     """save_pretrained into a scratch folder inside `directory`, then its compact form."""
-    from prunelab.compact import write_compact
+    from prunelab.compact_dirs import write_compact
 
     dense = directory / ".dense"
     dense.mkdir()

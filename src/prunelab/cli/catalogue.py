@@ -74,7 +74,7 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
 def _print_physical_account(directory: Path, data: dict) -> None:
     """Bytes of the weights dense and compact (what `pack` writes, computed when the directory
     is dense), and the speed-up a sparse runtime measured, where prunelab.json records one."""
-    from prunelab.compact import physical_account
+    from prunelab.compact_dirs import physical_account
     from prunelab.errors import PrunelabError
 
     try:

@@ -34,8 +34,8 @@ def pack(
     check_value_dtype(dtype)
     target = out if out is not None else directory.with_name(directory.name + "-compact")
     check_new_dir(target)
-    from prunelab.compact import pack as run_pack
-    from prunelab.compact import physical_account
+    from prunelab.compact_dirs import pack as run_pack
+    from prunelab.compact_dirs import physical_account
 
     record = run_pack(directory, target, layout=layout, dtype=dtype)
     account = physical_account(target)
@@ -57,7 +57,7 @@ def unpack(
     check_model_source_dir(directory, compact=True)
     target = out if out is not None else directory.with_name(directory.name + "-dense")
     check_new_dir(target)
-    from prunelab.compact import unpack as run_unpack
+    from prunelab.compact_dirs import unpack as run_unpack
 
     run_unpack(directory, target)
     typer.echo(f"saved to {target}")

@@ -41,7 +41,7 @@ def check_model_directory(directory: Path, *, trust_remote_code: bool = False) -
     from prunelab.compact import check_compact_directory, is_compact
 
     if is_compact(directory):  # packed matrices: their own checks, not the config's shapes
-        check_compact_directory(directory)
+        check_compact_directory(directory, shapes)
         return
     _check_shapes(directory, config, shapes)
 
