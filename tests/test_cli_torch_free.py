@@ -76,6 +76,12 @@ REFUSALS = [
     (["export-gguf", "OUT", "--type", "Q5_K"], "unknown GGUF type 'Q5_K'"),
     (["export-gguf", "OUT"], "is not a directory"),
     (["export-gguf", "src", "--out", "src"], "is a directory, not a file"),
+    ([*PRUNE, "--pattern", "2:32", "--format", "compact"], "stores N:M groups of at most 16"),
+    ([*PRUNE, "--sparsity", "0.5", "--format", "compressed-tensors"],
+     "prune writes --format dequantized or compact"),
+    (["pack", "no/such/dir"], "is not a model directory"),
+    (["pack", "recipes", "--layout", "zip"], "is not a model directory"),
+    (["unpack", "no/such/dir"], "is not a model directory"),
 ]
 
 # Runs every case in one fresh process, one after the other, and reports after each whether
@@ -117,7 +123,7 @@ def test_every_help_imports_no_torch(tmp_path):
     assert set(COMMANDS) >= {"prune", "quantize", "transfer", "transfer-encoder", "ppl", "eval",
                              "divergence", "refusal", "tasks", "study", "demo", "results",
                              "report", "models", "methods", "info", "route", "speed",
-                             "export-gguf"}
+                             "export-gguf", "pack", "unpack"}
     report = _probe([["--help"], *([c, "--help"] for c in COMMANDS)], tmp_path)
     for case in report:
         assert case["code"] == 0, case

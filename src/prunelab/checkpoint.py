@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,12 +41,14 @@ def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = 
     """Write `save_pretrained` output (safetensors) plus prunelab.json, atomically.
 
     With `format="compressed-tensors"` the quantized layers of `result` are written packed
-    (`prunelab.quant_export`); prunelab.json records the size on disk either way."""
+    (`prunelab.quant_export`); with `format="compact"` each sparse matrix is written as its
+    kept weights (or codes) and where they are (`prunelab.compact`); prunelab.json records
+    the size on disk either way."""
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise PrunelabError(f"output directory {out} already exists",
                             "choose a new --out, or remove the old one")
-    if format != "dequantized":
+    if format not in ("dequantized", "compact"):
         from prunelab.quant_export import check_format, check_model_for_format
 
         check_format(format)
@@ -63,6 +66,8 @@ def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = 
             from prunelab.quant_export import write_compressed_tensors
 
             write_compressed_tensors(loaded.model, result.quantized if result else {}, tmp)
+        elif format == "compact":
+            _save_compact(loaded, tmp, result)
         else:
             loaded.model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
@@ -70,6 +75,18 @@ def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = 
         provenance["weights_file_bytes"] = sum(f.stat().st_size for f in tmp.glob("*.safetensors"))
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out
+
+
+def _save_compact(loaded: LoadedModel, directory: Path, result: PruneResult | None) -> None:
+    """save_pretrained into a scratch folder inside `directory`, then its compact form."""
+    from prunelab.compact_dirs import write_compact
+
+    dense = directory / ".dense"
+    dense.mkdir()
+    loaded.model.save_pretrained(dense, safe_serialization=True)
+    write_compact(dense, directory, pattern=result.pattern if result else None,
+                  quantized=result.quantized if result else None, refuse_dense=False)
+    shutil.rmtree(dense)
 
 
 def storage_record(model, directory: Path, format: str) -> dict:

@@ -18,8 +18,9 @@ from prunelab.errors import PrunelabError
 # attention only is how Hasan et al. (2024) pruned aligned chat models (Wanda, 10-30%).
 LAYER_KINDS = ("attention", "mlp")
 SUPPORTED_BITS = (2, 3, 4, 6, 8)  # what the quantizers (rtn, gptq, sparsegpt's joint mode) store
-# How a quantized model is saved: fp32 weights, or packed integers (`prunelab.quant_export`).
-CHECKPOINT_FORMATS = ("dequantized", "compressed-tensors")
+# How a compressed model is saved: fp32 weights, packed integers (`prunelab.quant_export`), or
+# each pruned matrix as its kept weights and where they are (`prunelab.compact`).
+CHECKPOINT_FORMATS = ("dequantized", "compressed-tensors", "compact")
 # What `prunelab export-gguf` writes (`prunelab.gguf_export`): half precision, or llama.cpp's
 # 8- and 4-bit block codes.
 GGUF_TYPES = ("F16", "Q8_0", "Q4_0")
@@ -180,3 +181,49 @@ def _check_writable_place(target: Path, folder: Path, flag: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PrunelabError(f"{flag} {target}: cannot write in {existing} (permission denied)",
                             f"give {flag} a path in a folder you can write to")
+
+
+# Compact checkpoints (`prunelab.compact`): how N:M matrices are stored, and the value dtypes
+# `prunelab pack --dtype` converts to ("keep" stores the checkpoint's own).
+COMPACT_LAYOUTS = ("prunelab", "compressed-tensors")
+COMPACT_VALUE_DTYPES = ("keep", "fp32", "bf16", "fp16")
+COMPACT_MAX_GROUP = 16  # the largest M of an N:M pattern the index layout stores
+COMPACT_FILE = "compact.json"
+
+
+def check_compact_layout(layout: str) -> None:
+    if layout not in COMPACT_LAYOUTS:
+        raise PrunelabError(f"unknown compact layout {layout!r}",
+                            f"use one of {', '.join(COMPACT_LAYOUTS)}")
+
+
+def check_value_dtype(dtype: str) -> None:
+    if dtype not in COMPACT_VALUE_DTYPES:
+        raise PrunelabError(f"unknown value dtype {dtype!r}",
+                            f"use one of {', '.join(COMPACT_VALUE_DTYPES)}")
+
+
+def check_compact_pattern(pattern: str | None) -> None:
+    """Refuse an N:M pattern whose groups the compact index layout cannot hold."""
+    parsed = parse_pattern(pattern)
+    if parsed is not None and parsed.m > COMPACT_MAX_GROUP:
+        raise PrunelabError(f"pattern {pattern}: the compact format stores N:M groups of at "
+                            f"most {COMPACT_MAX_GROUP} weights",
+                            "use M of 16 or less (e.g. 2:4, 4:8), or save --format dequantized")
+
+
+def check_model_source_dir(directory: str | Path, *, compact: bool) -> None:
+    """A model directory to pack (`compact=False`: a dense one) or unpack (`compact=True`),
+    refused in one line before anything is read."""
+    path = Path(directory)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise PrunelabError(f"{directory} is not a model directory (no config.json)",
+                            "pass a directory written by `prunelab prune` or save_pretrained")
+    packed = (path / COMPACT_FILE).is_file()
+    if compact and not packed:
+        raise PrunelabError(f"{directory} is not a compact checkpoint (no {COMPACT_FILE})",
+                            "unpack a directory written by `prunelab pack` or "
+                            "`prunelab prune --format compact`")
+    if not compact and packed:
+        raise PrunelabError(f"{directory} is already a compact checkpoint",
+                            "it is packed: nothing to do (unpack it first to repack)")

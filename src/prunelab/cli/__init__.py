@@ -1,10 +1,10 @@
 """The `prunelab` command line: parse, call the Python API, print. No logic of its own.
 
 One module per group of commands, each registering on the one app (`prunelab.cli.common`):
-compress (prune, quantize, transfer, transfer-encoder), evaluate (ppl, eval, divergence,
-refusal, tasks), study (study, demo, results, report), catalogue (models, methods, info),
-route, and inference (speed, export-gguf). A new command is a function decorated with
-`@app.command()` in one of them.
+compress (prune, quantize, transfer, transfer-encoder), compact (pack, unpack), evaluate (ppl,
+eval, divergence, refusal, tasks), study (study, demo, results, report), catalogue (models,
+methods, info), route, and inference (speed, export-gguf). A new command is a function
+decorated with `@app.command()` in one of them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import click
 import typer
 
 # Each module registers its commands on import; `prunelab --help` lists them in this order.
-from prunelab.cli import compress, evaluate, study, catalogue, route, inference  # noqa: F401,I001
+from prunelab.cli import compress, compact, evaluate, study, catalogue, route, inference  # noqa: F401,I001
 from prunelab.cli.common import Interrupted, app
 from prunelab.errors import PrunelabError
 

@@ -58,6 +58,7 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
     size = pruning.get("model_size")
     if size:
         typer.echo(size_line(size["before"], size["after"], data.get("weights_file_bytes")))
+    _print_physical_account(directory)
     _print_inference(data.get("inference"))
     if layers and _quantized_only(pruning):
         _print_quantized_layers(pruning, layers)
@@ -70,6 +71,7 @@ def info(directory: Path = typer.Argument(..., help="a directory written by `pru
 def _print_inference(inference) -> None:
     """The measured speed-up (`prunelab speed`), where one was measured."""
     if not isinstance(inference, dict) or not inference.get("tokens_per_s_dense"):
+        typer.echo("measured speed-up: none recorded (a smaller file is not a faster model)")
         return
     line = (f"inference ({inference.get('measured', '?')}, {inference.get('device', '?')}): "
             f"decode {inference['tokens_per_s_dense']:.1f} tokens/s dense")
@@ -77,6 +79,27 @@ def _print_inference(inference) -> None:
         line += (f", {inference['tokens_per_s_sparse']:.1f} with the sparse runtime "
                  f"({inference.get('speedup', 0):.2f}x)")
     typer.echo(line)
+
+
+def _print_physical_account(directory: Path) -> None:
+    """Bytes of the weights dense and compact (what `pack` writes, computed when the directory
+    is dense)."""
+    from prunelab.compact_dirs import physical_account
+    from prunelab.errors import PrunelabError
+
+    try:
+        account = physical_account(directory)
+    except PrunelabError as exc:  # e.g. a structurally pruned model: say why, keep the rest
+        typer.echo(f"physical account: not available ({exc.problem})")
+        return
+    side = "as stored" if account["measured_from"] == "compact" else "computed, not written"
+    typer.echo(f"physical account: weights {account['dense_bytes'] / 1e6:.1f} MB dense, "
+               f"{account['compact_bytes'] / 1e6:.1f} MB compact ({side}): "
+               f"{account['dense_bytes'] / account['compact_bytes']:.2f}x smaller; the "
+               f"{account['prunable_matrices']} prunable matrices alone "
+               f"{account['prunable_dense_bytes'] / 1e6:.1f} -> "
+               f"{account['prunable_compact_bytes'] / 1e6:.1f} MB "
+               f"({account['prunable_dense_bytes'] / account['prunable_compact_bytes']:.2f}x)")
 
 
 def _quantized_only(pruning: dict) -> bool:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from prunelab import defaults
-from prunelab.checks import (CHECKPOINT_FORMATS, SUPPORTED_BITS, check_bits, check_format_name,
-                             check_group_size, check_new_dir, check_output_file)
+from prunelab.checks import (CHECKPOINT_FORMATS, SUPPORTED_BITS, check_bits,
+                             check_compact_pattern, check_format_name, check_group_size,
+                             check_new_dir, check_output_file)
 from prunelab.prune_request import check_prune_request
 from prunelab.cli.common import COMPRESS_PPL, PPL_HELP, TRUST_HELP, app, option_pairs, size_line
 from prunelab.data.calibration import CalibrationConfig
@@ -26,6 +27,11 @@ from prunelab.method_catalogue import METHOD_CATALOGUE, check_options, method_sh
 
 if TYPE_CHECKING:
     from prunelab.zoo.models import LoadedModel
+
+
+# What `prune` writes: dense safetensors, or compact sparse matrices (packed integer codes are
+# `quantize`'s).
+PRUNE_FORMATS = ("dequantized", "compact")
 
 
 def _nothing(loaded: LoadedModel) -> None:
@@ -92,10 +98,20 @@ def prune(
     seed: int = typer.Option(defaults.CALIBRATION_SEED, help="seed for drawing calibration "
                              "windows"),
     option: Optional[list[str]] = typer.Option(None, help="method option KEY=VALUE (repeatable)"),
+    format: str = typer.Option(CHECKPOINT_FORMATS[0], "--format",
+                               help="dequantized (dense safetensors) or compact (each pruned "
+                                    "matrix as its kept weights and a mask: smaller on disk)"),
     ppl: bool = typer.Option(True, help=PPL_HELP),
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Prune MODEL and save it (safetensors + prunelab.json)."""
+    check_format_name(format)
+    if format not in PRUNE_FORMATS:
+        raise PrunelabError(f"prune writes --format {' or '.join(PRUNE_FORMATS)}, not {format}",
+                            "write packed integer codes with `prunelab quantize --format "
+                            "compressed-tensors`")
+    if format == "compact":
+        check_compact_pattern(pattern)
     options = option_pairs(option)
     calibration = CalibrationConfig(calib_source, calib_samples, seqlen, seed)
     check_prune_request(method, sparsity, pattern, calibration, options, out=out)
@@ -117,7 +133,8 @@ def prune(
         prepare=lambda loaded: api.check_model_fit(loaded, args, calibration_text=True),
         compress=lambda loaded: api.prune(loaded, method, sparsity, pattern=pattern,
                                           calibration=calibration, **options),
-        summary=summary, perplexity_as="pruned" if ppl else None))
+        summary=summary, perplexity_as="pruned" if ppl else None, format=format,
+        saved_note=f" ({format})" if format != CHECKPOINT_FORMATS[0] else ""))
 
 
 def _group_size(text: str) -> str:
@@ -145,8 +162,9 @@ def quantize(
     act_order: bool = typer.Option(False, help="GPTQ: columns by decreasing diag(H), "
                                    "with static groups"),
     format: str = typer.Option(CHECKPOINT_FORMATS[0], "--format",
-                               help="dequantized (fp32 safetensors) or compressed-tensors "
-                                    "(packed int, what vLLM reads)"),
+                               help="dequantized (fp32 safetensors), compressed-tensors "
+                                    "(packed int, what vLLM reads) or compact (kept codes and "
+                                    "a mask: for pruned models)"),
     calib_source: str = typer.Option(defaults.CALIBRATION_SOURCE, help="calibration text"),
     calib_samples: int = typer.Option(defaults.CALIBRATION_SAMPLES,
                                       help="number of calibration windows"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prunelab.paths import atomic_dir, atomic_file, write_json_atomic
 # The built-in sections register themselves (`report.sections`), in report order.
-from prunelab.report import core, divergence, calibration, refusal  # noqa: F401,E402,I001
+from prunelab.report import core, divergence, calibration, refusal, physical  # noqa: F401,E402,I001
 
 IMAGE_DIR = "report_files"
 

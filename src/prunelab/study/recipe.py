@@ -26,6 +26,7 @@ from prunelab.errors import PrunelabError
 from prunelab.study.axis import computed_axis
 from prunelab.study.measures.divergence import Divergence
 from prunelab.study.measures.perplexity import Perplexity
+from prunelab.study.measures.physical import PhysicalAccount
 from prunelab.study.measures.refusal import Refusal
 from prunelab.study.stages import CalibrationPatch, parse_stage
 
@@ -172,6 +173,11 @@ class Analysis(_Strict):
         default_factory=lambda: [0.9, 0.5])
 
 
+# Measure sections declared after runs were stored: left out of a recipe's dump (its YAML in
+# the report, its fingerprint) when absent, so those runs keep their form and hash.
+LATER_SECTIONS = ("physical_account",)
+
+
 class Recipe(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     description: str = ""
@@ -185,6 +191,7 @@ class Recipe(_Strict):
     perplexity: Perplexity | None = None
     divergence: Divergence | None = None
     refusal: Refusal | None = None
+    physical_account: PhysicalAccount | None = None
     analysis: Analysis = Field(default_factory=Analysis)
 
     @field_validator("models", "tasks", "seeds")
@@ -223,7 +230,8 @@ class Recipe(_Strict):
         """The recipe as JSON data; a registered measure's section that no built-in field
         declares is left out when absent (so recipes without it keep their form and hash)."""
         data = self.model_dump(mode="json", exclude=exclude)
-        for name in set(type(self).model_fields) - set(Recipe.model_fields):
+        for name in (set(type(self).model_fields) - set(Recipe.model_fields)) | set(
+                LATER_SECTIONS):
             if data.get(name) is None:
                 data.pop(name, None)
         return data

@@ -37,7 +37,13 @@ def check_model_directory(directory: Path, *, trust_remote_code: bool = False) -
             f"{directory} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...)",
             "save the tokenizer of the model these weights came from into it, with "
             "its tokenizer's save_pretrained")
-    _check_shapes(directory, config, check_weight_files(directory))
+    shapes = check_weight_files(directory)
+    from prunelab.compact import check_compact_directory, is_compact
+
+    if is_compact(directory):  # packed matrices: their own checks, not the config's shapes
+        check_compact_directory(directory, shapes)
+        return
+    _check_shapes(directory, config, shapes)
 
 
 _RESTORE_CONFIG = "restore the config.json saved with these weights"

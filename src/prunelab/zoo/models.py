@@ -34,6 +34,7 @@ from prunelab.zoo.provenance import PROVENANCE_FILE, read_provenance_file, read_
 from prunelab.zoo.directory import (check_loading_info, check_model_directory, check_vocabulary,
                                     load_failure)
 from prunelab.zoo.weights import read_weights_privately
+from prunelab.compact import is_compact, load_model_weights
 
 DEQUANTIZED_CAVEAT = (
     "weights are dequantized 4-bit GGUF codes, not the original fp16 checkpoint: each block of "
@@ -388,7 +389,9 @@ def load_model(source: str | Path = defaults.DEFAULT_MODEL, *,
         tokenizer = AutoTokenizer.from_pretrained(target, **options)
         check_vocabulary(tokenizer, config, source)
         part = "weights"
-        if structure.needs_loader(config):  # per-layer shapes (prunelab.structure)
+        if local is not None and is_compact(local):  # packed matrices (prunelab.compact)
+            model = load_model_weights(local, dtype=dtype)
+        elif structure.needs_loader(config):  # per-layer shapes (prunelab.structure)
             model = structure.load_pretrained(target, dtype=dtype)
         else:
             verbosity = hf_logging.get_verbosity()
@@ -406,7 +409,7 @@ def load_model(source: str | Path = defaults.DEFAULT_MODEL, *,
     except Exception as exc:  # whatever the loaders raise on files they cannot read
         raise load_failure(exc, source, local, part) from None
     model.eval()
-    if local is not None:
+    if local is not None and not is_compact(local):
         read_weights_privately(model, local)  # pruning writes every weight: no mmap
     if spec is not None:
         info["dequantized"] = spec.dequantized

@@ -137,3 +137,4 @@ from prunelab.study.measures import divergence  # noqa: E402,F401
 from prunelab.study.measures import refusal  # noqa: E402,F401
 from prunelab.study.measures import task  # noqa: E402,F401
 from prunelab.study.measures import finetune  # noqa: E402,F401
+from prunelab.study.measures import physical  # noqa: E402,F401
