@@ -20,6 +20,9 @@ LAYER_KINDS = ("attention", "mlp")
 SUPPORTED_BITS = (2, 3, 4, 6, 8)  # what the quantizers (rtn, gptq, sparsegpt's joint mode) store
 # How a quantized model is saved: fp32 weights, or packed integers (`prunelab.quant_export`).
 CHECKPOINT_FORMATS = ("dequantized", "compressed-tensors")
+# The precisions a model can be loaded and run in (`--dtype`, a recipe's `dtype:`); the
+# statistics methods gather (Hessians, Σx², norms) are float32 whatever the model's.
+DTYPES = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,14 @@ def check_group_size(group_size: int | None, who: str) -> None:
         raise PrunelabError(f"{who}: group size {group_size} is not a positive integer",
                             "use 32, 64, 128 or a divisor of the layer width, or none "
                             "for one grid per output channel")
+
+
+def check_dtype_name(name: str, flag: str = "--dtype") -> str:
+    """`name` is one of DTYPES (whether the device can run it is `devices.check_dtype`'s)."""
+    if name not in DTYPES:
+        raise PrunelabError(f"{flag} {name!r} is not a precision prunelab runs in",
+                            f"use one of {', '.join(DTYPES)}")
+    return name
 
 
 def check_format_name(format: str) -> None:

@@ -12,15 +12,18 @@ from typing import Optional
 
 import typer
 
-from prunelab.checks import check_output_dir, check_output_file
+from prunelab.checks import check_dtype_name, check_output_dir, check_output_file
 from prunelab.cli.common import Interrupted, app
 
 
 def _overrides(sets: list[str] | None, models: list[str] | None, tasks: list[str] | None,
-               limit: int | None, seeds: list[int] | None) -> list[str]:
+               limit: int | None, seeds: list[int] | None, dtype: str | None = None
+               ) -> list[str]:
     import json
 
     out = list(sets or [])
+    if dtype is not None:
+        out.append(f"dtype={check_dtype_name(dtype)}")
     if models:
         out.append(f"models={json.dumps(models)}")
     if tasks:
@@ -125,6 +128,8 @@ def study(
     device: Optional[str] = typer.Option(None, help="run models there, e.g. cuda "
                                          "(default: the CPU)"),
     progress: bool = typer.Option(True, help="show a progress bar with an ETA"),
+    dtype: Optional[str] = typer.Option(None, help="load and compute every model in fp32, bf16 "
+                                        "or fp16 (the recipe's dtype:, which it replaces)"),
 ) -> None:
     """Run (or resume) a pruning study; finished points are never recomputed."""
     from prunelab.study.checks import check_recipe
@@ -132,7 +137,8 @@ def study(
 
     if not dry_run:
         check_output_dir(run_dir, "--run-dir")  # before the recipe's checks load anything
-    r = load_recipe(recipe, _overrides(set_, model, tasks, limit, seed), check=check_recipe)
+    r = load_recipe(recipe, _overrides(set_, model, tasks, limit, seed, dtype),
+                    check=check_recipe)
     _run(r, run_dir or Path("runs") / r.name, force, dry_run, report, device, progress)
 
 @app.command()
