@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from prunelab import defaults
-from prunelab.checks import (CHECKPOINT_FORMATS, SUPPORTED_BITS, check_bits, check_format_name,
+from prunelab.checks import (CHECKPOINT_FORMATS, SUPPORTED_BITS, check_bits, check_dtype_name,
+                             check_format_name,
                              check_group_size, check_new_dir, check_output_file)
 from prunelab.prune_request import check_prune_request
 from prunelab.cli.common import (COMPRESS_PPL, DTYPE_HELP, PPL_HELP,
@@ -101,6 +102,7 @@ def prune(
     device: Optional[str] = typer.Option(None, help=PRUNE_DEVICE_HELP),
 ) -> None:
     """Prune MODEL and save it (safetensors + prunelab.json)."""
+    check_dtype_name(dtype)
     options = option_pairs(option)
     calibration = CalibrationConfig(calib_source, calib_samples, seqlen, seed)
     check_prune_request(method, sparsity, pattern, calibration, options, out=out)
@@ -166,6 +168,7 @@ def quantize(
     device: Optional[str] = typer.Option(None, help=PRUNE_DEVICE_HELP),
 ) -> None:
     """Quantize MODEL's weights (RTN or GPTQ) and save it."""
+    check_dtype_name(dtype)
     if symmetric is None:  # transformers cannot load a packed zero point (quant_export)
         symmetric = format == "compressed-tensors"
     # Without --group-size, the size is chosen once the model's widths are known (prepare).
@@ -260,6 +263,7 @@ def transfer(
     dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
 ) -> None:
     """Fine-tune MODEL in a Junk DNA transfer setting and save it."""
+    check_dtype_name(dtype)
     if mask_from is not None and method is not None:
         raise PrunelabError("give either --method or --mask-from, not both",
                             "drop one of them")

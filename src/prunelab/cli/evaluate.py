@@ -25,6 +25,7 @@ def ppl(
     device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Perplexity of MODEL on non-overlapping windows of a text."""
+    check_dtype_name(dtype)
     check_perplexity_args(source, seqlen, windows)
     where, torch_dtype = placement(device, dtype)
     from prunelab import api
@@ -60,9 +61,9 @@ def eval_command(
     device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Evaluate MODEL on tasks; print a per-level table with 95% intervals."""
+    check_dtype_name(dtype)
     check_output_file(out, "--out")
     check_output_file(summary_out, "--summary", "summary.json")
-    check_dtype_name(dtype)
     from prunelab.tasks.registry import get_tasks
 
     chosen = get_tasks(tasks)  # unknown tasks and too-large limits fail before loading
@@ -137,6 +138,7 @@ def divergence(
 ) -> None:
     """Jensen-Shannon divergence (nats), KL both ways and top-1 agreement of COMPRESSED's
     next-token distributions against DENSE's, per token of a text, averaged."""
+    check_dtype_name(dtype)
     check_perplexity_args(source, seqlen, windows, batch_size)
     check_output_file(out, "--out", "divergence.json")
     where, torch_dtype = placement(device, dtype)
@@ -187,6 +189,7 @@ def refusal(
 ) -> None:
     """Refusal rate per jailbreak template (keyword rule), and over-refusal on benign
     requests, with 95% Wilson intervals."""
+    check_dtype_name(dtype)
     if max_new_tokens < 1 or batch_size < 1:
         raise PrunelabError("--max-new-tokens and --batch-size must be 1 or more",
                             "e.g. --max-new-tokens 64 --batch-size 8")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from prunelab import defaults
-from prunelab.checks import check_output_file
+from prunelab.checks import check_dtype_name, check_output_file
 from prunelab.prune_request import check_prune_request
 from prunelab.cli.common import DTYPE_HELP, app, option_pairs, placement
 from prunelab.errors import PrunelabError
@@ -35,6 +35,7 @@ def route(
     """Prune one SEAP expert per task family (calibrated on that family's held-out prompts),
     route every input to an expert by a classifier on the shared first blocks, and evaluate:
     the per-level table, and where each family's inputs were routed."""
+    check_dtype_name(dtype)
     names = [f.strip() for f in families.split(",") if f.strip()]
     if len(names) < 2:
         raise PrunelabError("routing needs two or more task families",
