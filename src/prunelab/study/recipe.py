@@ -180,8 +180,10 @@ class Recipe(_Strict):
     models: list[str] = Field(min_length=1)
     # The precision every model is loaded and computed in; `model_dtypes` sets one model's
     # own. Statistics are float32 whatever it is; a point's key holds it when not fp32.
-    dtype: DType = defaults.DTYPE
-    model_dtypes: dict[str, DType] = Field(default_factory=dict)
+    dtype: DType = Field(defaults.DTYPE, description="precision every model is loaded and "
+                         "computed in: fp32, bf16 or fp16 (statistics stay fp32)")
+    model_dtypes: dict[str, DType] = Field(default_factory=dict, description="one model's own "
+                                           "precision, by its name under models")
     compressions: list[Compression] = Field(default_factory=list)
     band_probe: BandProbe | None = None
     tasks: list[str] = Field(min_length=1)
