@@ -7,7 +7,10 @@ decision agrees, the lowest agreement of any layer, perplexity (dense and pruned
 precision, and the time each run took (the CPU's bf16/fp16 kernels may be slower than fp32).
 
     python bench/dtype_agreement.py [--model smollm2-135m] [--dtype bf16]
-        [--calibration /work/briefs/text/calib.txt] [--text /work/briefs/text/eval.txt]
+        [--calibration FILE] [--text FILE]
+
+Without `--calibration` and `--text`, Python's own reference text (pydoc_data.topics, always
+installed) is split in two halves by topic: the first calibrates, the second is evaluated.
 """
 
 from __future__ import annotations
@@ -30,6 +33,21 @@ def measure(model: str, dtype: str, method: str, calibration, text: str, seqlen:
     return {"masks": result.masks, "dense": dense, "pruned": pruned, "seconds": seconds}
 
 
+def pydoc_halves() -> tuple[str, str]:
+    """Two temporary files: the first and second half (by sorted topic) of pydoc's topics."""
+    import tempfile
+    from pathlib import Path
+
+    from pydoc_data.topics import topics
+
+    parts = [topics[k] for k in sorted(topics)]
+    folder = Path(tempfile.mkdtemp(prefix="dtype_agreement_"))
+    first, second = folder / "calibration.txt", folder / "evaluation.txt"
+    first.write_text("\n\n".join(parts[:len(parts) // 2]))
+    second.write_text("\n\n".join(parts[len(parts) // 2:]))
+    return str(first), str(second)
+
+
 def agreement(a: dict, b: dict) -> tuple[float, float, str]:
     """(share of all weights deciding alike, lowest share of one layer, that layer)."""
     same = total = 0
@@ -47,14 +65,18 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     parser.add_argument("--methods", default="wanda,sparsegpt")
-    parser.add_argument("--calibration", default="/work/briefs/text/calib.txt")
-    parser.add_argument("--text", default="/work/briefs/text/eval.txt")
-    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--calibration", default=None, help="calibration text: name or file")
+    parser.add_argument("--text", default=None, help="perplexity text: name or file")
+    parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=256)
-    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--windows", type=int, default=8)
     args = parser.parse_args()
     from prunelab.data.corpora import CalibrationConfig
 
+    if args.calibration is None or args.text is None:
+        halves = pydoc_halves()
+        args.calibration = args.calibration or halves[0]
+        args.text = args.text or halves[1]
     calibration = CalibrationConfig(args.calibration, args.samples, args.seqlen, 0)
     print(f"{args.model}: {args.dtype} against fp32, 50% unstructured, calibration "
           f"{args.samples} x {args.seqlen} tokens of {args.calibration}, perplexity on "

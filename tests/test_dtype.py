@@ -243,3 +243,16 @@ def test_a_study_on_a_device_without_the_dtype_is_refused_before_loading(monkeyp
     assert problems == [("model_dtypes", "--dtype fp16 was asked for, but torch cannot "
                          "multiply fp16 matrices on cpu; use --dtype fp32, or a device that "
                          "computes in fp16 (--device cuda)")]
+
+
+def test_a_bf16_gptq_model_packs_as_compressed_tensors(tiny_dir, text, tmp_path):
+    """The packed codes are checked against the model's weights in the model's dtype (the
+    dequantized value rounded to bf16), not in fp32."""
+    out = tmp_path / "packed"
+    result = run("quantize", str(tiny_dir), "--out", str(out), "--calib-source", str(text),
+                 "--calib-samples", "4", "--seqlen", "64", "--no-ppl", "--dtype", "bf16",
+                 "--format", "compressed-tensors", "--group-size", "32")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "prunelab.json").read_text())["model"]["dtype"] == "bf16"
+    assert run("ppl", str(out), "--source", str(text), "--seqlen", "64", "--windows", "2",
+               "--dtype", "bf16").returncode == 0
