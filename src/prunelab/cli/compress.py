@@ -17,12 +17,11 @@ import typer
 
 from prunelab import defaults
 from prunelab.checks import (CHECKPOINT_FORMATS, SUPPORTED_BITS, check_bits, check_dtype_name,
-                             check_format_name,
-                             check_group_size, check_new_dir, check_output_file)
+                             check_format_name, check_group_size, check_new_dir,
+                             check_output_file)
 from prunelab.prune_request import check_prune_request
-from prunelab.cli.common import (COMPRESS_PPL, DTYPE_HELP, PPL_HELP,
-                                 PRUNE_DEVICE_HELP, TRUST_HELP, app, option_pairs, placement,
-                                 size_line)
+from prunelab.cli.common import (COMPRESS_PPL, DTYPE_HELP, PPL_HELP, PRUNE_DEVICE_HELP,
+                                 TRUST_HELP, app, option_pairs, placement, size_line)
 from prunelab.data.calibration import CalibrationConfig
 from prunelab.errors import PrunelabError
 from prunelab.method_catalogue import METHOD_CATALOGUE, check_options, method_shape
