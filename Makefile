@@ -7,7 +7,7 @@ TORCH := torch==2.13.0
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links /opt/wheels,)
 
-.PHONY: setup test test-fast demo bench docs clean
+.PHONY: setup test test-fast demo bench bench-all docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,13 @@ demo: setup
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
+# Every ratio prunelab tracks, one line each (bench/run_all.py): the fast set; BENCH=slow or
+# `make bench-all` runs every bench at full size. BENCH_ARGS passes e.g. --calibration FILE.
 bench: setup
-	$(PY) bench/bench_prune.py
+	$(PY) bench/run_all.py $(if $(filter slow,$(BENCH)),--slow,) $(BENCH_ARGS)
+
+bench-all: setup
+	$(PY) bench/run_all.py --slow $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache site

@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as is); "
                         "1 makes the CPU-time ratio free of idle-thread spinning")
     parser.add_argument("--timing-only", action="store_true", help="skip the pruned models")
+    parser.add_argument("--text", default="squad-dev", help="text: name or file")
+    parser.add_argument("--calibration", default="squadshifts-new_wiki",
+                        help="calibration text: name or file")
     args = parser.parse_args()
 
     import torch
@@ -46,8 +49,8 @@ def main() -> None:
 
     loaded = load_model(args.model)
     pristine = copy.deepcopy(loaded.model)
-    windows = eval_windows(loaded, "squad-dev", args.seqlen, args.windows)
-    print(f"{args.model}: {args.windows} windows x {args.seqlen} tokens of squad-dev, "
+    windows = eval_windows(loaded, args.text, args.seqlen, args.windows)
+    print(f"{args.model}: {args.windows} windows x {args.seqlen} tokens of {args.text}, "
           f"batch {args.batch_size}", flush=True)
 
     # The identical pair pays for the exact-zero check on every token (each row's logits are
@@ -89,7 +92,7 @@ def main() -> None:
     print("| method | sparsity | perplexity | JSD (nats) | JSD median | JSD 95th pct | "
           "KL(dense‖pruned) | KL(pruned‖dense) | top-1 agreement | divergence s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    calibration = CalibrationConfig("squadshifts-new_wiki", args.calib_samples,
+    calibration = CalibrationConfig(args.calibration, args.calib_samples,
                                     args.calib_seqlen, 0)
     for method in args.methods.split(","):
         for sparsity in (float(s) for s in args.sparsities.split(",")):

@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--method", default="magnitude-sp")
+    parser.add_argument("--calibration", default="squadshifts-new_wiki",
+                        help="calibration text (flap only): name or file")
+    parser.add_argument("--text", default="squad-dev", help="prompt text: name or file")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prompt", type=int, default=512, help="prefill tokens (batch 1)")
     parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens generated")
@@ -46,7 +49,7 @@ def main() -> None:
     dense = prunelab.load_model(args.model)
     models = {"dense": dense}
     sizes = {"dense": (model_size(dense.model), _file_bytes(dense.path))}
-    calibration = CalibrationConfig("squadshifts-new_wiki", 64, 128, 0)
+    calibration = CalibrationConfig(args.calibration, 64, 128, 0)
     for ratio in args.ratios:
         loaded = prunelab.load_model(args.model)
         result = prunelab.prune(loaded, args.method, ratio, calibration=calibration,
@@ -57,7 +60,7 @@ def main() -> None:
         models[label] = prunelab.load_model(out)
         sizes[label] = (model_size(models[label].model), _file_bytes(out))
 
-    prompt = eval_windows(dense, "squad-dev", args.prompt, 1)[:1]
+    prompt = eval_windows(dense, args.text, args.prompt, 1)[:1]
     short = prompt[:, :32]
     prefill = {name: [] for name in models}
     generate = {name: [] for name in models}

@@ -161,3 +161,91 @@ def test_divergence_compares_a_dense_model_on_the_cpu_with_a_compressed_one_on_t
     assert split.tokens == both_here.tokens
     assert split.jsd == pytest.approx(both_here.jsd, rel=1e-4)
     assert split.perplexity_compressed == pytest.approx(both_here.perplexity_compressed, rel=1e-4)
+
+
+# -- precisions on the GPU: the model in host memory, one block at a time on the device -------
+
+def _text(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("Pruning removes weights from a network, and the network forgets. " * 200)
+    return text
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("method,options", [("wanda", {}), ("sparsegpt", {}),
+                                            ("gptq", {"bits": 4, "group_size": 32})],
+                         ids=["wanda", "sparsegpt", "gptq"])
+def test_a_low_precision_model_prunes_block_by_block_on_the_gpu(monkeypatch, tmp_path, dtype,
+                                                               method, options):
+    """What bench/bench_gpu.py times: statistics on the GPU in fp32, the weights written back
+    in the model's dtype into host memory, masks as on the CPU in fp32."""
+    from prunelab import engine
+    from prunelab.api import perplexity, prune
+    from prunelab.data.corpora import CalibrationConfig
+    from prunelab.testing import tiny_loaded
+
+    text = _text(tmp_path)
+    calibration = CalibrationConfig(str(text), 8, 64, 0)
+    seen = set()
+    real = engine._collect
+
+    def spy(*args, **kwargs):
+        stats = real(*args, **kwargs)
+        for layer in stats.values():
+            for value in layer.values():
+                for part in (list(value) if isinstance(value, tuple) else [value]):
+                    if isinstance(part, torch.Tensor):
+                        seen.add((part.device.type, part.dtype))
+        return stats
+
+    monkeypatch.setattr(engine, "_collect", spy)
+    quantize = method == "gptq"
+    runs, ppl = {}, {}
+    for where, device, precision in (("cpu", None, torch.float32), ("gpu", GPU, dtype)):
+        loaded = tiny_loaded("llama")
+        loaded.model.to(precision)
+        runs[where] = prune(loaded, method, None if quantize else 0.5, calibration=calibration,
+                            device=device, progress=False, keep_masks=True, **options)
+        assert {(p.device.type, p.dtype) for p in loaded.model.parameters()} == {
+            ("cpu", precision)}
+        ppl[where] = perplexity(loaded, str(text), 64, 4)
+    assert ("cuda", torch.float32) in seen and not {d for d in seen if d[1] != torch.float32}
+    assert ppl["gpu"] == pytest.approx(ppl["cpu"], rel=0.1)
+    if not quantize:
+        cpu, gpu = runs["cpu"].masks, runs["gpu"].masks
+        agree = torch.cat([(cpu[k] == gpu[k]).flatten() for k in cpu]).float().mean().item()
+        assert agree >= 0.95, agree
+
+
+@cuda
+def test_the_cli_prunes_on_the_gpu_in_bf16_and_saves_bf16(tiny_dir, tmp_path):
+    import json
+
+    from tests.cli_helpers import run
+
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("this GPU has no bf16 arithmetic")
+    out = tmp_path / "pruned"
+    result = run("prune", str(tiny_dir), "--out", str(out), "--sparsity", "0.5",
+                 "--calib-source", str(_text(tmp_path)), "--calib-samples", "4", "--seqlen",
+                 "64", "--no-ppl", "--dtype", "bf16", "--device", "cuda")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "prunelab.json").read_text())["model"]["dtype"] == "bf16"
+    result = run("ppl", str(out), "--source", str(_text(tmp_path)), "--seqlen", "64",
+                 "--windows", "2", "--dtype", "bf16", "--device", "cuda")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_the_gpu_bench_says_in_one_line_that_there_is_no_gpu():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).parent.parent / "bench" / "bench_gpu.py"
+    done = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines() == [done.stdout.strip()]
+    assert done.stdout.startswith("no GPU here")

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prunelab.devices import dtype_name
 from prunelab.errors import PrunelabError
 from prunelab.paths import atomic_dir
 from prunelab.zoo.provenance import PROVENANCE_FILE, read_provenance_file
@@ -56,6 +57,8 @@ def save(loaded: LoadedModel, out_dir: str | Path, result: PruneResult | None = 
     provenance = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"source": loaded.name, "dequantized": loaded.dequantized,
+                  # the precision the weights were computed and are saved in
+                  "dtype": dtype_name(_weight_dtype(loaded.model)),
                   **({"zoo": loaded.info["zoo"]} if "zoo" in loaded.info else {})},
         "pruning": result.to_dict() if result else None,
         "versions": versions(),
@@ -87,6 +90,14 @@ def _save_compact(loaded: LoadedModel, directory: Path, result: PruneResult | No
     write_compact(dense, directory, pattern=result.pattern if result else None,
                   quantized=result.quantized if result else None, refuse_dense=False)
     shutil.rmtree(dense)
+
+
+def _weight_dtype(model):
+    """The floating dtype of the model's parameters (the first found; prunelab loads every
+    parameter in one dtype)."""
+    import torch
+
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def storage_record(model, directory: Path, format: str) -> dict:

@@ -24,6 +24,9 @@ CHECKPOINT_FORMATS = ("dequantized", "compressed-tensors", "compact")
 # What `prunelab export-gguf` writes (`prunelab.gguf_export`): half precision, or llama.cpp's
 # 8- and 4-bit block codes.
 GGUF_TYPES = ("F16", "Q8_0", "Q4_0")
+# The precisions a model can be loaded and run in (`--dtype`, a recipe's `dtype:`); the
+# statistics methods gather (Hessians, Σx², norms) are float32 whatever the model's.
+DTYPES = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,14 @@ def check_group_size(group_size: int | None, who: str) -> None:
         raise PrunelabError(f"{who}: group size {group_size} is not a positive integer",
                             "use 32, 64, 128 or a divisor of the layer width, or none "
                             "for one grid per output channel")
+
+
+def check_dtype_name(name: str, flag: str = "--dtype") -> str:
+    """`name` is one of DTYPES (whether the device can run it is `devices.check_dtype`'s)."""
+    if name not in DTYPES:
+        raise PrunelabError(f"{flag} {name!r} is not a precision prunelab runs in",
+                            f"use one of {', '.join(DTYPES)}")
+    return name
 
 
 def check_format_name(format: str) -> None:

@@ -7,6 +7,8 @@ the CLI can build its `--help` from them without loading the heavy stack.
 from __future__ import annotations
 
 DEFAULT_MODEL = "smollm2-135m"
+# The precision weights are loaded and computed in (statistics are always float32).
+DTYPE = "fp32"
 
 # Calibration: one half of Python's own reference text (ships with Python: no download),
 # never the evaluation text, which is the other half.

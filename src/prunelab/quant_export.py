@@ -155,7 +155,8 @@ def write_compressed_tensors(model: nn.Module, records: dict[str, QuantizedWeigh
     modules = dict(twin.named_modules())
     for name, record in records.items():
         current = modules[name].weight.data
-        if not torch.equal(current.to(torch.float32), record.dequantize()):
+        # a bf16/fp16 model holds its dequantized value rounded to its dtype
+        if not torch.equal(current, record.dequantize().to(current.dtype)):
             raise RuntimeError(f"{name}: the weight is not its quantization's dequantized "
                                "value (changed after quantizing?)")
     apply_quantization_config(twin, config, show_progress=False)

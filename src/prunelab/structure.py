@@ -123,7 +123,7 @@ def _rows(layer: nn.Linear, rows: torch.Tensor) -> nn.Linear:
 
 
 def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
-    return (heads[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).reshape(-1)
 
 
 def check_grouping(keep_heads: torch.Tensor, keep_kv: torch.Tensor, group_size: int,

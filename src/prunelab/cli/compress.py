@@ -17,10 +17,11 @@ import typer
 
 from prunelab import defaults
 from prunelab.checks import (CHECKPOINT_FORMATS, SUPPORTED_BITS, check_bits,
-                             check_compact_pattern, check_format_name, check_group_size,
-                             check_new_dir, check_output_file)
+                             check_compact_pattern, check_dtype_name, check_format_name,
+                             check_group_size, check_new_dir, check_output_file)
 from prunelab.prune_request import check_prune_request
-from prunelab.cli.common import COMPRESS_PPL, PPL_HELP, TRUST_HELP, app, option_pairs, size_line
+from prunelab.cli.common import (COMPRESS_PPL, DTYPE_HELP, PPL_HELP, PRUNE_DEVICE_HELP,
+                                 TRUST_HELP, app, option_pairs, placement, size_line)
 from prunelab.data.calibration import CalibrationConfig
 from prunelab.errors import PrunelabError
 from prunelab.method_catalogue import METHOD_CATALOGUE, check_options, method_shape
@@ -53,6 +54,7 @@ class Compression:
     format: str = CHECKPOINT_FORMATS[0]
     saved_note: str = ""
     trust_remote_code: bool = False
+    dtype: Any = "fp32"  # what the model is loaded, computed and saved in
 
 
 def compress_and_save(run: Compression) -> None:
@@ -60,7 +62,7 @@ def compress_and_save(run: Compression) -> None:
     from prunelab import api
     from prunelab.zoo.models import load_model
 
-    loaded = load_model(run.model, trust_remote_code=run.trust_remote_code)
+    loaded = load_model(run.model, dtype=run.dtype, trust_remote_code=run.trust_remote_code)
     run.prepare(loaded)
     before = api.dense_perplexity(loaded, *COMPRESS_PPL, progress=True) if run.perplexity_as \
         else None
@@ -103,8 +105,11 @@ def prune(
                                     "matrix as its kept weights and a mask: smaller on disk)"),
     ppl: bool = typer.Option(True, help=PPL_HELP),
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
+    dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
+    device: Optional[str] = typer.Option(None, help=PRUNE_DEVICE_HELP),
 ) -> None:
     """Prune MODEL and save it (safetensors + prunelab.json)."""
+    check_dtype_name(dtype)
     check_format_name(format)
     if format not in PRUNE_FORMATS:
         raise PrunelabError(f"prune writes --format {' or '.join(PRUNE_FORMATS)}, not {format}",
@@ -115,6 +120,7 @@ def prune(
     options = option_pairs(option)
     calibration = CalibrationConfig(calib_source, calib_samples, seqlen, seed)
     check_prune_request(method, sparsity, pattern, calibration, options, out=out)
+    where, torch_dtype = placement(device, dtype)
     from prunelab import api
 
     args = api.check_prune_args(method, sparsity, pattern, calibration, options, out=out)
@@ -129,10 +135,10 @@ def prune(
         return lines
 
     compress_and_save(Compression(
-        model, out, trust_remote_code=trust_remote_code,
+        model, out, trust_remote_code=trust_remote_code, dtype=torch_dtype,
         prepare=lambda loaded: api.check_model_fit(loaded, args, calibration_text=True),
         compress=lambda loaded: api.prune(loaded, method, sparsity, pattern=pattern,
-                                          calibration=calibration, **options),
+                                          calibration=calibration, device=where, **options),
         summary=summary, perplexity_as="pruned" if ppl else None, format=format,
         saved_note=f" ({format})" if format != CHECKPOINT_FORMATS[0] else ""))
 
@@ -174,8 +180,11 @@ def quantize(
     option: Optional[list[str]] = typer.Option(None, help="other method option KEY=VALUE"),
     ppl: bool = typer.Option(True, help=PPL_HELP),
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
+    dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
+    device: Optional[str] = typer.Option(None, help=PRUNE_DEVICE_HELP),
 ) -> None:
     """Quantize MODEL's weights (RTN or GPTQ) and save it."""
+    check_dtype_name(dtype)
     if symmetric is None:  # transformers cannot load a packed zero point (quant_export)
         symmetric = format == "compressed-tensors"
     # Without --group-size, the size is chosen once the model's widths are known (prepare).
@@ -201,6 +210,7 @@ def quantize(
     check_bits(given["bits"], "quantization")  # as the quantizers' config will, with torch
     check_group_size(given["group_size"], "quantization")
     check_format_name(format)
+    where, torch_dtype = placement(device, dtype)
     from prunelab import api
     from prunelab.quant_export import (ASYMMETRIC_PACKED_NOTE, check_format,
                                        check_model_for_format)
@@ -232,8 +242,9 @@ def quantize(
         return lines
 
     compress_and_save(Compression(
-        model, out, trust_remote_code=trust_remote_code, prepare=prepare,
-        compress=lambda loaded: api.prune(loaded, method, calibration=calibration, **options),
+        model, out, trust_remote_code=trust_remote_code, prepare=prepare, dtype=torch_dtype,
+        compress=lambda loaded: api.prune(loaded, method, calibration=calibration,
+                                          device=where, **options),
         summary=summary, perplexity_as="quantized" if ppl else None, format=format,
         saved_note=f" ({format})"))
 
@@ -265,12 +276,15 @@ def transfer(
                                             "pruned linears (PERP)"),
     masked_lora: bool = typer.Option(False, help="MaskLoRA: the adapters keep the mask"),
     device: Optional[str] = typer.Option(None, help="train there, e.g. cuda (default: the CPU)"),
+    dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
 ) -> None:
     """Fine-tune MODEL in a Junk DNA transfer setting and save it."""
+    check_dtype_name(dtype)
     if mask_from is not None and method is not None:
         raise PrunelabError("give either --method or --mask-from, not both",
                             "drop one of them")
     check_new_dir(out)
+    where, torch_dtype = placement(device, dtype)
     from prunelab import api
     from prunelab.recover.loop import TrainConfig
     from prunelab.recover.mask_source import check_mask_source
@@ -287,7 +301,6 @@ def transfer(
     if setting != "dense" and method is not None and not pattern and sparsity == 0:
         raise PrunelabError(f"--setting {setting} at sparsity 0 prunes nothing: it would be a "
                             "dense fine-tune", "give a sparsity above 0, or --setting dense")
-    where = api.resolve_device(device)
     if method is not None and setting != "dense":
         api.check_prune_args(method, None if pattern else sparsity, pattern, None, {})
     tasks = [t for t in train_on if not t.startswith("text:")]
@@ -312,7 +325,7 @@ def transfer(
                 f"them nonzero now {record.get('masked_nonzero', 0)}"]
 
     compress_and_save(Compression(model, out, compress=compress, summary=summary,
-                                  prepare=prepare,
+                                  prepare=prepare, dtype=torch_dtype,
                                   provenance=lambda record: (None, {"transfer": record})))
 
 

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 
 from prunelab import defaults
-from prunelab.checks import check_output_dir, check_output_file
+from prunelab.checks import check_dtype_name, check_output_dir, check_output_file
 from prunelab.data.checks import check_perplexity_args
-from prunelab.cli.common import TRUST_HELP, app
+from prunelab.cli.common import DEVICE_HELP, DTYPE_HELP, TRUST_HELP, app, load_placed, placement
 from prunelab.errors import PrunelabError
 
 
@@ -21,13 +21,16 @@ def ppl(
     seqlen: int = typer.Option(defaults.EVAL_SEQLEN, help="tokens per window"),
     windows: int = typer.Option(defaults.EVAL_WINDOWS, help="number of non-overlapping windows"),
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
+    dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Perplexity of MODEL on non-overlapping windows of a text."""
+    check_dtype_name(dtype)
     check_perplexity_args(source, seqlen, windows)
+    where, torch_dtype = placement(device, dtype)
     from prunelab import api
-    from prunelab.zoo.models import load_model
 
-    loaded = load_model(model, trust_remote_code=trust_remote_code)
+    loaded = load_placed(model, where, torch_dtype, trust_remote_code)
     value, cached = api.dense_perplexity(loaded, source, seqlen, windows, progress=True)
     typer.echo(f"perplexity {value:.3f}{' (cached)' if cached else ''}  "
                f"({source}, {windows} windows x {seqlen} tokens)")
@@ -54,8 +57,11 @@ def eval_command(
                                         "task's own"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with "
                                   "ETA"),
+    dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Evaluate MODEL on tasks; print a per-level table with 95% intervals."""
+    check_dtype_name(dtype)
     check_output_file(out, "--out")
     check_output_file(summary_out, "--summary", "summary.json")
     from prunelab.tasks.registry import get_tasks
@@ -65,11 +71,11 @@ def eval_command(
         task.select(limit, seed)
     from prunelab.evaluate.runner import check_prompted, evaluate
     from prunelab.paths import write_json_atomic
-    from prunelab.zoo.models import load_model
 
     for task in chosen:
         check_prompted(task)
-    loaded = load_model(model)
+    where, torch_dtype = placement(device, dtype)
+    loaded = load_placed(model, where, torch_dtype)
     results = evaluate(loaded, tasks, limit=limit, seed=seed, batch_size=batch_size,
                        progress=progress, mc_score=mc_score)
     typer.echo(results.table())
@@ -135,18 +141,24 @@ def divergence(
     batch_size: int = typer.Option(1, help="windows per forward pass"),
     out: Optional[str] = typer.Option(None, "--out", help="write the full result here (JSON: "
                                        "means, per-token JSD quantiles and histogram)"),
+    dtype: str = typer.Option(defaults.DTYPE, help="precision both models are loaded and run "
+                              "in: fp32, bf16 or fp16 (the divergences are summed in fp32 and "
+                              "above)"),
+    device: Optional[str] = typer.Option(None, help="run both models there, e.g. cuda "
+                                         "(default: the CPU)"),
 ) -> None:
     """Jensen-Shannon divergence (nats), KL both ways and top-1 agreement of COMPRESSED's
     next-token distributions against DENSE's, per token of a text, averaged."""
+    check_dtype_name(dtype)
     check_perplexity_args(source, seqlen, windows, batch_size)
     check_output_file(out, "--out", "divergence.json")
+    where, torch_dtype = placement(device, dtype)
     from prunelab.evaluate.divergence import check_compatible
     from prunelab.evaluate.divergence import divergence as measure
     from prunelab.paths import write_json_atomic
-    from prunelab.zoo.models import load_model
 
-    dense_model = load_model(dense)
-    compressed_model = load_model(compressed)
+    dense_model = load_placed(dense, where, torch_dtype)
+    compressed_model = load_placed(compressed, where, torch_dtype)
     check_compatible(dense_model, compressed_model)
     result = measure(dense_model, compressed_model, source, seqlen, windows, batch_size,
                      progress=True)
@@ -181,13 +193,19 @@ def refusal(
     batch_size: int = typer.Option(8, help="prompts per generation batch"),
     out: Optional[str] = typer.Option(None, "--out", help="write every prompt, answer and "
                                        "judgement here (JSONL)"),
+    dtype: str = typer.Option(defaults.DTYPE, help="precision the model and the judge are "
+                              "loaded and run in: fp32, bf16 or fp16"),
+    device: Optional[str] = typer.Option(None, help="run the model and the judge there, e.g. "
+                                         "cuda (default: the CPU)"),
 ) -> None:
     """Refusal rate per jailbreak template (keyword rule), and over-refusal on benign
     requests, with 95% Wilson intervals."""
+    check_dtype_name(dtype)
     if max_new_tokens < 1 or batch_size < 1:
         raise PrunelabError("--max-new-tokens and --batch-size must be 1 or more",
                             "e.g. --max-new-tokens 64 --batch-size 8")
     check_output_file(out, "--out", "answers.jsonl")
+    where, torch_dtype = placement(device, dtype)
     from prunelab.evaluate.refusal import evaluate_refusal, load_requests, load_templates
     from prunelab.paths import atomic_file
     from prunelab.tables import print_table
@@ -195,10 +213,9 @@ def refusal(
     harmful = load_requests(requests)  # bad files fail here, before the model is loaded
     wrappers = load_templates(templates)
     controls = load_requests(benign, benign=True)
-    from prunelab.zoo.models import load_model
-
-    judge_model = load_model(judge) if judge else None  # a bad judge name fails before work
-    loaded = load_model(model)
+    # a bad judge name fails before work
+    judge_model = load_placed(judge, where, torch_dtype) if judge else None
+    loaded = load_placed(model, where, torch_dtype)
     result = evaluate_refusal(loaded, harmful, wrappers, controls,
                               max_new_tokens=max_new_tokens, batch_size=batch_size,
                               judge=judge_model)

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 
 from prunelab import defaults
-from prunelab.checks import check_output_file
+from prunelab.checks import check_dtype_name, check_output_file
 from prunelab.prune_request import check_prune_request
-from prunelab.cli.common import app, option_pairs
+from prunelab.cli.common import DTYPE_HELP, app, option_pairs, placement
 from prunelab.errors import PrunelabError
 
 
@@ -30,10 +30,12 @@ def route(
     batch_size: int = typer.Option(defaults.EVAL_BATCH_SIZE, "--batch-size", "-b"),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="write every example's result "
                                       "here (JSONL)"),
+    dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
 ) -> None:
     """Prune one SEAP expert per task family (calibrated on that family's held-out prompts),
     route every input to an expert by a classifier on the shared first blocks, and evaluate:
     the per-level table, and where each family's inputs were routed."""
+    check_dtype_name(dtype)
     names = [f.strip() for f in families.split(",") if f.strip()]
     if len(names) < 2:
         raise PrunelabError("routing needs two or more task families",
@@ -41,6 +43,7 @@ def route(
     options = option_pairs(option)
     check_output_file(out, "--out")
     check_prune_request("seap", sparsity, None, None, options)
+    _, torch_dtype = placement(None, dtype)
     from prunelab.tasks.calibration import check as check_held_out
     from prunelab.tasks.registry import get_tasks
 
@@ -56,7 +59,7 @@ def route(
     from prunelab.zoo.models import load_model
 
     check_prune_args("seap", sparsity, None, None, options)  # the option values (seap's code)
-    loaded = load_model(model)
+    loaded = load_model(model, dtype=torch_dtype)
     routed, fitted = build_seap_router(loaded, names, sparsity, eval_limit=limit,
                                        eval_seed=seed, n_samples=samples, seqlen=seqlen,
                                        **options)

@@ -12,16 +12,19 @@ from typing import Optional
 
 import typer
 
-from prunelab.checks import check_output_dir, check_output_file
+from prunelab.checks import check_dtype_name, check_output_dir, check_output_file
 from prunelab.cli.common import Interrupted, app
 from prunelab.errors import PrunelabError
 
 
 def _overrides(sets: list[str] | None, models: list[str] | None, tasks: list[str] | None,
-               limit: int | None, seeds: list[int] | None) -> list[str]:
+               limit: int | None, seeds: list[int] | None, dtype: str | None = None
+               ) -> list[str]:
     import json
 
     out = list(sets or [])
+    if dtype is not None:
+        out.append(f"dtype={check_dtype_name(dtype)}")
     if models:
         out.append(f"models={json.dumps(models)}")
     if tasks:
@@ -159,6 +162,8 @@ def study(
     shared_dir: Optional[Path] = typer.Option(None, help="with --executor ray: where large "
                                               "results travel, a path every node sees "
                                               "(default: the run directory)"),
+    dtype: Optional[str] = typer.Option(None, help="load and compute every model in fp32, bf16 "
+                                        "or fp16 (the recipe's dtype:, which it replaces)"),
 ) -> None:
     """Run (or resume) a pruning study; finished points are never recomputed."""
     from prunelab.study.checks import check_recipe
@@ -167,7 +172,8 @@ def study(
     if not dry_run:
         check_output_dir(run_dir, "--run-dir")  # before the recipe's checks load anything
     runner = _executor(executor, address, shared_dir, dry_run)
-    r = load_recipe(recipe, _overrides(set_, model, tasks, limit, seed), check=check_recipe)
+    r = load_recipe(recipe, _overrides(set_, model, tasks, limit, seed, dtype),
+                    check=check_recipe)
     _run(r, run_dir or Path("runs") / r.name, force, dry_run, report, device, progress, runner)
 
 @app.command()

@@ -74,7 +74,9 @@ def standardise(x: torch.Tensor) -> torch.Tensor:
 
 def remove_by_cost(scores: torch.Tensor, costs: torch.Tensor, budget: float) -> torch.Tensor:
     """Mask of the lowest-scoring entries whose summed cost comes nearest `budget` (a stable
-    sort: among equal scores the earlier entry goes first)."""
+    sort: among equal scores the earlier entry goes first). Small vectors: the choice is made
+    on the CPU, wherever the scores were computed."""
+    scores, costs = scores.cpu(), costs.cpu()
     order = torch.sort(scores, stable=True).indices
     reached = torch.cat([torch.zeros(1, dtype=torch.float64),
                          torch.cumsum(costs[order].to(torch.float64), 0)])
@@ -199,7 +201,8 @@ class Flap(StructuredMethod):
         if self._means is not None:
             o_mean, down_mean = self._means[index]
             kept_columns = (cut.keep_heads[:, None] * parts.head_dim
-                            + torch.arange(parts.head_dim)).reshape(-1)
+                            + torch.arange(parts.head_dim, device=cut.keep_heads.device)
+                            ).reshape(-1)
             cut.attention_bias = structure.removed_mean_contribution(
                 parts.attention.o_proj, _complement(kept_columns, parts.heads * parts.head_dim),
                 o_mean)
@@ -212,6 +215,6 @@ class Flap(StructuredMethod):
 
 
 def _complement(kept: torch.Tensor, size: int) -> torch.Tensor:
-    mask = torch.ones(size, dtype=torch.bool)
+    mask = torch.ones(size, dtype=torch.bool, device=kept.device)
     mask[kept] = False
     return torch.nonzero(mask).flatten()

@@ -120,6 +120,6 @@ class MagnitudeBand(PruningMethod):
             )
         n = weight.numel()
         order = torch.sort(weight.abs().flatten(), stable=True).indices
-        pruned = torch.zeros(n, dtype=torch.bool)
+        pruned = torch.zeros(n, dtype=torch.bool, device=weight.device)
         pruned[order[int(n * low): int(n * high)]] = True
         return LayerDecision(weight, pruned.view_as(weight))

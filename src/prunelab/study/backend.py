@@ -22,7 +22,7 @@ class Backend(Protocol):
     def check(self, recipe: Recipe) -> list[tuple[str, str]]: ...  # (yaml path, problem)
     def describe_tasks(self, selectors: list[str]) -> list[TaskInfo]: ...
     def uses_calibration(self, stage: Stage) -> bool: ...
-    def load(self, model: str) -> Any: ...
+    def load(self, model: str, dtype: str = "fp32") -> Any: ...
     def model_info(self, handle: Any) -> dict: ...
     def reset(self, handle: Any) -> None: ...  # back to the dense model
     def compress(self, handle: Any, point: CompressionPoint) -> dict: ...
@@ -99,9 +99,18 @@ class PrunelabBackend:
         return found
 
     def check(self, recipe: Recipe) -> list[tuple[str, str]]:
+        from prunelab.devices import check_dtype
+        from prunelab.errors import PrunelabError
         from prunelab.study.checks import check_recipe
 
-        return check_recipe(recipe)
+        problems = check_recipe(recipe)
+        for dtype in dict.fromkeys([recipe.dtype, *recipe.model_dtypes.values()]):
+            try:
+                check_dtype(dtype, self.device)
+            except PrunelabError as exc:  # the device cannot compute in it
+                path = "dtype" if dtype == recipe.dtype else "model_dtypes"
+                problems.append((path, f"{exc.problem}; {exc.fix}"))
+        return problems
 
     def describe_tasks(self, selectors: list[str]) -> list[TaskInfo]:
         from prunelab.tasks.local import is_spec_path
@@ -120,9 +129,9 @@ class PrunelabBackend:
     def uses_calibration(self, stage: Stage) -> bool:
         return stage.needs_calibration()
 
-    def load(self, model: str) -> _Handle:
+    def load(self, model: str, dtype: str = "fp32") -> _Handle:
         self._register_task_files()
-        return _Handle(self.load_model(model))
+        return _Handle(self.load_model(model, dtype))
 
     def _register_task_files(self) -> None:
         """In a process that did not plan the study (a Ray worker), the recipe's local task
@@ -136,11 +145,11 @@ class PrunelabBackend:
                     register(task)
                 _REGISTERED_FILES.add(path)
 
-    def load_model(self, model: str):
-        """A zoo model or model directory, on this backend's device."""
+    def load_model(self, model: str, dtype: str = "fp32"):
+        """A zoo model or model directory, in `dtype`, on this backend's device."""
         from prunelab.zoo.models import load_model
 
-        loaded = load_model(model)
+        loaded = load_model(model, dtype=dtype)
         if self.device is not None:
             loaded.model.to(self.device)
         return loaded

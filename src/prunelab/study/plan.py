@@ -121,6 +121,7 @@ class Unit:
     tasks: list[TaskInfo]
     keys: dict[str, str] = field(default_factory=dict)  # task name -> point key
     grid_ids: dict[str, str] = field(default_factory=dict)  # task name -> key without versions
+    dtype: str = "fp32"  # the precision the model is loaded and computed in
 
     @property
     def compression_key(self) -> str:
@@ -133,10 +134,13 @@ def digest(data: Any) -> str:
 
 def point_config(recipe: Recipe, model: str, comp: CompressionPoint, task: TaskInfo) -> dict:
     """Everything that decides a point's result, except software versions."""
-    return {"model": model, "compression": comp.config(), "arm": comp.arm,
-            "x_field": comp.x_field, "task": task.name,
-            "task_digest": task.digest, "level": task.level,
-            "eval": {"limit": recipe.eval.limit, "seed": recipe.eval.seed}}
+    config = {"model": model, "compression": comp.config(), "arm": comp.arm,
+              "x_field": comp.x_field, "task": task.name,
+              "task_digest": task.digest, "level": task.level,
+              "eval": {"limit": recipe.eval.limit, "seed": recipe.eval.seed}}
+    if recipe.dtype_of(model) != "fp32":  # fp32 points keep the keys they had before dtypes
+        config["dtype"] = recipe.dtype_of(model)
+    return config
 
 
 # -- expanding a recipe's compressions ------------------------------------------------------------
@@ -343,7 +347,7 @@ def plan(recipe: Recipe, tasks: list[TaskInfo], uses_calibration, versions: dict
     units = []
     for model in recipe.models:
         for comp in [DENSE] + compressions(recipe, uses_calibration):
-            unit = Unit(model, comp, list(tasks))
+            unit = Unit(model, comp, list(tasks), dtype=recipe.dtype_of(model))
             for task in tasks:
                 config = point_config(recipe, model, comp, task)
                 unit.grid_ids[task.name] = digest(config)

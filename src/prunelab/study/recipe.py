@@ -34,6 +34,8 @@ __all__ = ["Analysis", "BandProbe", "Calibration", "Compression", "Divergence", 
            "Perplexity", "Recipe", "Refusal", "load_recipe", "parse_recipe", "recipe_model"]
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+# The precisions a model is loaded and computed in (`prunelab.checks.DTYPES`).
+DType = Literal["fp32", "bf16", "fp16"]
 
 
 class _Strict(BaseModel):
@@ -182,6 +184,12 @@ class Recipe(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     description: str = ""
     models: list[str] = Field(min_length=1)
+    # The precision every model is loaded and computed in; `model_dtypes` sets one model's
+    # own. Statistics are float32 whatever it is; a point's key holds it when not fp32.
+    dtype: DType = Field(defaults.DTYPE, description="precision every model is loaded and "
+                         "computed in: fp32, bf16 or fp16 (statistics stay fp32)")
+    model_dtypes: dict[str, DType] = Field(default_factory=dict, description="one model's own "
+                                           "precision, by its name under models")
     compressions: list[Compression] = Field(default_factory=list)
     band_probe: BandProbe | None = None
     tasks: list[str] = Field(min_length=1)
@@ -212,6 +220,18 @@ class Recipe(_Strict):
             raise ValueError("no compressions and no band_probe: nothing to compare with dense")
         return self
 
+    @model_validator(mode="after")
+    def _dtypes_of_listed_models(self) -> Recipe:
+        unknown = [m for m in self.model_dtypes if m not in self.models]
+        if unknown:
+            raise ValueError(f"model_dtypes names {unknown[0]!r}, which is not among the "
+                             "models: list it under models, or remove its entry")
+        return self
+
+    def dtype_of(self, model: str) -> str:
+        """The precision `model` is loaded and computed in."""
+        return self.model_dtypes.get(model, self.dtype)
+
     def fingerprint(self) -> str:
         """A hash of what the recipe computes; a run directory belongs to one fingerprint.
 
@@ -221,6 +241,10 @@ class Recipe(_Strict):
         for name in ("divergence", "refusal"):  # recipes from before the field keep their hash
             if data.get(name) is None:
                 data.pop(name, None)
+        if data.get("dtype") == defaults.DTYPE:  # so do fp32 recipes from before dtypes
+            data.pop("dtype")
+        if not data.get("model_dtypes"):
+            data.pop("model_dtypes", None)
         if data["eval"].get("finetune") is None:
             data["eval"].pop("finetune", None)
         text = json.dumps(data, sort_keys=True)

@@ -183,6 +183,7 @@ class PointWork:
     eval: Evaluation
     # The recipe's compression measures that it asks for: (measure name, its section).
     measures: tuple[tuple[str, Any], ...] = ()
+    dtype: str = "fp32"  # the precision the model is loaded and computed in
 
 
 @dataclass
@@ -204,19 +205,21 @@ class PointWorker:
 
     def __init__(self, backend: Backend):
         self.backend = backend
-        self.model_name: str | None = None
+        self.model_name: tuple[str, str] | None = None  # (model, dtype) as loaded
         self.handle: Any = None
         self.applied: str | None = None  # compression key of the model as it stands
 
-    def _model(self, name: str):
-        if name != self.model_name:
+    def _model(self, name: str, dtype: str):
+        if (name, dtype) != self.model_name:
             self.handle = None  # free the previous model before loading the next
-            self.handle = self.backend.load(name)
-            self.model_name, self.applied = name, None
+            # fp32 is asked for as before dtypes, so backends without the keyword still work
+            self.handle = (self.backend.load(name) if dtype == "fp32"
+                           else self.backend.load(name, dtype=dtype))
+            self.model_name, self.applied = (name, dtype), None
         return self.handle
 
     def __call__(self, work: PointWork) -> PointResult:
-        handle = self._model(work.model)
+        handle = self._model(work.model, work.dtype)
         compression = None
         if work.compression_key != self.applied:
             self.applied = None  # a failure below leaves the model in no known state
@@ -300,7 +303,8 @@ def pending_work(study: Study, done: set[str]) -> list[PointWork]:
     asked = tuple((m.name, m.config(recipe)) for m in compression_measures()
                   if m.config(recipe) is not None)
     return [PointWork(unit.keys[task.name], unit.grid_ids[task.name], unit.model,
-                      unit.compression, unit.compression_key, task, recipe.eval, asked)
+                      unit.compression, unit.compression_key, task, recipe.eval, asked,
+                      dtype=unit.dtype)
             for unit in study.units for task in unit.tasks if unit.keys[task.name] not in done]
 
 

@@ -114,8 +114,8 @@ class FakeBackend:
     def uses_calibration(self, stage) -> bool:
         return stage.method in ("wanda", "sparsegpt")
 
-    def load(self, model: str) -> FakeModel:
-        self.calls.append(("load", model))
+    def load(self, model: str, dtype: str = "fp32") -> FakeModel:
+        self.calls.append(("load", model) if dtype == "fp32" else ("load", model, dtype))
         return FakeModel(model)
 
     def model_info(self, handle: FakeModel) -> dict:

@@ -355,10 +355,10 @@ def _gguf_to_safetensors(gguf: Path, out: Path) -> None:
 
 
 def load_model(source: str | Path = defaults.DEFAULT_MODEL, *,
-               dtype: torch.dtype = torch.float32,
+               dtype: torch.dtype | str = torch.float32,
                trust_remote_code: bool = False) -> LoadedModel:
     """Load a named zoo model, a local Hugging Face directory, or a hub id (where the hub is
-    reachable or its cache holds it).
+    reachable or its cache holds it), in `dtype` (a torch dtype or fp32, bf16, fp16).
 
     A local directory is checked first, reading only small files and headers (its records,
     config, code, tokenizer files, weight files and their shapes), so that a damaged one is
@@ -368,7 +368,9 @@ def load_model(source: str | Path = defaults.DEFAULT_MODEL, *,
     from transformers.utils import logging as hf_logging
 
     from prunelab import structure
+    from prunelab.devices import torch_dtype
 
+    dtype = torch_dtype(dtype)
     target, spec = resolve(source)
     local = target if isinstance(target, Path) else None
     info: dict = {}

@@ -97,6 +97,7 @@ def _check_provenance(data: Any) -> None:
     _expect(data["model"].get("source"), str, "'model.source'")
     _optional(data["model"], "dequantized", bool, "model.")
     _optional(data["model"], "zoo", dict, "model.")
+    _optional(data["model"], "dtype", str, "model.")
     if data["pruning"] is not None:
         _check_pruning(data["pruning"])
     if data.get("storage") is not None:
