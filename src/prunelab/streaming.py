@@ -19,7 +19,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -342,13 +342,16 @@ def stream_prune(model_dir: str | Path, out: str | Path, method: str = defaults.
                  batch_size: int = defaults.PRUNE_BATCH_SIZE, device: str | None = None,
                  progress: bool = True, dtype: torch.dtype = torch.float32,
                  trust_remote_code: bool = False, extra: dict | None = None,
-                 **options):
+                 prepare: Callable | None = None, **options):
     """Prune (or quantize) the checkpoint in `model_dir` block by block, writing the result
     to `out` (sharded safetensors, its index, config, tokenizer, prunelab.json) without ever
     holding more than one block's weights; return the PruneResult.
 
     Arguments as for `prunelab.compress.prune`; `dtype` is what the weights are read and
-    computed in (statistics stay fp32). `out` is written to a temporary directory beside it
+    computed in (statistics stay fp32). `prepare`, when given, is called with the model
+    skeleton (a LoadedModel whose parameters have no data yet) for checks and choices that
+    need the model's shapes; a mapping it returns replaces the method's options (the CLI's
+    quantize picks its group size so). `out` is written to a temporary directory beside it
     and renamed at the end, so a failed run leaves nothing behind.
     """
     from prunelab.allocator import compact_heap, release_free_heap
@@ -371,6 +374,11 @@ def stream_prune(model_dir: str | Path, out: str | Path, method: str = defaults.
     resolve_device(device)
     streamed = StreamedModel(model_dir, dtype, trust_remote_code)
     loaded = streamed.loaded
+    chosen_options = prepare(loaded) if prepare is not None else None
+    if chosen_options is not None:
+        args = check_prune_args(method, sparsity, pattern, calibration, dict(chosen_options),
+                                seed=seed, out=out)
+        check_streamable(args.method)
     check_model_fit(loaded, args)
     need = streamed.weight_bytes(dtype)
     check_disk_room(out, need)

@@ -1,0 +1,267 @@
+"""Streaming compression and evaluation (prunelab.streaming): the same results as in memory,
+a normal sharded checkpoint, and one-line refusals that leave nothing behind."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from prunelab import compress, streaming
+from prunelab.data.calibration import CalibrationConfig
+from prunelab.errors import PrunelabError
+from prunelab.evaluate.perplexity import perplexity
+from prunelab.zoo.models import load_model
+
+from cli_helpers import assert_user_error, run
+
+TEXT = ("Pruning removes weights from a network; streaming reads one block at a time. " * 300)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "calib.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def _save_tiny(path, family="llama", **config):
+    from prunelab.testing import tiny_model, tiny_tokenizer
+
+    model = tiny_model(family)
+    for key, value in config.items():
+        setattr(model.config, key, value)
+    if config.get("tie_word_embeddings"):
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sharded_dir(tmp_path_factory):
+    """A tiny Llama saved in several shards (as big checkpoints are)."""
+    from prunelab.testing import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("models") / "sharded"
+    tiny_model("llama").save_pretrained(path, max_shard_size="60KB")
+    tiny_tokenizer().save_pretrained(path)
+    assert len(list(path.glob("*.safetensors"))) > 1
+    return path
+
+
+def _calibration(text_file):
+    return CalibrationConfig(str(text_file), 4, 32, 0)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("wanda", {"sparsity": 0.5}),
+    ("sparsegpt", {"pattern": "2:4"}),
+    ("gptq", {"bits": 4, "group_size": 32}),
+    ("owl", {"sparsity": 0.5}),
+])
+def test_streamed_equals_in_memory(sharded_dir, text_file, tmp_path, method, options):
+    calibration = _calibration(text_file)
+    loaded = load_model(sharded_dir)
+    in_memory = compress.prune(loaded, method, calibration=calibration, progress=False,
+                               keep_masks=True, **options)
+    out = tmp_path / "out"
+    result = streaming.stream_prune(sharded_dir, out, method, calibration=calibration,
+                                    progress=False, **options)
+    assert [r.to_dict() for r in result.layers] == [r.to_dict() for r in in_memory.layers]
+    assert (out / "model.safetensors.index.json").exists()
+    assert len(list(out.glob("*.safetensors"))) == 1 + loaded.model.config.num_hidden_layers
+    record = json.loads((out / "prunelab.json").read_text())
+    assert record["streamed"]["dtype"] == "float32"
+    assert record["pruning"]["method"] == method
+    streamed = load_model(out)  # from_pretrained reads the index
+    theirs = dict(streamed.model.named_parameters())
+    for name, weight in loaded.model.named_parameters():
+        assert torch.equal(weight, theirs[name]), name
+    for layer, mask in in_memory.masks.items():
+        assert torch.equal(mask, theirs[f"{layer}.weight"] == 0), layer
+
+
+def test_tied_embeddings_stream(tmp_path, text_file):
+    source = _save_tiny(tmp_path / "tied", tie_word_embeddings=True)
+    loaded = load_model(source)
+    assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight
+    calibration = _calibration(text_file)
+    compress.prune(loaded, "wanda", 0.5, calibration=calibration, progress=False)
+    streaming.stream_prune(source, tmp_path / "out", "wanda", 0.5, calibration=calibration,
+                           progress=False)
+    streamed = load_model(tmp_path / "out")
+    for (name, a), b in zip(loaded.model.state_dict().items(),
+                            streamed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    ours = perplexity(loaded, str(text_file), 32, 6, batch_size=4)
+    theirs = streaming.stream_perplexity(tmp_path / "out", str(text_file), 32, 6, batch_size=4)
+    assert math.isclose(ours, theirs, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "opt"])
+def test_streamed_perplexity_equals_in_memory(tmp_path, text_file, family):
+    source = _save_tiny(tmp_path / family, family)
+    loaded = load_model(source)
+    # 7 windows in batches of 3: a last batch of another size too
+    expected = perplexity(loaded, str(text_file), 32, 7, batch_size=3)
+    got = streaming.stream_perplexity(source, str(text_file), 32, 7, batch_size=3)
+    assert math.isclose(got, expected, rel_tol=1e-6), (got, expected)
+
+
+def test_streamed_model_holds_one_block(sharded_dir, text_file):
+    """While the engine works on block i, every other block has no data (meta tensors)."""
+    streamed = streaming.StreamedModel(sharded_dir)
+    source = streaming.StreamedBlocks(streamed, writer=None)
+    seen = []
+
+    def loaded_blocks():
+        return [i for i, b in enumerate(streamed.blocks)
+                if next(b.parameters()).device.type != "meta"]
+
+    load = source.load
+
+    def watching_load(index):
+        load(index)
+        seen.append(loaded_blocks())
+
+    source.load = watching_load
+    from prunelab.data.corpora import calibration_windows
+    from prunelab.engine import prune_blocks
+    from prunelab.methods.base import make_method
+
+    streamed.load_outside(head=False)
+    windows = calibration_windows(streamed.loaded, _calibration(text_file))
+    prune_blocks(streamed.model, make_method("wanda", {}), 0.5, None, windows, progress=False,
+                 source=source)
+    assert seen and all(len(now) == 1 for now in seen), seen
+    assert loaded_blocks() == []
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def _no_output(out):
+    return not out.exists() and not list(out.parent.glob(f".{out.name}.tmp-*"))
+
+
+def test_index_names_a_tensor_no_shard_holds(sharded_dir, tmp_path, text_file):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sharded_dir, broken)
+    index = json.loads((broken / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.layers.1.mlp.extra.weight"] = next(iter(
+        index["weight_map"].values()))
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "out"
+    with pytest.raises(PrunelabError, match="lacks tensor model.layers.1.mlp.extra.weight"):
+        streaming.stream_prune(broken, out, "wanda", 0.5, calibration=_calibration(text_file),
+                               progress=False)
+    assert _no_output(out)
+
+
+def test_shards_lack_a_tensor_the_model_needs(sharded_dir, tmp_path, text_file):
+    """A shard set whose tensors (and index) lack one the config calls for."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sharded_dir, broken)
+    index_path = broken / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    gone = "model.layers.1.self_attn.o_proj.weight"
+    shard = broken / index["weight_map"].pop(gone)
+    tensors = load_file(shard)
+    del tensors[gone]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    index_path.write_text(json.dumps(index))
+    out = tmp_path / "out"
+    with pytest.raises(PrunelabError, match=f"holds tensor {gone}"):
+        streaming.stream_prune(broken, out, "wanda", 0.5, calibration=_calibration(text_file),
+                               progress=False)
+    assert _no_output(out)
+
+
+def test_truncated_shard(sharded_dir, tmp_path, text_file):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sharded_dir, broken)
+    shard = sorted(broken.glob("*.safetensors"))[-1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) - 100])
+    out = tmp_path / "out"
+    with pytest.raises(PrunelabError, match="is truncated"):
+        streaming.stream_prune(broken, out, "wanda", 0.5, calibration=_calibration(text_file),
+                               progress=False)
+    assert _no_output(out)
+
+
+def test_disk_without_room(sharded_dir, tmp_path, text_file, monkeypatch):
+    monkeypatch.setattr(streaming, "free_disk_bytes", lambda path: 10_000)
+    out = tmp_path / "out"
+    with pytest.raises(PrunelabError, match="GB is free"):
+        streaming.stream_prune(sharded_dir, out, "wanda", 0.5,
+                               calibration=_calibration(text_file), progress=False)
+    assert _no_output(out)
+
+
+@pytest.mark.parametrize("method, fragment", [("gblm", "weight gradients"),
+                                              ("magnitude-global", "one threshold")])
+def test_method_that_cannot_stream(sharded_dir, tmp_path, text_file, method, fragment):
+    out = tmp_path / "out"
+    with pytest.raises(PrunelabError, match=fragment):
+        streaming.stream_prune(sharded_dir, out, method, 0.5,
+                               calibration=_calibration(text_file), progress=False)
+    assert _no_output(out)
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def test_cli_prune_stream(sharded_dir, tmp_path, text_file):
+    out = tmp_path / "out"
+    result = run("prune", str(sharded_dir), "--out", str(out), "--sparsity", "0.5",
+                 "--calib-source", str(text_file), "--calib-samples", "4", "--seqlen", "32",
+                 "--stream", "--no-ppl")
+    assert result.returncode == 0, result.stderr
+    assert "saved to" in result.stdout and "(streamed)" in result.stdout
+    assert load_model(out).model.model.layers[0].mlp.up_proj.weight.eq(0).float().mean() == 0.5
+
+
+def test_cli_quantize_stream_picks_group_size(sharded_dir, tmp_path, text_file):
+    out = tmp_path / "out"
+    result = run("quantize", str(sharded_dir), "--out", str(out), "--calib-source",
+                 str(text_file), "--calib-samples", "4", "--seqlen", "32", "--stream",
+                 "--no-ppl")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "prunelab.json").read_text())
+    assert record["pruning"]["options"]["group_size"] == 64  # the tiny model's width
+
+
+def test_cli_stream_refusals(sharded_dir, tmp_path, text_file, monkeypatch):
+    out = tmp_path / "out"
+    common = ["--out", str(out), "--calib-source", str(text_file), "--calib-samples", "4",
+              "--seqlen", "32", "--stream", "--no-ppl"]
+    assert_user_error(run("prune", str(sharded_dir), "--method", "gblm", "--sparsity", "0.5",
+                          *common), "cannot stream")
+    assert_user_error(run("quantize", str(sharded_dir), "--format", "compressed-tensors",
+                          *common), "--stream writes the dequantized format")
+    monkeypatch.setattr(streaming, "free_disk_bytes", lambda path: 10_000)
+    assert_user_error(run("prune", str(sharded_dir), "--sparsity", "0.5", *common),
+                      "GB is free")
+    assert _no_output(out)
+
+
+def test_cli_streams_by_itself_when_weights_exceed_memory(sharded_dir, tmp_path, text_file,
+                                                          monkeypatch):
+    monkeypatch.setattr(streaming, "weights_exceed_memory", lambda directory, dtype=None: True)
+    out = tmp_path / "out"
+    result = run("prune", str(sharded_dir), "--out", str(out), "--sparsity", "0.5",
+                 "--calib-source", str(text_file), "--calib-samples", "4", "--seqlen", "32",
+                 "--no-ppl")
+    assert result.returncode == 0, result.stderr
+    assert "streaming them block by block" in result.stderr
+    assert "(streamed)" in result.stdout
