@@ -265,3 +265,72 @@ def test_cli_streams_by_itself_when_weights_exceed_memory(sharded_dir, tmp_path,
     assert result.returncode == 0, result.stderr
     assert "streaming them block by block" in result.stderr
     assert "(streamed)" in result.stdout
+
+
+# -- log-likelihood tasks -------------------------------------------------------------------
+
+
+def _task_files(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"input": f"question {i} " * (1 + i % 5) + "?",
+                                        "choices": ["yes", "no", "maybe so"], "answer": i % 3})
+                            + "\n" for i in range(23)))
+    mc = tmp_path / "mine.yaml"
+    mc.write_text("name: mine\nkind: mc\ndata: d.jsonl\n")
+    return mc
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_streamed_tasks_equal_in_memory(tmp_path, family):
+    from prunelab.evaluate.runner import evaluate
+    from prunelab.tasks.base import Item, Task
+    from prunelab.tasks.registry import register
+
+    source = _save_tiny(tmp_path / family, family)
+    texts = ["the quick brown fox", "jumps over the lazy dog " * 14, "a b c d " * 3]
+    rolling = register(Task(name="stream_rolling:1", family="stream_rolling", axis="none",
+                            level=1, level_rank=0, kind="rolling", metric="bits_per_byte",
+                            loader=lambda: [Item(id=str(i), text=t) for i, t in enumerate(texts)]))
+    tasks = [str(_task_files(tmp_path)), rolling.name]
+    expected = evaluate(load_model(source), tasks, batch_size=4, progress=False)
+    got = streaming.stream_evaluate(source, tasks, batch_size=4, progress=False)
+    assert len(got.examples) == len(expected.examples) == 26
+    for ours, theirs in zip(got.examples, expected.examples):
+        assert ours.example_id == theirs.example_id
+        assert ours.loglik == pytest.approx(theirs.loglik, rel=1e-5, abs=1e-5)
+        assert ours.choice_scores == pytest.approx(theirs.choice_scores, rel=1e-5, abs=1e-5) \
+            if theirs.choice_scores else ours.choice_scores is None
+        assert ours.correct == theirs.correct
+
+
+def test_streamed_generation_is_refused(tmp_path):
+    from prunelab.tasks.base import Item, Task
+    from prunelab.tasks.registry import register
+
+    task = register(Task(name="stream_gen:1", family="stream_gen", axis="none", level=1,
+                         level_rank=0, kind="generate", loader=lambda: [Item(id="0", input="x",
+                                                                             targets=("y",))]))
+    with pytest.raises(PrunelabError, match="generates text, which cannot be streamed"):
+        streaming.stream_evaluate(tmp_path, [task.name])
+
+
+def test_cli_ppl_and_eval_stream(sharded_dir, tmp_path, text_file):
+    loaded = load_model(sharded_dir)
+    expected = perplexity(loaded, str(text_file), 32, 5)
+    result = run("ppl", str(sharded_dir), "--source", str(text_file), "--seqlen", "32",
+                 "--windows", "5", "--stream")
+    assert result.returncode == 0, result.stderr
+    assert f"perplexity {expected:.3f} (streamed)" in result.stdout
+    spec = _task_files(tmp_path)
+    result = run("eval", str(sharded_dir), "--tasks", str(spec), "--stream", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "mine" in result.stdout
+
+
+def test_cli_eval_stream_refuses_generation(sharded_dir, tmp_path):
+    data = tmp_path / "g.jsonl"
+    data.write_text(json.dumps({"input": "2+2=", "target": "4"}) + "\n")
+    spec = tmp_path / "gen.yaml"
+    spec.write_text("name: gen\nkind: generate\ndata: g.jsonl\n")
+    assert_user_error(run("eval", str(sharded_dir), "--tasks", str(spec), "--stream",
+                          "--no-progress"), "cannot be streamed")

@@ -162,3 +162,15 @@ def _check_writable_place(target: Path, folder: Path, flag: str) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PrunelabError(f"{flag} {target}: cannot write in {existing} (permission denied)",
                             f"give {flag} a path in a folder you can write to")
+
+
+def check_streamable_tasks(task_list) -> None:
+    """Refuse tasks that generate text: each new token needs every block again, so a
+    streamed model would be read once per generated token."""
+    generating = [t.name for t in task_list if t.kind not in ("mc", "rolling")]
+    if generating:
+        raise PrunelabError(
+            f"task {generating[0]} generates text, which cannot be streamed: every new token "
+            "runs all the blocks again, so the weights would be read once per token",
+            "stream only multiple-choice and log-likelihood tasks, or evaluate the "
+            "generation tasks without --stream on a machine the model fits")

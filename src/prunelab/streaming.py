@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from prunelab import arch, defaults
+from prunelab.checks import check_streamable_tasks
 from prunelab.errors import PrunelabError
 from prunelab.zoo.weights import (_DTYPES, SAFETENSORS_INDEX, check_weight_files,
                                   read_safetensors_header)
@@ -486,7 +487,7 @@ def stream_windows_nll(streamed: StreamedModel, windows: torch.Tensor,
 
 
 def _head_logits(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor,
-                 final_hidden: torch.Tensor) -> torch.Tensor:
+                 final_hidden: torch.Tensor, **inputs) -> torch.Tensor:
     """The model's logits when its last block has produced `final_hidden`: the model's own
     forward runs with every block standing in as the identity and block 0's input replaced,
     so whatever the family does after its blocks (final norm, soft-capping, head) is done
@@ -503,7 +504,7 @@ def _head_logits(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tenso
     for block in blocks:
         block.forward = stand_in
     try:
-        return model(input_ids=input_ids, use_cache=False).logits
+        return model(input_ids=input_ids, use_cache=False, **inputs).logits
     finally:
         handle.remove()
         for block in blocks:
@@ -532,3 +533,110 @@ def stream_perplexity(model_dir: str | Path, source: str = defaults.EVAL_SOURCE,
 
 def note(text: str) -> None:
     print(f"prunelab: {text}", file=sys.stderr)
+
+
+class _StreamedForwards(nn.Module):
+    """Stands in for a streamed model where scoring code calls `model(...)` batch by batch.
+
+    Recording: each call's inputs are kept and placeholder logits returned. `run()` then takes
+    every recorded batch through block 0, all of them through block 1, and so on (one read of
+    the weights). Replaying: the same calls, made again in the same order by the same
+    deterministic code, get their real logits from the final norm and head.
+    """
+
+    def __init__(self, streamed: StreamedModel):
+        super().__init__()
+        self.streamed = streamed
+        self.config = streamed.model.config
+        # scoring reads the device and the dtype (for its masks) from the first parameter
+        self.anchor = nn.Parameter(torch.zeros(1, dtype=streamed.dtype), requires_grad=False)
+        self.calls: list[dict] = []
+        self.hidden: list[torch.Tensor] | None = None
+        self._next = 0
+        self._head_keeps = "logits_to_keep" in _parameters_of(streamed.model.forward)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False,
+                logits_to_keep=0):
+        keep = logits_to_keep or input_ids.shape[1]
+        if self.hidden is None:  # recording
+            inputs = {"attention_mask": attention_mask}
+            if position_ids is not None:
+                inputs["position_ids"] = position_ids
+            self.calls.append({"input_ids": input_ids, "inputs": inputs})
+            vocab = self.streamed.model.config.vocab_size
+            return _Logits(torch.zeros(input_ids.shape[0], keep, vocab))
+        call = self.calls[self._next]
+        if not torch.equal(call["input_ids"], input_ids):
+            raise RuntimeError("the replayed calls differ from the recorded ones")
+        hidden = self.hidden[self._next]
+        self.hidden[self._next] = None  # each batch's hidden states are used once
+        self._next += 1
+        model, blocks = self.streamed.model, self.streamed.blocks
+        if self._head_keeps:
+            logits = _head_logits(model, blocks, input_ids, hidden, logits_to_keep=keep)
+        else:
+            logits = _head_logits(model, blocks, input_ids, hidden)[:, -keep:]
+        return _Logits(logits)
+
+    @torch.no_grad()
+    def run(self, progress: bool = False) -> None:
+        from tqdm.auto import tqdm
+
+        streamed = self.streamed
+        model, blocks = streamed.model, streamed.blocks
+        use_cache = getattr(model.config, "use_cache", None)
+        model.config.use_cache = False
+        try:
+            streamed.load_outside(head=False)
+            streamed.load_block(0)
+            hidden, calls = [], []
+            for call in self.calls:
+                first, per_block = arch.capture_block_calls(model, blocks, call["input_ids"],
+                                                            stop_after_first=False,
+                                                            inputs=call["inputs"])
+                hidden.append(first)
+                calls.append(per_block)
+            for index in tqdm(range(len(blocks)), desc="scoring (streamed)", unit="block",
+                              disable=not progress, file=sys.stderr, dynamic_ncols=True):
+                streamed.load_block(index)
+                for k in range(len(hidden)):
+                    hidden[k] = arch.call_block(blocks[index], hidden[k], calls[k][index])
+                streamed.drop_block(index)
+            streamed.load_outside(head=True)
+        finally:
+            model.config.use_cache = use_cache
+        self.hidden, self._next = hidden, 0
+
+
+class _Logits:
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+
+def _parameters_of(function) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def stream_evaluate(model_dir: str | Path, tasks, *, dtype: torch.dtype = torch.float32,
+                    trust_remote_code: bool = False, progress: bool = True, **options):
+    """`prunelab.evaluate.runner.evaluate` of the checkpoint in `model_dir`, streamed: the
+    log-likelihood tasks (multiple choice, rolling) of every item are scored with one pass
+    over the weights, every batch's activations held in memory. Generation tasks are refused
+    (`check_streamable_tasks`)."""
+    from dataclasses import replace
+
+    from prunelab.evaluate.runner import evaluate
+    from prunelab.tasks.registry import get_tasks
+
+    check_streamable_tasks(get_tasks(tasks))
+    streamed = StreamedModel(model_dir, dtype, trust_remote_code)
+    forwards = _StreamedForwards(streamed)
+    proxy = replace(streamed.loaded, model=forwards)
+    evaluate(proxy, tasks, progress=False, **options)  # records the batches
+    forwards.run(progress)
+    return evaluate(proxy, tasks, progress=progress, **options)

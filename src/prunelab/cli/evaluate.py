@@ -14,18 +14,32 @@ from prunelab.cli.common import TRUST_HELP, app
 from prunelab.errors import PrunelabError
 
 
+STREAM_EVAL_HELP = ("read the model one block at a time from its safetensors shards, all "
+                    "windows or items at once (models larger than memory)")
+
+
 @app.command()
 def ppl(
     model: str = typer.Argument(..., help="zoo name or local model directory"),
     source: str = typer.Option(defaults.EVAL_SOURCE, help="text: name or local file"),
     seqlen: int = typer.Option(defaults.EVAL_SEQLEN, help="tokens per window"),
     windows: int = typer.Option(defaults.EVAL_WINDOWS, help="number of non-overlapping windows"),
+    stream: bool = typer.Option(False, "--stream", help=STREAM_EVAL_HELP),
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
 ) -> None:
     """Perplexity of MODEL on non-overlapping windows of a text."""
     check_perplexity_args(source, seqlen, windows)
     from prunelab import api
     from prunelab.zoo.models import load_model
+
+    if stream:
+        from prunelab.streaming import stream_perplexity
+
+        value = stream_perplexity(model, source, seqlen, windows, progress=True,
+                                  trust_remote_code=trust_remote_code)
+        typer.echo(f"perplexity {value:.3f} (streamed)  ({source}, {windows} windows x "
+                   f"{seqlen} tokens)")
+        return
 
     loaded = load_model(model, trust_remote_code=trust_remote_code)
     value, cached = api.dense_perplexity(loaded, source, seqlen, windows, progress=True)
@@ -54,6 +68,8 @@ def eval_command(
                                         "task's own"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with "
                                   "ETA"),
+    stream: bool = typer.Option(False, "--stream", help=STREAM_EVAL_HELP + "; log-likelihood "
+                                "tasks only"),
 ) -> None:
     """Evaluate MODEL on tasks; print a per-level table with 95% intervals."""
     check_output_file(out, "--out")
@@ -63,15 +79,25 @@ def eval_command(
     chosen = get_tasks(tasks)  # unknown tasks and too-large limits fail before loading
     for task in chosen:
         task.select(limit, seed)
+    if stream:
+        from prunelab.checks import check_streamable_tasks
+
+        check_streamable_tasks(chosen)
     from prunelab.evaluate.runner import check_prompted, evaluate
     from prunelab.paths import write_json_atomic
     from prunelab.zoo.models import load_model
 
     for task in chosen:
         check_prompted(task)
-    loaded = load_model(model)
-    results = evaluate(loaded, tasks, limit=limit, seed=seed, batch_size=batch_size,
-                       progress=progress, mc_score=mc_score)
+    if stream:
+        from prunelab.streaming import stream_evaluate
+
+        results = stream_evaluate(model, tasks, limit=limit, seed=seed, batch_size=batch_size,
+                                  progress=progress, mc_score=mc_score)
+    else:
+        loaded = load_model(model)
+        results = evaluate(loaded, tasks, limit=limit, seed=seed, batch_size=batch_size,
+                           progress=progress, mc_score=mc_score)
     typer.echo(results.table())
     if out is not None:
         results.to_jsonl(out)
