@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -77,16 +78,23 @@ def write_random_llama(directory: Path, layers: int, seed: int = 0) -> int:
     shapes = {n: tuple(p.shape) for n, p in skeleton.state_dict().items()}
     groups: list[list[str]] = [[n for n in shapes if not n.startswith("model.layers.")]]
     groups += [[n for n in shapes if n.startswith(f"model.layers.{i}.")] for i in range(layers)]
+    # Drawing 6.7B normal numbers takes longer than writing them on a busy 2-core machine:
+    # every tensor is instead a window, at a random offset, of one pool of normal numbers.
     generator = torch.Generator().manual_seed(seed)
+    largest = max(math.prod(shape) for shape in shapes.values())
+    pool = torch.randn(largest + (1 << 22), generator=generator).mul_(0.02)
     weight_map, total = {}, 0
     for number, names in enumerate(groups, start=1):
         shard = f"model-{number:05d}-of-{len(groups):05d}.safetensors"
         tensors = {}
         for name in names:
+            count = math.prod(shapes[name])
             if "norm" in name:
                 tensors[name] = torch.ones(shapes[name])
             else:
-                tensors[name] = torch.randn(shapes[name], generator=generator).mul_(0.02)
+                offset = int(torch.randint(0, pool.numel() - count + 1, (1,),
+                                           generator=generator))
+                tensors[name] = pool[offset:offset + count].view(shapes[name]).clone()
         save_file(tensors, str(directory / shard), metadata={"format": "pt"})
         for name, tensor in tensors.items():
             weight_map[name] = shard
