@@ -334,3 +334,18 @@ def test_cli_eval_stream_refuses_generation(sharded_dir, tmp_path):
     spec.write_text("name: gen\nkind: generate\ndata: g.jsonl\n")
     assert_user_error(run("eval", str(sharded_dir), "--tasks", str(spec), "--stream",
                           "--no-progress"), "cannot be streamed")
+
+
+@pytest.mark.integration
+def test_streamed_perplexity_equals_in_memory_on_the_real_model(tmp_path):
+    """smollm2-135m (tied embeddings): the streamed pass gives the in-memory perplexity."""
+    from pydoc_data.topics import topics
+
+    from prunelab.zoo.models import ZOO, ensure_converted
+
+    text = tmp_path / "eval.txt"
+    text.write_text("\n\n".join(topics[key] for key in sorted(topics)))
+    directory = ensure_converted(ZOO["smollm2-135m"])
+    expected = perplexity(load_model(directory), str(text), 256, 8)
+    got = streaming.stream_perplexity(directory, str(text), 256, 8)
+    assert math.isclose(got, expected, rel_tol=1e-6), (got, expected)

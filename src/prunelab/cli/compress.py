@@ -84,13 +84,12 @@ def _stream_and_save(run: Compression) -> None:
     from prunelab.zoo.provenance import PROVENANCE_FILE
 
     source, ppl_seqlen, windows = COMPRESS_PPL
-    before = stream_perplexity(run.model, source, ppl_seqlen, windows, progress=True,
-                               trust_remote_code=run.trust_remote_code) \
-        if run.perplexity_as else None
-    result = run.streamed(run.prepare)
+    result = run.streamed(run.prepare)  # refusals (disk, shards, method) come before any pass
     for line in run.summary(result):
         typer.echo(line)
     if run.perplexity_as:
+        before = stream_perplexity(run.model, source, ppl_seqlen, windows, progress=True,
+                                   trust_remote_code=run.trust_remote_code)
         after = stream_perplexity(run.out, source, ppl_seqlen, windows, progress=True)
         record = json.loads((run.out / PROVENANCE_FILE).read_text())
         record["perplexity"] = {"source": source, "seqlen": ppl_seqlen, "windows": windows,
