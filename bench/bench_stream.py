@@ -218,8 +218,8 @@ def bench_identity(args) -> None:
     with tempfile.TemporaryDirectory(dir=args.dir_parent) as tmp:
         text = args.text or calibration_text(Path(tmp))
         calibration = CalibrationConfig(str(text), args.samples, args.seqlen, 0)
-        for name, spec in METHODS.items():
-            spec = dict(spec)
+        for name in [m for m in args.methods.split(",") if m]:
+            spec = dict(METHODS[name])
             method = spec.pop("method")
             loaded = load_model(directory)
             start = time.perf_counter()
