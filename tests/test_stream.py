@@ -82,6 +82,25 @@ def test_streamed_equals_in_memory(sharded_dir, text_file, tmp_path, method, opt
         assert torch.equal(mask, theirs[f"{layer}.weight"] == 0), layer
 
 
+@pytest.mark.parametrize("method, options", [
+    ("flap", {"sparsity": 0.25}),  # structured: the blocks' shapes and the config change
+    ("dsnot", {"sparsity": 0.5}),
+    ("besa", {"sparsity": 0.5}),
+    ("rtn", {"group_size": 32}),
+    ("sparsegpt", {"sparsity": 0.5, "bits": 4, "group_size": 32}),
+])
+def test_more_methods_stream_identically(sharded_dir, text_file, tmp_path, method, options):
+    calibration = _calibration(text_file)
+    loaded = load_model(sharded_dir)
+    compress.prune(loaded, method, calibration=calibration, progress=False, **options)
+    streaming.stream_prune(sharded_dir, tmp_path / "out", method, calibration=calibration,
+                           progress=False, **options)
+    ours, theirs = loaded.model.state_dict(), load_model(tmp_path / "out").model.state_dict()
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+
+
 def test_tied_embeddings_stream(tmp_path, text_file):
     source = _save_tiny(tmp_path / "tied", tie_word_embeddings=True)
     loaded = load_model(source)
