@@ -139,8 +139,10 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor,
-                        stop_after_first: bool) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
-    """Run `model` on `input_ids`; return block 0's input and each block's call arguments.
+                        stop_after_first: bool, inputs: dict | None = None,
+                        ) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
+    """Run `model` on `input_ids` (and the other model `inputs`, such as an attention mask
+    and position ids); return block 0's input and each block's call arguments.
 
     The returned arguments have the hidden-state input replaced by None, so they can be
     reused for any batch of the same shape. With `stop_after_first` the forward pass stops at
@@ -178,7 +180,8 @@ def capture_block_calls(model: nn.Module, blocks: nn.ModuleList, input_ids: torc
         block.forward = stand_in
     try:
         # the windows are kept on the CPU; the embeddings may be on an accelerator
-        model(input_ids=input_ids.to(model.get_input_embeddings().weight.device), use_cache=False)
+        model(input_ids=input_ids.to(model.get_input_embeddings().weight.device), use_cache=False,
+              **(inputs or {}))
     except _StopForward:
         pass
     finally:

@@ -238,3 +238,15 @@ def check_model_source_dir(directory: str | Path, *, compact: bool) -> None:
     if not compact and packed:
         raise PrunelabError(f"{directory} is already a compact checkpoint",
                             "it is packed: nothing to do (unpack it first to repack)")
+
+
+def check_streamable_tasks(task_list) -> None:
+    """Refuse tasks that generate text: each new token needs every block again, so a
+    streamed model would be read once per generated token."""
+    generating = [t.name for t in task_list if t.kind not in ("mc", "rolling")]
+    if generating:
+        raise PrunelabError(
+            f"task {generating[0]} generates text, which cannot be streamed: every new token "
+            "runs all the blocks again, so the weights would be read once per token",
+            "stream only multiple-choice and log-likelihood tasks, or evaluate the "
+            "generation tasks without --stream on a machine the model fits")

@@ -21,6 +21,7 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -121,6 +122,22 @@ def _slice_windows(obj, size: int, rows: slice):
     if isinstance(obj, dict):
         return {k: _slice_windows(v, size, rows) for k, v in obj.items()}
     return obj
+
+
+class BlockSource(Protocol):
+    """Where the blocks' weights come from when they are not all in memory
+    (`prunelab.streaming`): the engine asks for a block before it runs it and hands it back
+    when it is done with it, so that only the block at hand holds real tensors."""
+
+    def load(self, index: int) -> None:
+        """Give block `index` its weights (nothing when it has them already)."""
+
+    def release(self, index: int, compressed: bool) -> None:
+        """Block `index` is done with: `compressed` after its final decisions (write it out),
+        else after a pass over the dense block (drop it)."""
+
+    def plan_weights(self) -> Mapping[str, torch.Tensor]:
+        """Every prunable weight by full layer name, as [out, in], read when looked up."""
 
 
 def _split_statistics(names: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -437,15 +454,19 @@ def check_pattern(model: nn.Module, method: PruningMethod, pattern: NMPattern | 
 
 def _dense_statistics(model: nn.Module, blocks: nn.ModuleList, prefix: str,
                       names: Sequence[str], windows: torch.Tensor, batch_size: int, device,
-                      progress: bool) -> dict[str, LayerStats]:
+                      progress: bool, source: BlockSource | None = None) -> dict[str, LayerStats]:
     """The named statistics of every layer on the dense model, by full layer name."""
     token_names, grad_names = _split_statistics(names)
     gathered: dict[str, LayerStats] = {}
     if token_names:
+        if source is not None:
+            source.load(0)  # the runner's capture runs block 0
         runner = BlockRunner(model, blocks, windows, batch_size, device)
         for index in tqdm(range(len(blocks)), desc="planning pass", unit="block",
                           disable=not progress, file=sys.stderr, dynamic_ncols=True):
             block = blocks[index]
+            if source is not None:
+                source.load(index)
             home = next(block.parameters()).device
             block.to(device)
             stats = _collect(runner, index, arch.prunable_layers(block), token_names, device)
@@ -453,6 +474,8 @@ def _dense_statistics(model: nn.Module, blocks: nn.ModuleList, prefix: str,
             if index + 1 < len(blocks):
                 runner.run(index, advance=True)  # the dense block's output: nothing is pruned
             block.to(home)
+            if source is not None:
+                source.release(index, compressed=False)
         del runner
     if grad_names:
         grads = gather_gradients(model, windows, grad_names, batch_size=1, progress=progress)
@@ -482,15 +505,21 @@ def _targets(names: Iterable[str], sparsity: float, pattern: NMPattern | None,
 def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
                  pattern: NMPattern | None, windows: torch.Tensor | None, *,
                  batch_size: int = 8, device: str | torch.device | None = None,
-                 progress: bool = True, keep_masks: bool = False) -> PruneRecords:
+                 progress: bool = True, keep_masks: bool = False,
+                 source: BlockSource | None = None, keep_quantized: bool = True) -> PruneRecords:
     """Prune every prunable layer of every block of `model` in place; return per-layer records
-    (and, with `keep_masks`, each layer's pruned mask in `.masks`)."""
+    (and, with `keep_masks`, each layer's pruned mask in `.masks`; with `keep_quantized`,
+    each quantized layer's codes in `.quantized`).
+
+    With a `source`, the blocks hold no weights until the engine loads them from it, one at
+    a time, and each block is handed back to it once decided (`prunelab.streaming`)."""
     found = arch.find_blocks(model)
     blocks, prefix = found.blocks, found.path
     device = torch.device(device) if device is not None else next(model.parameters()).device
     all_layers = arch.named_prunable_layers(model)
     check_method_fit(model, method, sparsity, pattern)
-    weights = {n: arch.weight_matrix(m) for n, m in all_layers.items()}
+    weights = (source.plan_weights() if source is not None
+               else {n: arch.weight_matrix(m) for n, m in all_layers.items()})
     _, misplaced = _split_statistics(method.statistics)
     if misplaced:
         raise ValueError(f"{method.name}: gradient statistics {misplaced} come from the dense "
@@ -506,19 +535,24 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
     bar = None
     try:
         planning = (_dense_statistics(model, blocks, prefix, method.planning_statistics,
-                                      windows, batch_size, device, progress)
+                                      windows, batch_size, device, progress, source)
                     if method.planning_statistics else {})
         plan = method.plan(PlanContext(weights, sparsity, pattern, planning,
                                        tuple(windows.shape) if windows is not None else None))
         del planning
         targets = _targets(all_layers, sparsity, pattern, plan)
+        uses_runner = bool(method.statistics or method.needs_block_inputs)
+        if source is not None and uses_runner:
+            source.load(0)  # the runner's capture runs block 0
         runner = (BlockRunner(model, blocks, windows, batch_size, device)
-                  if method.statistics or method.needs_block_inputs else None)
+                  if uses_runner else None)
         doing = "quantizing" if method.quantizes else "pruning"
         bar = tqdm(range(len(blocks)), desc=f"{doing} ({method.name})", unit="block",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
         for index in bar:
             block = blocks[index]
+            if source is not None:
+                source.load(index)
             home = next(block.parameters()).device
             block.to(device)  # on an accelerator, only this block is on-loaded
             if runner is not None and method.sequential_groups():
@@ -539,10 +573,13 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
                 inputs = BlockInputs(runner, index) if method.needs_block_inputs else None
                 records.extend(_prune_group(method, block, layers, stats, block_targets,
                                             records.masks if keep_masks else None,
-                                            records.quantized, inputs))
+                                            records.quantized if keep_quantized else None,
+                                            inputs))
             if runner is not None and index + 1 < len(blocks):
                 runner.run(index, advance=True)
             block.to(home)
+            if source is not None:
+                source.release(index, compressed=True)
         method.finish(model)
     finally:
         if bar is not None:

@@ -8,6 +8,7 @@ it prints.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,56 @@ class Compression:
     saved_note: str = ""
     trust_remote_code: bool = False
     dtype: Any = "fp32"  # what the model is loaded, computed and saved in
+    # The same work streamed from the model's shards (prunelab.streaming), given `prepare`;
+    # None where the command cannot stream. Used with --stream, or when the weights exceed
+    # the memory available.
+    streamed: Callable[[Callable[[LoadedModel], Any]], Any] | None = None
+    stream: bool = False
+
+
+STREAM_HELP = ("read, compress and write one block at a time from the model's safetensors "
+               "shards (models larger than memory); chosen by itself when the weights exceed "
+               "the memory available")
+
+
+def _should_stream(run: Compression) -> bool:
+    if run.streamed is None:
+        return False
+    if run.stream:
+        return True
+    from prunelab.streaming import note, weights_exceed_memory
+    from prunelab.zoo.models import resolve
+
+    target, _ = resolve(run.model)
+    if isinstance(target, Path) and weights_exceed_memory(target):
+        note(f"the weights of {run.model} exceed the memory available now: streaming them "
+             "block by block (as with --stream)")
+        return True
+    return False
+
+
+def _stream_and_save(run: Compression) -> None:
+    """compress_and_save, streamed: the output is written block by block by the work itself;
+    perplexity, when asked, is measured streamed too, before and after."""
+    from prunelab.paths import write_json_atomic
+    from prunelab.streaming import stream_perplexity
+    from prunelab.zoo.provenance import PROVENANCE_FILE
+
+    source, ppl_seqlen, windows = COMPRESS_PPL
+    result = run.streamed(run.prepare)  # refusals (disk, shards, method) come before any pass
+    for line in run.summary(result):
+        typer.echo(line)
+    if run.perplexity_as:
+        before = stream_perplexity(run.model, source, ppl_seqlen, windows, progress=True,
+                                   trust_remote_code=run.trust_remote_code)
+        after = stream_perplexity(run.out, source, ppl_seqlen, windows, progress=True)
+        record = json.loads((run.out / PROVENANCE_FILE).read_text())
+        record["perplexity"] = {"source": source, "seqlen": ppl_seqlen, "windows": windows,
+                                "dense": before, run.perplexity_as: after}
+        write_json_atomic(run.out / PROVENANCE_FILE, record)
+        typer.echo(f"perplexity ({source}, {windows} x {ppl_seqlen}, streamed): dense "
+                   f"{before:.2f} -> {run.perplexity_as} {after:.2f}")
+    typer.echo(f"saved to {run.out} (streamed){run.saved_note}")
 
 
 def compress_and_save(run: Compression) -> None:
@@ -62,6 +113,9 @@ def compress_and_save(run: Compression) -> None:
     from prunelab import api
     from prunelab.zoo.models import load_model
 
+    if _should_stream(run):
+        _stream_and_save(run)
+        return
     loaded = load_model(run.model, dtype=run.dtype, trust_remote_code=run.trust_remote_code)
     run.prepare(loaded)
     before = api.dense_perplexity(loaded, *COMPRESS_PPL, progress=True) if run.perplexity_as \
@@ -104,6 +158,7 @@ def prune(
                                help="dequantized (dense safetensors) or compact (each pruned "
                                     "matrix as its kept weights and a mask: smaller on disk)"),
     ppl: bool = typer.Option(True, help=PPL_HELP),
+    stream: bool = typer.Option(False, "--stream", help=STREAM_HELP),
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
     device: Optional[str] = typer.Option(None, help=PRUNE_DEVICE_HELP),
@@ -134,13 +189,29 @@ def prune(
                                    None))
         return lines
 
+    if stream and format != CHECKPOINT_FORMATS[0]:
+        raise PrunelabError(f"--stream writes the {CHECKPOINT_FORMATS[0]} format, not {format}",
+                            "drop --format (and `prunelab pack` the output), or drop --stream")
+    if stream:
+        from prunelab.streaming import check_streamable
+
+        check_streamable(args.method)
+
+    def streamed(prepare):
+        from prunelab.streaming import stream_prune
+
+        return stream_prune(model, out, method, sparsity, pattern=pattern,
+                            calibration=calibration, trust_remote_code=trust_remote_code,
+                            prepare=prepare, dtype=torch_dtype, **options)
+
     compress_and_save(Compression(
         model, out, trust_remote_code=trust_remote_code, dtype=torch_dtype,
         prepare=lambda loaded: api.check_model_fit(loaded, args, calibration_text=True),
         compress=lambda loaded: api.prune(loaded, method, sparsity, pattern=pattern,
                                           calibration=calibration, device=where, **options),
         summary=summary, perplexity_as="pruned" if ppl else None, format=format,
-        saved_note=f" ({format})" if format != CHECKPOINT_FORMATS[0] else ""))
+        saved_note=f" ({format})" if format != CHECKPOINT_FORMATS[0] else "",
+        stream=stream, streamed=streamed if format == CHECKPOINT_FORMATS[0] else None))
 
 
 def _group_size(text: str) -> str:
@@ -179,6 +250,8 @@ def quantize(
                              "windows"),
     option: Optional[list[str]] = typer.Option(None, help="other method option KEY=VALUE"),
     ppl: bool = typer.Option(True, help=PPL_HELP),
+    stream: bool = typer.Option(False, "--stream", help=STREAM_HELP + "; dequantized format "
+                                "only"),
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
     device: Optional[str] = typer.Option(None, help=PRUNE_DEVICE_HELP),
@@ -241,12 +314,29 @@ def quantize(
             lines.append(ASYMMETRIC_PACKED_NOTE)
         return lines
 
+    if stream and format != CHECKPOINT_FORMATS[0]:
+        raise PrunelabError(f"--stream writes the {CHECKPOINT_FORMATS[0]} format, not {format}",
+                            f"drop --format, or drop --stream (the model must then fit in "
+                            "memory)")
+
+    def streamed(_prepare):
+        from prunelab.streaming import stream_prune
+
+        def prepare_and_choose(loaded):
+            prepare(loaded)
+            return options  # the group size chosen from the model's widths
+
+        return stream_prune(model, out, method, calibration=calibration,
+                            trust_remote_code=trust_remote_code, prepare=prepare_and_choose,
+                            dtype=torch_dtype, **options)
+
     compress_and_save(Compression(
         model, out, trust_remote_code=trust_remote_code, prepare=prepare, dtype=torch_dtype,
         compress=lambda loaded: api.prune(loaded, method, calibration=calibration,
                                           device=where, **options),
         summary=summary, perplexity_as="quantized" if ppl else None, format=format,
-        saved_note=f" ({format})"))
+        saved_note=f" ({format})", stream=stream,
+        streamed=streamed if format == CHECKPOINT_FORMATS[0] else None))
 
 
 @app.command()

@@ -14,12 +14,17 @@ from prunelab.cli.common import DEVICE_HELP, DTYPE_HELP, TRUST_HELP, app, load_p
 from prunelab.errors import PrunelabError
 
 
+STREAM_EVAL_HELP = ("read the model one block at a time from its safetensors shards, all "
+                    "windows or items at once (models larger than memory)")
+
+
 @app.command()
 def ppl(
     model: str = typer.Argument(..., help="zoo name or local model directory"),
     source: str = typer.Option(defaults.EVAL_SOURCE, help="text: name or local file"),
     seqlen: int = typer.Option(defaults.EVAL_SEQLEN, help="tokens per window"),
     windows: int = typer.Option(defaults.EVAL_WINDOWS, help="number of non-overlapping windows"),
+    stream: bool = typer.Option(False, "--stream", help=STREAM_EVAL_HELP),
     trust_remote_code: bool = typer.Option(False, help=TRUST_HELP),
     dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
     device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
@@ -29,6 +34,15 @@ def ppl(
     check_perplexity_args(source, seqlen, windows)
     where, torch_dtype = placement(device, dtype)
     from prunelab import api
+
+    if stream:
+        from prunelab.streaming import stream_perplexity
+
+        value = stream_perplexity(model, source, seqlen, windows, progress=True,
+                                  trust_remote_code=trust_remote_code, dtype=torch_dtype)
+        typer.echo(f"perplexity {value:.3f} (streamed)  ({source}, {windows} windows x "
+                   f"{seqlen} tokens)")
+        return
 
     loaded = load_placed(model, where, torch_dtype, trust_remote_code)
     value, cached = api.dense_perplexity(loaded, source, seqlen, windows, progress=True)
@@ -59,6 +73,8 @@ def eval_command(
                                   "ETA"),
     dtype: str = typer.Option(defaults.DTYPE, help=DTYPE_HELP),
     device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    stream: bool = typer.Option(False, "--stream", help=STREAM_EVAL_HELP + "; log-likelihood "
+                                "tasks only"),
 ) -> None:
     """Evaluate MODEL on tasks; print a per-level table with 95% intervals."""
     check_dtype_name(dtype)
@@ -69,15 +85,26 @@ def eval_command(
     chosen = get_tasks(tasks)  # unknown tasks and too-large limits fail before loading
     for task in chosen:
         task.select(limit, seed)
+    if stream:
+        from prunelab.checks import check_streamable_tasks
+
+        check_streamable_tasks(chosen)
     from prunelab.evaluate.runner import check_prompted, evaluate
     from prunelab.paths import write_json_atomic
 
     for task in chosen:
         check_prompted(task)
     where, torch_dtype = placement(device, dtype)
-    loaded = load_placed(model, where, torch_dtype)
-    results = evaluate(loaded, tasks, limit=limit, seed=seed, batch_size=batch_size,
-                       progress=progress, mc_score=mc_score)
+    if stream:
+        from prunelab.streaming import stream_evaluate
+
+        results = stream_evaluate(model, tasks, dtype=torch_dtype, limit=limit, seed=seed,
+                                  batch_size=batch_size, progress=progress,
+                                  mc_score=mc_score)
+    else:
+        loaded = load_placed(model, where, torch_dtype)
+        results = evaluate(loaded, tasks, limit=limit, seed=seed, batch_size=batch_size,
+                           progress=progress, mc_score=mc_score)
     typer.echo(results.table())
     if out is not None:
         results.to_jsonl(out)
