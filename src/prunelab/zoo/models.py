@@ -185,6 +185,8 @@ def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
         return path, None
     if text in ZOO:
         return ensure_converted(ZOO[text]), ZOO[text]
+    if _trained_here(text):
+        return model_dir(text), None
     if _reads_as_path(text):
         raise _missing_directory(text)
     if _HUB_ID.fullmatch(text):
@@ -196,6 +198,15 @@ def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
         (f"did you mean {close[0]}? " if close else "")
         + f"use one of {', '.join(ZOO)} (see `prunelab models`) or a local model directory",
     )
+
+
+def _trained_here(name: str) -> bool:
+    """A model `prunelab train-tiny` keeps in the cache under this plain name."""
+    if "/" in name or "\\" in name or name.startswith("."):
+        return False
+    directory = model_dir(name)
+    record = read_zoo_file(directory) if (directory / "config.json").is_file() else None
+    return bool(record and record.get("trained_here"))
 
 
 # A Hugging Face hub id: one "org/name", each part of letters, digits, ".", "_" or "-".
