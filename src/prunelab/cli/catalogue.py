@@ -102,8 +102,8 @@ def methods() -> None:
         typer.echo(f"{cls.name:18} {cls.summary}")
         for name, kind, default, text in option_help(cls):
             typer.echo(f"{'':20}--option {name}=<{kind}> (default {default}): {text}")
-    typer.echo("every method: --option only=attention|mlp prunes only that kind of layer of "
-               "each block (default: all)")
+    typer.echo("every method: --option only=attention|mlp|ssm|ssm_in|ssm_dt|ssm_out prunes only "
+               "those kinds of layer of each block, comma-separated (default: all)")
 
 
 @app.command()
