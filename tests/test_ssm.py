@@ -251,10 +251,10 @@ def test_divergence_between_a_dense_and_a_pruned_ssm(tmp_path):
 
     dense, pruned = tiny_loaded("mamba2"), tiny_loaded("mamba2")
     same = divergence(dense, pruned, source=_text(tmp_path), seqlen=32, n_windows=2)
-    assert same["jsd"] == 0.0
+    assert same.jsd == 0.0
     prunelab.prune(pruned, "magnitude", 0.5, progress=False)
     moved = divergence(dense, pruned, source=_text(tmp_path), seqlen=32, n_windows=2)
-    assert moved["jsd"] > 0
+    assert moved.jsd > 0
 
 
 def test_study_backend_compresses_measures_and_restores_an_ssm(tmp_path):
