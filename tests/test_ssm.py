@@ -294,3 +294,38 @@ def test_transfer_fine_tunes_a_sparse_ssm(tmp_path, ssm_dirs):
     weights = load_file(tmp_path / "out" / "model.safetensors")
     in_proj = weights["backbone.layers.0.mixer.in_proj.weight"]
     assert float((in_proj == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+
+
+# ----------------------------------------------------------------------------- train-tiny
+
+def test_train_tiny_keeps_a_model_in_the_cache_that_loads_by_name(tmp_path, monkeypatch):
+    from prunelab.zoo.train import TrainRecipe, train
+
+    monkeypatch.setenv("PRUNELAB_HOME", str(tmp_path / "home"))
+    text = _text(tmp_path)
+    recipe = TrainRecipe(architecture="mamba2", hidden=32, layers=1, head_dim=16, state=8,
+                         steps=3, batch=2, seqlen=16, sources=[text], eval_source=text,
+                         eval_windows=2)
+    directory = train(recipe, "toy-ssm", progress=False, tokenizer=tiny_tokenizer())
+    record = json.loads((directory / "zoo.json").read_text())
+    assert record["trained_here"] and record["steps_done"] == 3
+    assert record["train_tokens"] == 3 * 2 * 16 and record["recipe"]["sources"] == [text]
+    assert record["train_loss"] < record["first_loss"] + 1 and record["perplexity"]["value"] > 1
+    listed = run("models")
+    assert listed.returncode == 0 and "toy-ssm" in listed.stdout and "trained here" in listed.stdout
+    loaded = prunelab.load_model("toy-ssm")
+    assert type(loaded.model).__name__ == "Mamba2ForCausalLM"
+    with pytest.raises(PrunelabError, match="already in the cache"):
+        train(recipe, "toy-ssm", progress=False, tokenizer=tiny_tokenizer())
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["gpt2", "--name", "x"], "cannot train a 'gpt2' model"),
+    (["mamba2", "--name", "x", "--steps", "0"], "steps=0 must be a positive whole number"),
+    (["mamba2", "--name", "x", "--hidden", "256", "--text", "no-such-file.txt"],
+     "does not exist"),
+])
+def test_bad_train_tiny_input_is_one_line(tmp_path, monkeypatch, args, fragment):
+    monkeypatch.setenv("PRUNELAB_HOME", str(tmp_path / "home"))
+    assert_user_error(run("train-tiny", *args), fragment)
+    assert not (tmp_path / "home" / "models").exists()

@@ -171,9 +171,10 @@ def learning_rate(recipe: TrainRecipe, step: int) -> float:
     return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(recipe: TrainRecipe, name: str, *, overwrite: bool = False,
-          progress: bool = True) -> Path:
-    """Train `recipe`, measure it, and save it as cache model `name`; return its directory."""
+def train(recipe: TrainRecipe, name: str, *, overwrite: bool = False, progress: bool = True,
+          tokenizer=None) -> Path:
+    """Train `recipe`, measure it, and save it as cache model `name`; return its directory.
+    (`tokenizer`: SmolLM2's unless given; tests give a small one.)"""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -186,7 +187,8 @@ def train(recipe: TrainRecipe, name: str, *, overwrite: bool = False,
     if final.exists() and not overwrite:
         raise PrunelabError(f"a model named {name} is already in the cache ({final})",
                             "choose another --name, or pass --overwrite")
-    tokenizer = AutoTokenizer.from_pretrained(ensure_converted(ZOO[TEMPLATE_TOKENIZER]))
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(ensure_converted(ZOO[TEMPLATE_TOKENIZER]))
     text = training_text(recipe.sources)
     tokens = torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
     torch.manual_seed(recipe.seed)
