@@ -165,7 +165,8 @@ def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
     """Turn a model name, local directory or hub id into something `from_pretrained` loads.
 
     The rule, in order: an existing path is a local directory (it must hold config.json);
-    a zoo name is a zoo model; anything that reads as a path is a missing directory (it
+    a zoo name is a zoo model; the name of a model `prunelab train-tiny` keeps in the cache
+    is that model; anything that reads as a path is a missing directory (it
     starts with ".", "/" or "~", has a backslash, a trailing or second "/", or its first
     part exists here: `out/wanda5O` with `out/` present); an `org/name` is a hub id, used
     only where the hub cache holds it or the hub is reachable; anything else is unknown.
