@@ -5,7 +5,8 @@ tokens): perplexity after magnitude, Wanda and SparseGPT at each sparsity and 2:
 structured removal (Mamba: SSM heads and state dimensions with ssm-flap; a transformer: FLAP);
 each pruning's time relative to one dense forward pass over the calibration windows and its
 peak memory above the loaded model; and, for the structured 50% models, tokens per second of
-a forward pass and parameters against the dense model, timed here in the same process.
+a forward pass and parameters against the dense model, the dense and the pruned model timed in
+turn (best of three each) so that both see the same load.
 
     python bench/bench_ssm.py --model tiny-mamba2 --calib-source calib.txt \
         --eval-source eval.txt [--samples 16] [--seqlen 256] [--windows 8] [--out ssm.json]
@@ -38,16 +39,19 @@ def grid(is_ssm: bool) -> list[tuple[str, float | None, str | None, dict]]:
     return points
 
 
-def tokens_per_second(model, windows, repeats: int = 2) -> float:
+def tokens_per_second(models, windows, repeats: int = 3) -> list[float]:
+    """Each model's tokens per second on `windows`, best of `repeats`, the models timed in
+    turn within each repeat, so that a change in the machine's load reaches all of them."""
     import torch
 
-    best = float("inf")
+    best = [float("inf")] * len(models)
     with torch.no_grad():
         for _ in range(repeats):
-            start = time.perf_counter()
-            model(input_ids=windows, use_cache=False)
-            best = min(best, time.perf_counter() - start)
-    return windows.numel() / best
+            for i, model in enumerate(models):
+                start = time.perf_counter()
+                model(input_ids=windows, use_cache=False)
+                best[i] = min(best[i], time.perf_counter() - start)
+    return [windows.numel() / b for b in best]
 
 
 def main() -> None:
@@ -59,6 +63,8 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--structured-only", action="store_true",
+                        help="only the structured points (their speed and size)")
     args = parser.parse_args()
 
     import torch
@@ -87,13 +93,14 @@ def main() -> None:
     forward_s = time.perf_counter() - start
     forward_peak = peak_rss_bytes() - base
     dense = {"perplexity": perplexity_of_windows(loaded.model, evaluation),
-             "tokens_per_s": tokens_per_second(loaded.model, evaluation),
              **model_size(loaded.model)}
     print(f"{args.model}: dense perplexity {dense['perplexity']:.2f}, one forward over the "
           f"calibration windows {forward_s:.2f} s, peak +{forward_peak / 1e6:.0f} MB",
           flush=True)
     rows = []
     for method, sparsity, pattern, options in grid(is_ssm):
+        if args.structured_only and method not in ("ssm-flap", "flap"):
+            continue
         loaded.model = copy.deepcopy(pristine)
         base = current_rss_bytes()
         reset_peak_rss()
@@ -110,8 +117,10 @@ def main() -> None:
                if forward_peak > 0 else None}
         if sparsity == 0.5 and method in ("ssm-flap", "flap"):
             size = model_size(loaded.model)
-            row["tokens_per_s_vs_dense"] = round(
-                tokens_per_second(loaded.model, evaluation) / dense["tokens_per_s"], 3)
+            dense_speed, pruned_speed = tokens_per_second([pristine, loaded.model], evaluation)
+            row["tokens_per_s"] = round(pruned_speed, 1)
+            row["dense_tokens_per_s"] = round(dense_speed, 1)
+            row["tokens_per_s_vs_dense"] = round(pruned_speed / dense_speed, 3)
             row["parameters_vs_dense"] = round(size["parameters"] / dense["parameters"], 4)
         rows.append(row)
         print(json.dumps(row), flush=True)
