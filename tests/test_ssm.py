@@ -329,3 +329,11 @@ def test_bad_train_tiny_input_is_one_line(tmp_path, monkeypatch, args, fragment)
     monkeypatch.setenv("PRUNELAB_HOME", str(tmp_path / "home"))
     assert_user_error(run("train-tiny", *args), fragment)
     assert not (tmp_path / "home" / "models").exists()
+
+
+def test_ssm_flap_refuses_a_layer_selection_that_hides_its_scores(tmp_path):
+    with pytest.raises(PrunelabError, match="only= left some of them out"):
+        prunelab.prune(tiny_loaded("mamba2"), "ssm-flap", 0.5, only="ssm_in",
+                       calibration=prunelab.CalibrationConfig(source=_text(tmp_path),
+                                                              n_samples=4, seqlen=32),
+                       progress=False)

@@ -91,6 +91,10 @@ class SsmFlap(PruningMethod):
         self._keep = []
         for i, parts in enumerate(self._parts):
             out_name, source_name = self._names(i, parts)
+            if out_name not in context.statistics or source_name not in context.statistics:
+                raise PrunelabError("ssm-flap scores every mixer's out_proj and input "
+                                    "projection, but only= left some of them out",
+                                    "drop --option only for ssm-flap")
             if self.config.unit == "heads":
                 stats = context.statistics[out_name]
                 variance = stats["input_mean_var"].var.to(torch.float32).cpu()
