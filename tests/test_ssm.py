@@ -321,6 +321,7 @@ def test_train_tiny_keeps_a_model_in_the_cache_that_loads_by_name(tmp_path, monk
 
 @pytest.mark.parametrize("args,fragment", [
     (["gpt2", "--name", "x"], "cannot train a 'gpt2' model"),
+    (["mamba2", "--name", "../x"], "is not a plain name"),
     (["mamba2", "--name", "x", "--steps", "0"], "steps=0 must be a positive whole number"),
     (["mamba2", "--name", "x", "--hidden", "256", "--text", "no-such-file.txt"],
      "does not exist"),

@@ -76,12 +76,13 @@ def train_tiny(
 ) -> None:
     """Train a small model from scratch (SmolLM2 tokenizer) and keep it in the cache."""
     from prunelab.data.sources import check_text_source
-    from prunelab.zoo.train import DOCSTRINGS_SOURCE, TrainRecipe
+    from prunelab.zoo.train import DOCSTRINGS_SOURCE, TrainRecipe, check_name
 
     recipe = TrainRecipe(architecture=architecture, hidden=hidden, layers=layers, steps=steps,
                          batch=batch, seqlen=seqlen, lr=lr, seed=seed, sources=list(text),
                          eval_source=eval_source, max_minutes=max_minutes)
     recipe.check()
+    check_name(name)
     for source in text:
         if source != DOCSTRINGS_SOURCE:
             check_text_source(source, "training")

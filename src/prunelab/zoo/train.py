@@ -17,6 +17,7 @@ import ast
 import json
 import math
 import random
+import re
 import sys
 import sysconfig
 import time
@@ -76,6 +77,13 @@ class TrainRecipe:
                                 "give the share of positions scored, e.g. 0.25")
         if not self.lr > 0:
             raise PrunelabError(f"learning rate {self.lr} must be above 0", "give e.g. --lr 3e-3")
+
+
+def check_name(name: str) -> None:
+    """A cache name: letters, digits, ".", "_" and "-", not starting with a dot."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise PrunelabError(f"--name {name!r} is not a plain name",
+                            "use letters, digits, '.', '_' and '-', e.g. tiny-mamba2")
 
 
 def stdlib_docstrings(limit_chars: int = 4_000_000) -> str:
@@ -181,6 +189,7 @@ def train(recipe: TrainRecipe, name: str, *, overwrite: bool = False, progress: 
     from prunelab.zoo.models import ZOO, LoadedModel, ensure_converted, model_dir
 
     recipe.check()
+    check_name(name)
     final = model_dir(name)
     if name in ZOO:
         raise PrunelabError(f"{name} is a zoo model's name", "choose another --name")
