@@ -20,6 +20,7 @@ REFUSALS = [
     (["study"], "Missing argument 'recipe'"),
     (["study", "recipes/demo.yaml", "--no-such-option"], "No such option"),
     (["prune", "smollm2-135m"], "Missing option '--out'"),
+    (["train-tiny", "gpt2", "--name", "x"], "cannot train a 'gpt2' model"),
     ([*PRUNE, "--sparsity", "half"], "Invalid value for '--sparsity'"),
     ([*PRUNE, "--calib-samples", "many"], "Invalid value for '--calib-samples'"),
     ([*PRUNE, "--sparsity", "1.5"], "sparsity 1.5 is outside [0, 1)"),

@@ -59,7 +59,7 @@ def prunable_layers(block: nn.Module) -> dict[str, nn.Module]:
     (only those of one kind while `only_layers` is in effect)."""
     only = _ONLY.get()
     return {name: m for name, m in block.named_modules() if isinstance(m, PRUNABLE_TYPES)
-            and (only is None or layer_kind(name) == only)}
+            and (only is None or kind_selected(layer_kind(name), only))}
 
 
 def named_prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -73,11 +73,47 @@ def named_prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 _ONLY: ContextVar[str | None] = ContextVar("prunelab_only_layers", default=None)
 
 
+# The linears of a state-space mixer (transformers' Mamba and Mamba-2 mixers, and the Mamba
+# layers of hybrids), by their name inside it; what tells them from attention or an MLP.
+SSM_LINEAR_KINDS = {"in_proj": "ssm_in", "x_proj": "ssm_dt", "dt_proj": "ssm_dt",
+                    "out_proj": "ssm_out"}
+
+
 def layer_kind(name: str) -> str:
     """"attention" for a layer inside a block's attention module (Llama/Gemma/Qwen `self_attn`,
-    GPT-2 `attn`, GPT-NeoX `attention`), else "mlp" (feed-forward: `mlp`, OPT's fc1/fc2)."""
+    GPT-2 `attn`, GPT-NeoX `attention`, OPT's `out_proj` there too); "ssm_in", "ssm_dt" or
+    "ssm_out" for a state-space mixer's projections (SSM_LINEAR_KINDS); else "mlp"
+    (feed-forward: `mlp`, OPT's fc1/fc2)."""
     parts = name.lower().split(".")
-    return "attention" if any("attn" in p or "attention" in p for p in parts) else "mlp"
+    if any("attn" in p or "attention" in p for p in parts):
+        return "attention"
+    return SSM_LINEAR_KINDS.get(parts[-1], "mlp")
+
+
+def indirect_inputs(block: nn.Module) -> dict[str, tuple[str, slice]]:
+    """Layers whose forward the block never calls, by name: (the layer whose output holds
+    their input, which features of it).
+
+    transformers' Mamba mixer multiplies by `dt_proj.weight` itself (and adds its bias inside
+    the scan), so hooks on dt_proj never fire; its input is the first `time_step_rank`
+    features of x_proj's output.
+    """
+    found = {}
+    for path, module in block.named_modules():
+        rank = getattr(module, "time_step_rank", None)
+        if (isinstance(getattr(module, "dt_proj", None), nn.Linear)
+                and isinstance(getattr(module, "x_proj", None), nn.Linear)
+                and isinstance(rank, int) and rank > 0):
+            prefix = f"{path}." if path else ""
+            found[f"{prefix}dt_proj"] = (f"{prefix}x_proj", slice(0, rank))
+    return found
+
+
+def kind_selected(kind: str, only: str) -> bool:
+    """Whether a layer of `kind` is among the comma-separated kinds `only` ("ssm" is all
+    three SSM kinds)."""
+    chosen = only.split(",")
+    return kind in chosen or (kind.startswith("ssm_") and "ssm" in chosen)
 
 
 @contextmanager

@@ -14,9 +14,13 @@ from pathlib import Path
 
 from prunelab.errors import PrunelabError
 
-# Which layers of a block a pruning run touches: all (None), "attention" or "mlp". Pruning
-# attention only is how Hasan et al. (2024) pruned aligned chat models (Wanda, 10-30%).
-LAYER_KINDS = ("attention", "mlp")
+# Which layers of a block a pruning run touches: all (None), or some kinds, comma-separated.
+# Pruning attention only is how Hasan et al. (2024) pruned aligned chat models (Wanda, 10-30%).
+# A state-space mixer's linears are of three kinds (`prunelab.arch.layer_kind`): its input
+# projection (ssm_in), Mamba's time-step projections x_proj and dt_proj (ssm_dt) and its output
+# projection (ssm_out); "ssm" names all three, so `only=ssm` leaves a hybrid's MLPs alone and
+# `only=ssm_in` is how Ghattas et al. (2025) ran Wanda on Mamba.
+LAYER_KINDS = ("attention", "mlp", "ssm_in", "ssm_dt", "ssm_out", "ssm")
 SUPPORTED_BITS = (2, 3, 4, 6, 8)  # what the quantizers (rtn, gptq, sparsegpt's joint mode) store
 # How a compressed model is saved: fp32 weights, packed integers (`prunelab.quant_export`), or
 # each pruned matrix as its kept weights and where they are (`prunelab.compact`).
@@ -71,12 +75,16 @@ def check_sparsity(sparsity: float) -> float:
 
 
 def check_only(kind: str | None) -> str | None:
+    """None (every layer), or the kinds named, comma-separated, in a fixed order."""
     if kind is None or kind == "" or kind == "all":
         return None
-    if kind not in LAYER_KINDS:
-        raise PrunelabError(f"cannot prune only {kind!r} layers",
-                            f"use one of {', '.join(LAYER_KINDS)} (or all)")
-    return kind
+    kinds = [k.strip() for k in str(kind).split(",")]
+    unknown = [k for k in kinds if k not in LAYER_KINDS]
+    if unknown or not kinds:
+        raise PrunelabError(f"cannot prune only {unknown[0] if unknown else kind!r} layers",
+                            f"use one or more of {', '.join(LAYER_KINDS)}, comma-separated "
+                            "(or all)")
+    return ",".join(k for k in LAYER_KINDS if k in kinds)
 
 
 def check_bits(bits: int, who: str) -> None:

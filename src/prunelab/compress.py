@@ -140,7 +140,8 @@ def prune(loaded: LoadedModel, method: str = defaults.PRUNE_METHOD,
     `calibration` is a CalibrationConfig, or a text source name / file path with the default
     sizes. Method options (e.g. `percdamp=0.02` for SparseGPT) are passed as keywords.
     `keep_masks` keeps each layer's pruned mask in `result.masks`. The option `only`
-    ("attention" or "mlp"), accepted by every method, prunes only that kind of layer.
+    ("attention", "mlp", "ssm", "ssm_in", "ssm_dt", "ssm_out", or several comma-separated),
+    accepted by every method, prunes only those kinds of layer.
     """
     options = dict(options)
     only = arch.check_only(options.pop("only", None))

@@ -309,7 +309,11 @@ def _input_groups(runner: BlockRunner, index: int, layers: dict[str, nn.Module])
 def _collect(runner: BlockRunner, index: int, layers: dict[str, nn.Module],
              names: Sequence[str], device) -> dict[str, LayerStats]:
     collector = _Collector(names, layers, device)
-    handles = [m.register_forward_hook(collector.hook(n), with_kwargs=True)
+    block = runner.blocks[index]
+    indirect = arch.indirect_inputs(block)
+    handles = [block.get_submodule(indirect[n][0]).register_forward_hook(
+                   _fed_from(collector.hook(n), m, indirect[n][1]), with_kwargs=True)
+               if n in indirect else m.register_forward_hook(collector.hook(n), with_kwargs=True)
                for n, m in layers.items()]
     try:
         runner.run(index, advance=False, after_batch=collector.end_batch)
@@ -317,6 +321,16 @@ def _collect(runner: BlockRunner, index: int, layers: dict[str, nn.Module],
         for h in handles:
             h.remove()
     return collector.stats()
+
+
+def _fed_from(hook, layer: nn.Module, features: slice):
+    """A forward hook for the layer that produces `layer`'s input (`arch.indirect_inputs`):
+    it hands `hook` that output's `features` as the input, and the product with `layer`'s
+    weight as the output, as if `layer` had been called."""
+    def on_source(module, args, kwargs, output):
+        x = output[..., features]
+        hook(layer, (x,), {}, torch.nn.functional.linear(x, arch.weight_matrix(layer)))
+    return on_source
 
 
 def _available_bytes(device: torch.device) -> int:

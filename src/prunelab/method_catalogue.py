@@ -58,6 +58,8 @@ METHOD_CATALOGUE: dict[str, MethodShape] = {
     "magnitude-sp": MethodShape(_STRUCTURED, supports_nm=False),
     "owl": MethodShape({**_WRAPPING, "m": float, "lam": float}),
     "random": MethodShape({"mask_seed": int, "per_row": bool}),
+    "ssm-flap": MethodShape({"unit": Literal["heads", "state"], "metric": Literal["WIFV", "IFV"]},
+                            supports_nm=False),
     "rtn": MethodShape(_QUANT, supports_nm=False, quantizes=True),
     "seap": MethodShape({**_STRUCTURED, "metric": _METRIC, "bias": bool, "k": float,
                          "x0": float, "keep_first": int, "keep_last": int}, supports_nm=False),

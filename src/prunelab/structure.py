@@ -78,6 +78,14 @@ def locate(block: nn.Module, config=None, where: str = "block") -> BlockParts:
     """The attention and MLP of `block`; PrunelabError when they cannot be found."""
     attention = _find_with(block, ATTENTION_LINEARS)
     mlp = _find_with(block, MLP_LINEARS)
+    if attention is None:
+        from prunelab import ssm
+
+        if ssm.find_mixer(block) is not None:
+            raise PrunelabError(f"{where} ({type(block).__name__}) is a state-space block: it "
+                                "has no attention heads or MLP channels to remove",
+                                "use ssm-flap (SSM heads or state dimensions) or an "
+                                "unstructured method (magnitude, wanda, sparsegpt)")
     if attention is None or mlp is None:
         missing = "attention heads" if attention is None else "MLP channels"
         raise PrunelabError(f"cannot locate the {missing} of {where} ({type(block).__name__})",
@@ -276,7 +284,10 @@ def _adopt(model: nn.Module, candidate) -> bool:
 
 
 def needs_loader(config) -> bool:
-    return getattr(config, STRUCTURE_KEY, None) is not None
+    from prunelab import ssm
+
+    return (getattr(config, STRUCTURE_KEY, None) is not None
+            or getattr(config, ssm.STRUCTURE_KEY, None) is not None)
 
 
 def apply_layout(model: nn.Module, layers: list[dict]) -> None:
@@ -322,6 +333,11 @@ def load_pretrained(directory: str | Path, dtype: torch.dtype = torch.float32) -
     layout = getattr(config, STRUCTURE_KEY, None)
     if layout is not None:
         apply_layout(model, layout["layers"])
+    from prunelab import ssm
+
+    ssm_layout = getattr(config, ssm.STRUCTURE_KEY, None)
+    if ssm_layout is not None:
+        ssm.apply_layout(model, ssm_layout["layers"])
     state: dict[str, torch.Tensor] = {}
     for file in sorted(directory.glob("*.safetensors")):
         state.update(load_file(file))

@@ -30,6 +30,11 @@ TINY_CONFIGS: dict[str, dict] = {
                      num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256),
     "opt": dict(model_type="opt", hidden_size=64, ffn_dim=128, num_hidden_layers=2,
                 num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=64),
+    # state-space models: two groups of four heads (Mamba-2), and Mamba's inner channels
+    "mamba2": dict(model_type="mamba2", hidden_size=64, num_hidden_layers=2, expand=2,
+                   head_dim=16, num_heads=8, n_groups=2, state_size=16, chunk_size=16),
+    "mamba": dict(model_type="mamba", hidden_size=64, num_hidden_layers=2, expand=2,
+                  state_size=8),
 }
 
 

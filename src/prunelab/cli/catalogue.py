@@ -1,9 +1,11 @@
-"""`prunelab models | methods | info`: what there is to prune with, and how a model was made."""
+"""`prunelab models | methods | info | train-tiny`: what there is to prune with, how a model was
+made, and a small model trained here."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -21,9 +23,75 @@ def models() -> None:
              "weights": "dequantized GGUF*" if s.dequantized else "fp32",
              "licence": s.license, "what": s.description} for s in ZOO.values()]
     print_table(rows)
+    _print_trained()
     typer.echo(f"\n* {DEQUANTIZED_CAVEAT}.")
     typer.echo(f"cache: {model_dir('x').parent}  (set PRUNELAB_HOME to move it)")
     typer.echo("Any local Hugging Face model directory works too.")
+
+
+def _print_trained() -> None:
+    from prunelab.zoo.train import trained_models
+
+    trained = trained_models()
+    if not trained:
+        return
+    typer.echo("\ntrained here (`prunelab train-tiny`; load them by name):")
+    rows = []
+    for t in trained:
+        recipe, ppl = t.get("recipe") or {}, t.get("perplexity") or {}
+        rows.append({"name": t["name"], "architecture": t.get("architecture", "?"),
+                     "params": f"{t.get('parameters', 0) / 1e6:.1f}M",
+                     "recipe": (f"{recipe.get('architecture')} h{recipe.get('hidden')} "
+                                f"{t.get('steps_done', recipe.get('steps'))} steps x "
+                                f"{recipe.get('batch')}x{recipe.get('seqlen')} tokens, "
+                                f"lr {recipe.get('lr')}"),
+                     "train loss": t.get("train_loss", "?"),
+                     "perplexity": (f"{ppl['value']} ({Path(str(ppl['source'])).name})"
+                                    if ppl else "not measured"),
+                     "minutes": round(float(t.get("train_seconds", 0)) / 60, 1)})
+    print_table(rows)
+
+
+@app.command("train-tiny")
+def train_tiny(
+    architecture: str = typer.Argument(..., help="mamba2, mamba or llama"),
+    name: str = typer.Option(..., help="the name it is kept under in the cache"),
+    text: list[str] = typer.Option(["python-docstrings"], help="training text: a local file, "
+                                   "a corpus name, or python-docstrings (the standard "
+                                   "library's); repeat to join several"),
+    steps: int = typer.Option(150, help="optimizer steps (the fixed budget: twins trained "
+                              "with the same steps, batch, seqlen and seed see the same tokens)"),
+    batch: int = typer.Option(4, help="windows per step"),
+    seqlen: int = typer.Option(256, help="tokens per window"),
+    hidden: int = typer.Option(256, help="model width"),
+    layers: Optional[int] = typer.Option(None, help="blocks (default: 6 for Mamba, 3 for Llama, "
+                                         "about the same size)"),
+    lr: float = typer.Option(3e-3, help="peak learning rate"),
+    seed: int = typer.Option(0, help="seeds the initial weights and the order of the text"),
+    eval_source: Optional[str] = typer.Option(None, help="measure perplexity on this text "
+                                              "after training"),
+    max_minutes: Optional[float] = typer.Option(None, help="stop early after this many minutes "
+                                                "(the steps done are recorded)"),
+    overwrite: bool = typer.Option(False, help="replace a trained model of the same name"),
+) -> None:
+    """Train a small model from scratch (SmolLM2 tokenizer) and keep it in the cache."""
+    from prunelab.data.sources import check_text_source
+    from prunelab.zoo.train import DOCSTRINGS_SOURCE, TrainRecipe, check_name
+
+    recipe = TrainRecipe(architecture=architecture, hidden=hidden, layers=layers, steps=steps,
+                         batch=batch, seqlen=seqlen, lr=lr, seed=seed, sources=list(text),
+                         eval_source=eval_source, max_minutes=max_minutes)
+    recipe.check()
+    check_name(name)
+    for source in text:
+        if source != DOCSTRINGS_SOURCE:
+            check_text_source(source, "training")
+    if eval_source is not None:
+        check_text_source(eval_source, "text")
+    from prunelab.zoo.train import train
+
+    directory = train(recipe, name, overwrite=overwrite)
+    typer.echo(f"trained {name}: {directory}")
 
 
 @app.command()
@@ -35,8 +103,8 @@ def methods() -> None:
         typer.echo(f"{cls.name:18} {cls.summary}")
         for name, kind, default, text in option_help(cls):
             typer.echo(f"{'':20}--option {name}=<{kind}> (default {default}): {text}")
-    typer.echo("every method: --option only=attention|mlp prunes only that kind of layer of "
-               "each block (default: all)")
+    typer.echo("every method: --option only=attention|mlp|ssm|ssm_in|ssm_dt|ssm_out prunes only "
+               "those kinds of layer of each block, comma-separated (default: all)")
 
 
 @app.command()

@@ -10,4 +10,4 @@ from prunelab.methods import magnitude, sparsegpt, wanda  # noqa: F401,E402  (re
 from prunelab.methods import gptq, rtn  # noqa: F401,E402  (quantizers, registered the same way)
 from prunelab.methods import (besa, dsnot, gblm, owl, random_prune,  # noqa: F401,E402
                                sparsity_map, wanda_variant)
-from prunelab.methods import flap, seap, structured  # noqa: F401,E402  (structured pruning)
+from prunelab.methods import flap, seap, ssm_flap, structured  # noqa: F401,E402  (structured)

@@ -106,9 +106,11 @@ def _check_shapes(directory: Path, config: dict, shapes: dict[str, tuple[str, tu
     model's own: quantized checkpoints (packed), structurally pruned ones (per-layer shapes,
     checked by their loader) and models built by their own code.
     """
+    from prunelab.ssm import STRUCTURE_KEY as SSM_STRUCTURE_KEY
     from prunelab.structure import STRUCTURE_KEY
 
-    if not shapes or {"quantization_config", STRUCTURE_KEY, "auto_map"} & set(config):
+    if not shapes or {"quantization_config", STRUCTURE_KEY, SSM_STRUCTURE_KEY,
+                      "auto_map"} & set(config):
         return
     try:
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM

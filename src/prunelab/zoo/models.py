@@ -166,7 +166,8 @@ def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
     """Turn a model name, local directory or hub id into something `from_pretrained` loads.
 
     The rule, in order: an existing path is a local directory (it must hold config.json);
-    a zoo name is a zoo model; anything that reads as a path is a missing directory (it
+    a zoo name is a zoo model; the name of a model `prunelab train-tiny` keeps in the cache
+    is that model; anything that reads as a path is a missing directory (it
     starts with ".", "/" or "~", has a backslash, a trailing or second "/", or its first
     part exists here: `out/wanda5O` with `out/` present); an `org/name` is a hub id, used
     only where the hub cache holds it or the hub is reachable; anything else is unknown.
@@ -186,6 +187,8 @@ def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
         return path, None
     if text in ZOO:
         return ensure_converted(ZOO[text]), ZOO[text]
+    if _trained_here(text):
+        return model_dir(text), None
     if _reads_as_path(text):
         raise _missing_directory(text)
     if _HUB_ID.fullmatch(text):
@@ -197,6 +200,15 @@ def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
         (f"did you mean {close[0]}? " if close else "")
         + f"use one of {', '.join(ZOO)} (see `prunelab models`) or a local model directory",
     )
+
+
+def _trained_here(name: str) -> bool:
+    """A model `prunelab train-tiny` keeps in the cache under this plain name."""
+    if "/" in name or "\\" in name or name.startswith("."):
+        return False
+    directory = model_dir(name)
+    record = read_zoo_file(directory) if (directory / "config.json").is_file() else None
+    return bool(record and record.get("trained_here"))
 
 
 # A Hugging Face hub id: one "org/name", each part of letters, digits, ".", "_" or "-".
