@@ -65,6 +65,21 @@ def run_worker(python: str, system: str, method: str, model_dir: str, calib: Pat
     return row
 
 
+def check_args(args) -> str | None:
+    """The problem with the arguments and its fix, in one line; None when they are fine."""
+    for name in args.methods.split(","):
+        if name not in METHODS:
+            return f"unknown method {name!r}; use some of {', '.join(METHODS)}"
+    for name in args.systems.split(","):
+        if name not in SYSTEMS:
+            return f"unknown system {name!r}; use some of {', '.join(SYSTEMS)}"
+    for flag in ("calib_samples", "calib_seqlen", "eval_windows", "eval_seqlen", "threads",
+                 "timeout"):
+        if getattr(args, flag) < 1:
+            return f"--{flag.replace('_', '-')} is {getattr(args, flag)}; give 1 or more"
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -83,12 +98,10 @@ def main() -> None:
     parser.add_argument("--work", default=str(PEERS / "work"))
     parser.add_argument("--out", default="", help="write every row as JSON here")
     args = parser.parse_args()
-    for name in args.methods.split(","):
-        if name not in METHODS:
-            sys.exit(f"error: unknown method {name!r}; use some of {', '.join(METHODS)}")
-    for name in args.systems.split(","):
-        if name not in SYSTEMS:
-            sys.exit(f"error: unknown system {name!r}; use some of {', '.join(SYSTEMS)}")
+    refusal = check_args(args)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        sys.exit(2)
 
     import torch
     from safetensors.torch import load_file, save_file

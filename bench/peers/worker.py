@@ -139,11 +139,14 @@ def run_reference(args, method, windows, group_size):
 
 
 def run_llmcompressor(args, method, windows, group_size):
+    kind, sparsity, nm, bits, _ = method
+    if kind == "magnitude" and nm:
+        raise NotImplementedError("llm-compressor's MagnitudePruningModifier has no N:M "
+                                  "masks (unstructured, channel, filter only)")
     from datasets import Dataset
     from llmcompressor import oneshot
 
     model, tokenizer = load_hf(args.model_dir)
-    kind, sparsity, nm, bits, _ = method
     structure = f"{nm[0]}:{nm[1]}" if nm else "0:0"
     ignore = ["lm_head"]
     if kind == "sparsegpt":
@@ -157,9 +160,6 @@ def run_llmcompressor(args, method, windows, group_size):
         recipe = WandaPruningModifier(sparsity=sparsity, mask_structure=structure,
                                       targets=["Linear"], ignore=ignore)
     elif kind == "magnitude":
-        if nm:
-            raise NotImplementedError("llm-compressor's MagnitudePruningModifier has no N:M "
-                                      "masks (unstructured, channel, filter only)")
         from llmcompressor.modifiers.pruning import MagnitudePruningModifier  # noqa: PLC0415
 
         # one-shot: reach the final sparsity at once (start = end = 0, one update)
@@ -191,12 +191,12 @@ def run_llmcompressor(args, method, windows, group_size):
 
 
 def run_modelopt(args, method, windows, group_size):
-    import modelopt.torch.sparsity as mts
-
-    model, _ = load_hf(args.model_dir)
     kind, sparsity, nm, bits, _ = method
     if nm != (2, 4) or kind not in ("sparsegpt", "magnitude"):
         raise NotImplementedError("Model Optimizer's sparsity offers 2:4 only (magnitude, sparsegpt)")
+    import modelopt.torch.sparsity as mts
+
+    model, _ = load_hf(args.model_dir)
     batches = [{"input_ids": w.unsqueeze(0)} for w in windows]
 
     def compress():
