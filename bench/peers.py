@@ -3,7 +3,7 @@
 Every (system, method) compresses in its own fresh process (bench/peers/worker.py) with the
 same thread count, the same model and the very same calibration tokens (drawn once by
 prunelab from --calib-source and written to a file the peers read). Each process reports the
-wall time of the compression call alone and its peak RSS net of its own baseline (taken after
+wall time and CPU time of the compression call alone and its peak RSS net of its own baseline (taken after
 imports and model load). Perplexity is computed by ONE evaluator, prunelab's, in this process,
 on each system's compressed weights and the same evaluation windows, so only the compression
 differs. Systems of one method run back to back.
@@ -142,8 +142,9 @@ def main() -> None:
         ppl = perplexity_of_windows(loaded.model, evals)
         return ppl, {k: v == 0 for k, v in weights.items()}
 
-    header = (f"{'method':<12} {'system':<14} {'seconds':>8} {'peak MB':>8} {'ppl':>9} "
-              f"{'time/ours':>9} {'RSS/ours':>8} {'ppl vs ours':>11} {'mask same':>9}")
+    header = (f"{'method':<12} {'system':<14} {'seconds':>8} {'CPU s':>7} {'peak MB':>8} "
+              f"{'ppl':>9} {'time/ours':>9} {'CPU/ours':>8} {'RSS/ours':>8} {'ppl vs ours':>11} "
+              f"{'mask same':>9}")
     print(header, flush=True)
     for method in args.methods.split(","):
         ours_masks, ours = None, None
@@ -171,9 +172,9 @@ def main() -> None:
                 vs = f"{100 * (row['ppl'] / ours['ppl'] - 1):+.2f}%" if ours else "-"
                 same = f"{100 * row['mask_agreement']:.2f}%" if "mask_agreement" in row else "-"
                 print(f"{method:<12} {system:<14} {row['seconds']:>8.1f} "
-                      f"{row['peak_rss_net_bytes'] / 2**20:>8.0f} {row['ppl']:>9.3f} "
-                      f"{ratio('seconds'):>9} {ratio('peak_rss_net_bytes'):>8} {vs:>11} "
-                      f"{same:>9}", flush=True)
+                      f"{row['cpu_seconds']:>7.1f} {row['peak_rss_net_bytes'] / 2**20:>8.0f} "
+                      f"{row['ppl']:>9.3f} {ratio('seconds'):>9} {ratio('cpu_seconds'):>8} "
+                      f"{ratio('peak_rss_net_bytes'):>8} {vs:>11} {same:>9}", flush=True)
             if args.out:
                 partial = Path(args.out + ".partial")
                 partial.write_text(json.dumps(results, indent=2))
@@ -190,10 +191,12 @@ def main() -> None:
             continue
         name, fastest = min(peers, key=lambda p: p[1]["seconds"])
         speedup = fastest["seconds"] / ours["seconds"]
+        cpu = fastest["cpu_seconds"] / ours["cpu_seconds"]
         ppl = 100 * (ours["ppl"] / fastest["ppl"] - 1)
         rss = ours["peak_rss_net_bytes"] / max(fastest["peak_rss_net_bytes"], 1)
         met = speedup >= 1.3 and ppl <= 1.0 and rss <= 1.0
-        print(f"{method:<12} fastest peer {name}: speed-up {speedup:.2f}x, ppl {ppl:+.2f}%, "
+        print(f"{method:<12} fastest peer {name}: speed-up {speedup:.2f}x (CPU time {cpu:.2f}x), "
+              f"ppl {ppl:+.2f}%, "
               f"peak RSS {rss:.2f}x of the peer's -> goal {'met' if met else 'NOT met'}")
 
 
