@@ -3,8 +3,8 @@
 Every (system, method) compresses in its own fresh process (bench/peers/worker.py) with the
 same thread count, the same model and the very same calibration tokens (drawn once by
 prunelab from --calib-source and written to a file the peers read). Each process reports the
-wall time and CPU time of the compression call alone and its peak RSS net of its own baseline (taken after
-imports and model load). Perplexity is computed by ONE evaluator, prunelab's, in this process,
+wall time and CPU time of the compression call alone and its peak RSS net of its own
+baseline (taken after imports and model load). Perplexity is computed by ONE evaluator, prunelab's, in this process,
 on each system's compressed weights and the same evaluation windows, so only the compression
 differs. Systems of one method run back to back.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ sys.path.insert(0, str(PEERS))
 from worker import METHODS  # noqa: E402
 
 SYSTEMS = ("prunelab", "reference", "llmcompressor", "modelopt")
-# Model Optimizer's sparsity offers 2:4 only; the reference repositories have no 2:4 GPTQ etc.
+# Model Optimizer's sparsity offers 2:4 only: its rows exist for these methods alone.
 OFFERS = {"modelopt": {"sparsegpt24", "magnitude24"}}
 PEER_VENV_SYSTEMS = {"llmcompressor", "modelopt"}
 
@@ -46,8 +47,6 @@ def run_worker(python: str, system: str, method: str, model_dir: str, calib: Pat
                "--result", str(result), "--threads", str(args.threads)]
     env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    import os
-
     env = {**os.environ, **env}
     start = time.perf_counter()
     try:
