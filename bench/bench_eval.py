@@ -1,14 +1,20 @@
-"""Multiple-choice throughput: prunelab's packed scorer vs lm-evaluation-harness's HF backend.
+"""Evaluation throughput: prunelab's scorer vs lm-evaluation-harness's HF backend.
 
 Same model object, same items, same prompt strings, same machine, one process:
 
     python bench/bench_eval.py --model smollm2-135m --task arithmetic:2 --limit 200
+    python bench/bench_eval.py --task bench/peers/tasks/sums_mc.yaml    # a local task file
+    python bench/bench_eval.py --task bench/peers/tasks/sums_gen.yaml   # greedy generation
 
+Multiple choice (loglikelihood):
 Prints examples/s and tokens/s for each (tokens = context + continuation of every choice,
 what a scorer without prefix sharing processes, so the ratio is a like-for-like speed-up),
 the ratio, and whether the two pick the same choice for every item (both by summed
 log-prob, lm-eval's `acc`). lm-eval is timed on its `loglikelihood` calls only, not on
-its task loading. Needs the optional extra: pip install 'prunelab[lmeval]'.
+its task loading. Generation: both decode greedily, stop at the first newline, and the
+outputs are compared item by item (stripped), timed on lm-eval's `generate_until` calls.
+Each side's peak RSS is measured over its timed runs, net of the RSS just before them (the
+model is loaded once, before either). Needs the optional extra: pip install 'prunelab[lmeval]'.
 """
 
 from __future__ import annotations
@@ -19,10 +25,30 @@ import tempfile
 import time
 
 
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def start_peak() -> int:
+    """Restart VmHWM from the current RSS (Linux) and return that RSS."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    return _status_bytes("VmRSS")
+
+
+def peak_since(base: int) -> int:
+    return _status_bytes("VmHWM") - base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--task", default="arithmetic:2", help="a multiple-choice task level")
+    parser.add_argument("--task", default="arithmetic:2",
+                        help="a multiple-choice or generation task level, or a task spec file")
     parser.add_argument("--limit", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
@@ -41,23 +67,28 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
     (task,) = get_tasks(args.task)
-    if task.kind != "mc":
-        sys.exit(f"{args.task} is not a multiple-choice task")
+    if task.kind not in ("mc", "generate"):
+        sys.exit(f"{args.task} is neither a multiple-choice nor a generation task")
+    generate = task.kind == "generate"
+    model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
 
     # warm up both paths once (allocator, kernels) on a few items
-    evaluate(loaded, [task.name], limit=4, progress=False, batch_size=args.batch_size)
+    evaluate(loaded, [task], limit=4, progress=False, batch_size=args.batch_size)
 
     ours, ours_s = None, float("inf")
+    base = start_peak()
     for _ in range(args.repeats):
         start = time.perf_counter()
-        ours = evaluate(loaded, [task.name], limit=args.limit, progress=False,
+        ours = evaluate(loaded, [task], limit=args.limit, progress=False,
                         batch_size=args.batch_size, mc_score="sum")
         ours_s = min(ours_s, time.perf_counter() - start)
+    ours_peak = peak_since(base)
 
     from lm_eval.models.huggingface import HFLM
 
     timing = {"s": 0.0}
-    original = HFLM.loglikelihood
+    timed_call = "generate_until" if generate else "loglikelihood"
+    original = getattr(HFLM, timed_call)
 
     def timed(self, requests, *a, **kw):
         start = time.perf_counter()
@@ -66,17 +97,33 @@ def main() -> None:
         finally:
             timing["s"] += time.perf_counter() - start
 
-    HFLM.loglikelihood = timed
+    setattr(HFLM, timed_call, timed)
     theirs, theirs_s = None, float("inf")
     with tempfile.TemporaryDirectory() as tmp:
         export_tasks([task], tmp, limit=args.limit)
         run_lmeval(loaded, [lmeval_name(task)], include_path=tmp, limit=4, batch_size=args.batch_size)
+        base = start_peak()
         for _ in range(args.repeats):
             timing["s"] = 0.0
             theirs = run_lmeval(loaded, [lmeval_name(task)], include_path=tmp,
                                 batch_size=args.batch_size, log_samples=True)
             theirs_s = min(theirs_s, timing["s"])
-    HFLM.loglikelihood = original
+        theirs_peak = peak_since(base)
+    setattr(HFLM, timed_call, original)
+    samples = {s["doc"]["id"]: s for s in theirs["samples"][lmeval_name(task)]}
+    n = len(ours.examples)
+    header = (f"model {args.model} ({model_bytes / 2**20:.0f} MB of weights), task {task.name}, "
+              f"{n} items, batch size {args.batch_size}, torch threads {torch.get_num_threads()}")
+    if generate:
+        same = sum(str(ex.prediction).strip() == str(samples[ex.example_id]["resps"][0][0]).strip()
+                   for ex in ours.examples)
+        print(header)
+        print(f"{'':<12} {'seconds':>8} {'examples/s':>11} {'peak MB':>8}")
+        for name, secs, peak in (("prunelab", ours_s, ours_peak), ("lm-eval HF", theirs_s, theirs_peak)):
+            print(f"{name:<12} {secs:>8.2f} {n / secs:>11.2f} {peak / 2**20:>8.0f}")
+        print(f"speed-up: {theirs_s / ours_s:.2f}x")
+        print(f"identical per-item generations: {same}/{n}")
+        return
 
     # like-for-like token count: every choice as its own context + continuation sequence
     plan_tokens = 0
@@ -84,7 +131,6 @@ def main() -> None:
     for ex in ours.examples:
         plan_tokens += sum(ex.prompt_tokens + n for n in ex.choice_tokens)
         packed_tokens += ex.prompt_tokens + sum(ex.choice_tokens)
-    samples = {s["doc"]["id"]: s for s in theirs["samples"][lmeval_name(task)]}
     same, worst = 0, 0.0
     for ex in ours.examples:
         lls = [float(r[0][0]) for r in samples[ex.example_id]["resps"]]
@@ -92,12 +138,11 @@ def main() -> None:
         their_pick = max(range(len(lls)), key=lambda i: (lls[i], -i))
         same += ours_pick == their_pick
         worst = max(worst, max(abs(a - b) for a, b in zip(ex.choice_scores_sum, lls)))
-    n = len(ours.examples)
-    print(f"model {args.model}, task {task.name}, {n} items, batch size {args.batch_size}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'':<12} {'seconds':>8} {'examples/s':>11} {'tokens/s':>9}")
-    for name, secs in (("prunelab", ours_s), ("lm-eval HF", theirs_s)):
-        print(f"{name:<12} {secs:>8.2f} {n / secs:>11.2f} {plan_tokens / secs:>9.0f}")
+    print(header)
+    print(f"{'':<12} {'seconds':>8} {'examples/s':>11} {'tokens/s':>9} {'peak MB':>8}")
+    for name, secs, peak in (("prunelab", ours_s, ours_peak), ("lm-eval HF", theirs_s, theirs_peak)):
+        print(f"{name:<12} {secs:>8.2f} {n / secs:>11.2f} {plan_tokens / secs:>9.0f} "
+              f"{peak / 2**20:>8.0f}")
     print(f"speed-up: {theirs_s / ours_s:.2f}x  (prunelab ran {packed_tokens} packed tokens "
           f"for {plan_tokens} request tokens)")
     print(f"identical per-item choices: {same}/{n}; max |log-lik difference| {worst:.2e}")

@@ -608,7 +608,7 @@ def _prune_group(method: PruningMethod, block: nn.Module, layers: dict[str, nn.M
                  quantized: dict[str, QuantizedWeight] | None = None,
                  inputs: BlockInputs | None = None) -> list[LayerRecord]:
     """Let the method decide these layers of `block`, write its decisions, record each layer."""
-    zeros_before = {n: int((arch.weight_matrix(m) == 0).sum()) for n, m in layers.items()}
+    zeros_before = {n: _zeros(arch.weight_matrix(m)) for n, m in layers.items()}
     shapes_before = {n: tuple(arch.weight_matrix(m).shape) for n, m in layers.items()}
     notes: dict[str, dict] = {}
     decisions = (method.prune_block(block, layers, stats, targets) if inputs is None
@@ -636,8 +636,14 @@ def _prune_group(method: PruningMethod, block: nn.Module, layers: dict[str, nn.M
         if (rows, cols) != shapes_before[name]:
             note = {**note, "shape_before": list(shapes_before[name])}
         records.append(LayerRecord(targets[name].name, rows, cols, targets[name].sparsity,
-                                   zeros_before[name], int((weight == 0).sum()), note))
+                                   zeros_before[name], _zeros(weight), note))
     return records
+
+
+def _zeros(weight: torch.Tensor) -> int:
+    """How many entries are zero, in one counting pass (`(weight == 0).sum()` would first
+    build a boolean matrix of the weight's size; every layer is counted before and after)."""
+    return weight.numel() - int(torch.count_nonzero(weight))
 
 
 def _write(layer: nn.Module | None, decision: LayerDecision, full_name: str) -> None:
