@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PIP_FLAGS) $(TORCH)
-	$(PY) -m pip install --quiet $(PIP_FLAGS) -e '.[test,lmeval,parquet,docs,compressed-tensors]'
+	$(PY) -m pip install --quiet $(PIP_FLAGS) -e '.[test,lmeval,parquet,docs,compressed-tensors,ray]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -303,7 +303,7 @@ def test_cli_eval_writes_results_and_bad_input_writes_nothing(tmp_path, monkeypa
 
     import prunelab.zoo.models as zoo
 
-    monkeypatch.setattr(zoo, "load_model", lambda name: tiny_loaded("llama"))
+    monkeypatch.setattr(zoo, "load_model", lambda name, **_: tiny_loaded("llama"))
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"input": f"{i}?", "choices": ["yes", "no"], "answer": i % 2})
                             + "\n" for i in range(5)))

@@ -39,11 +39,10 @@ def route(
     names = [f.strip() for f in families.split(",") if f.strip()]
     if len(names) < 2:
         raise PrunelabError("routing needs two or more task families",
-                            "e.g. --families arithmetic,options")
+                            "e.g. --families synth_arithmetic,synth_options")
     options = option_pairs(option)
     check_output_file(out, "--out")
     check_prune_request("seap", sparsity, None, None, options)
-    _, torch_dtype = placement(None, dtype)
     from prunelab.tasks.calibration import check as check_held_out
     from prunelab.tasks.registry import get_tasks
 
@@ -59,6 +58,7 @@ def route(
     from prunelab.zoo.models import load_model
 
     check_prune_args("seap", sparsity, None, None, options)  # the option values (seap's code)
+    _, torch_dtype = placement(None, dtype)
     loaded = load_model(model, dtype=torch_dtype)
     routed, fitted = build_seap_router(loaded, names, sparsity, eval_limit=limit,
                                        eval_seed=seed, n_samples=samples, seqlen=seqlen,

@@ -51,8 +51,14 @@ def _sliding_window(model) -> int | None:
 
 def can_pack(model) -> bool:
     """Whether a tree mask is honoured: eager or sdpa attention (flash kernels drop 4-D masks),
-    and the model does not need one input per row (a router's, `prunelab.routing`)."""
+    the model does not need one input per row (a router's, `prunelab.routing`), and its blocks
+    attend at all (a state-space mixer reads every earlier token of the row whatever the
+    mask says, so packed continuations would see each other)."""
     if getattr(model, "prunelab_no_packing", False):
+        return False
+    from prunelab.ssm import is_ssm
+
+    if is_ssm(model):
         return False
     impl = getattr(model.config, "_attn_implementation", "eager") or "eager"
     return impl in ("eager", "sdpa")
@@ -175,7 +181,8 @@ def score_groups(model, groups: Sequence[Group], *, batch_size: int = 16, pad_id
     for g in groups:
         if not g.context or not g.continuations or any(not c for c in g.continuations):
             raise ValueError("every group needs a non-empty context and non-empty continuations")
-    pack = can_pack(model) if packing == "auto" else bool(packing)
+    # Asked or not, a model that cannot honour the tree mask is scored in plain rows.
+    pack = can_pack(model) and packing in ("auto", True)
     window = _sliding_window(model)
     order = sorted(range(len(groups)), key=lambda i: -groups[i].packed_length)
     results: list[list[float] | None] = [None] * len(groups)
