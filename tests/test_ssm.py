@@ -299,7 +299,7 @@ def test_transfer_fine_tunes_a_sparse_ssm(tmp_path, ssm_dirs):
 # ----------------------------------------------------------------------------- train-tiny
 
 def test_train_tiny_keeps_a_model_in_the_cache_that_loads_by_name(tmp_path, monkeypatch):
-    from prunelab.zoo.train import TrainRecipe, train
+    from prunelab.training import TrainRecipe, train
 
     monkeypatch.setenv("PRUNELAB_HOME", str(tmp_path / "home"))
     text = _text(tmp_path)

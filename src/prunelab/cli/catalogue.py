@@ -30,7 +30,7 @@ def models() -> None:
 
 
 def _print_trained() -> None:
-    from prunelab.zoo.train import trained_models
+    from prunelab.training import trained_models
 
     trained = trained_models()
     if not trained:
@@ -76,7 +76,7 @@ def train_tiny(
 ) -> None:
     """Train a small model from scratch (SmolLM2 tokenizer) and keep it in the cache."""
     from prunelab.data.sources import check_text_source
-    from prunelab.zoo.train import DOCSTRINGS_SOURCE, TrainRecipe, check_name
+    from prunelab.training import DOCSTRINGS_SOURCE, TrainRecipe, check_name
 
     recipe = TrainRecipe(architecture=architecture, hidden=hidden, layers=layers, steps=steps,
                          batch=batch, seqlen=seqlen, lr=lr, seed=seed, sources=list(text),
@@ -88,7 +88,7 @@ def train_tiny(
             check_text_source(source, "training")
     if eval_source is not None:
         check_text_source(eval_source, "text")
-    from prunelab.zoo.train import train
+    from prunelab.training import train
 
     directory = train(recipe, name, overwrite=overwrite)
     typer.echo(f"trained {name}: {directory}")
