@@ -20,7 +20,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -225,7 +224,6 @@ class StreamedBlocks:
 
     def __init__(self, streamed: StreamedModel, writer: ShardWriter | None):
         self.streamed, self.writer = streamed, writer
-        self.dense_seconds = 0.0
 
     def load(self, index: int) -> None:
         self.streamed.load_block(index)
@@ -326,15 +324,6 @@ def weights_exceed_memory(directory: Path, dtype: torch.dtype = torch.float32) -
                 count *= n
             total += count * size
     return total > psutil.virtual_memory().available
-
-
-@dataclass
-class StreamRun:
-    """What a streamed compression did beside the usual PruneResult."""
-
-    result: object  # PruneResult
-    out: Path
-    model_bytes: int
 
 
 def stream_prune(model_dir: str | Path, out: str | Path, method: str = defaults.PRUNE_METHOD,
