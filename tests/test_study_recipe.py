@@ -23,7 +23,10 @@ def test_round_trip_is_one_to_one(tmp_path):
     from prunelab.study.recipe import LATER_SECTIONS
 
     assert set(yaml.safe_load(recipe.to_yaml())) == set(Recipe.model_fields) - set(
-        LATER_SECTIONS)
+        LATER_SECTIONS) - {"dtype", "model_dtypes"}  # at their defaults: left out too
+    bf16 = parse_recipe({**GOOD, "dtype": "bf16"})
+    assert yaml.safe_load(bf16.to_yaml())["dtype"] == "bf16"
+    assert bf16.fingerprint() != recipe.fingerprint()
     given = parse_recipe({**GOOD, "physical_account": {}})
     assert "physical_account" in yaml.safe_load(given.to_yaml())
     assert given.fingerprint() != recipe.fingerprint()

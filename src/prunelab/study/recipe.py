@@ -241,10 +241,6 @@ class Recipe(_Strict):
         for name in ("divergence", "refusal"):  # recipes from before the field keep their hash
             if data.get(name) is None:
                 data.pop(name, None)
-        if data.get("dtype") == defaults.DTYPE:  # so do fp32 recipes from before dtypes
-            data.pop("dtype")
-        if not data.get("model_dtypes"):
-            data.pop("model_dtypes", None)
         if data["eval"].get("finetune") is None:
             data["eval"].pop("finetune", None)
         text = json.dumps(data, sort_keys=True)
@@ -258,6 +254,12 @@ class Recipe(_Strict):
                 LATER_SECTIONS):
             if data.get(name) is None:
                 data.pop(name, None)
+        # Precision fields came later too: at their defaults (fp32, no per-model entry) they
+        # are left out, so fp32 recipes keep the form and hash they had before dtypes.
+        if data.get("dtype") == defaults.DTYPE:
+            data.pop("dtype")
+        if not data.get("model_dtypes"):
+            data.pop("model_dtypes", None)
         return data
 
     def to_yaml(self) -> str:
