@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 import yaml
 
 RECIPE = {"name": "lock", "models": ["m"], "tasks": ["digits"],
@@ -95,3 +96,21 @@ def test_a_killed_study_leaves_no_lock_behind(tmp_path):
     assert f"(of {POINTS})" in out
     keys = _stored_points(tmp_path)
     assert len(keys) == len(set(keys)) == POINTS
+
+
+def test_a_study_killed_before_its_run_record_can_claim_the_directory_again(tmp_path):
+    # Killed between the recipe copy and run.json: only the claim's own files are there.
+    from prunelab.errors import PrunelabError
+    from prunelab.study.recipe import parse_recipe
+    from prunelab.study.runner import check_run_dir
+
+    recipe = parse_recipe({"name": "r", "models": ["m"], "tasks": ["t"],
+                           "compressions": [{"method": "wanda", "sparsity": [0.5]}]})
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("study.lock", "study.pid", "recipe.yaml", ".run.json.tmp-abc123"):
+        (run / name).write_text("")
+    check_run_dir(run, recipe, force=False)  # no refusal: no result exists yet
+    (run / "results.sqlite").write_text("")
+    with pytest.raises(PrunelabError, match="is not a prunelab run directory"):
+        check_run_dir(run, recipe, force=False)

@@ -100,9 +100,17 @@ def check_run_dir(run_dir: Path, recipe: Recipe, force: bool) -> None:
                 f"({owner.get('name')}, fingerprint {owner.get('fingerprint')})",
                 "pass a new --run-dir, or --force to reuse it (matching points are kept)")
     elif run_dir.exists() and not force and any(
-            p.name not in LOCK_FILES for p in run_dir.iterdir()):
+            not _left_by_a_claim(p.name) for p in run_dir.iterdir()):
         raise PrunelabError(f"{run_dir} exists and is not a prunelab run directory",
                             "pass a new or empty --run-dir, or --force")
+
+
+def _left_by_a_claim(name: str) -> bool:
+    """What a study killed before its run.json was written leaves: the lock, its pid, the
+    recipe copy and half-written temporary files. No result exists yet, so the directory may
+    be claimed again."""
+    return (name in LOCK_FILES or name == RECIPE_FILE
+            or name.startswith((f".{RUN_FILE}.tmp-", f".{RECIPE_FILE}.tmp-")))
 
 
 def claim_run_dir(run_dir: Path, recipe: Recipe, versions: dict, force: bool,
