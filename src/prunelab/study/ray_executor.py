@@ -358,7 +358,10 @@ class RayExecutor:
             for _ in range(max(1, min(len(queue), fits))):
                 actor = remote.options(
                     num_cpus=need.cpus, num_gpus=need.gpus, memory=need.memory,
-                    max_restarts=self.max_retries, max_task_retries=self.max_retries,
+                    # The bound is the worker's restarts: while a lost node is not yet
+                    # declared dead, each call to the vanished actor fails at once, and
+                    # counted retries would be spent before Ray restarts it elsewhere.
+                    max_restarts=self.max_retries, max_task_retries=-1,
                 ).remote(make_worker, str(self.artifacts), self.inline_bytes, os.getcwd(),
                           self.versions)
                 slots.append(_Slot(actor, model, deque()))
