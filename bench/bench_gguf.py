@@ -9,7 +9,7 @@ transformers' GGUF loader (an independent reader of llama.cpp's format, which de
 codes and undoes the rotary row order) and scored by prunelab, which checks the file's
 tensors without llama.cpp.
 
-    OMP_NUM_THREADS=1 python bench/bench_gguf.py DIR --text /work/briefs/text/eval.txt
+    OMP_NUM_THREADS=1 python bench/bench_gguf.py DIR --text python-ref-b
         [--windows 4] [--seqlen 256] [--out-dir /tmp/gguf] [--types F16 Q8_0 Q4_0]
 """
 

@@ -138,8 +138,8 @@ def cluster_run(recipe, run_dir: Path, backend, address: str) -> tuple[float, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--real", action="store_true", help="smollm2-135m, not the fake")
-    parser.add_argument("--calibration", default="/work/briefs/text/calib.txt")
-    parser.add_argument("--eval", default="/work/briefs/text/eval.txt")
+    parser.add_argument("--calibration", default="python-ref-a")
+    parser.add_argument("--eval", default="python-ref-b")
     args = parser.parse_args()
     compare = _compare_runs()
     with tempfile.TemporaryDirectory() as tmp:

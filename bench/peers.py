@@ -10,7 +10,7 @@ differs. Systems of one method run back to back.
 
     bash bench/peers/setup.sh                 # the peers' own venv and the reference repos
     python bench/peers.py --model smollm2-135m \
-        --calib-source /work/briefs/text/calib.txt --eval-source /work/briefs/text/eval.txt
+        --calib-source python-ref-a --eval-source python-ref-b
 
 A peer that is not installed or fails prints one row saying why; the bench goes on.
 """
