@@ -138,6 +138,12 @@ def _gpu_lines(out: str) -> list[tuple[str, str, str]]:
             for method, ratio in found]
 
 
+def _demo_eval_lines(out: str) -> list[tuple[str, str, str]]:
+    ratio = _search(r"^together / one by one: ([\d.]+)", out).group(1)
+    return [("demo levels scored together / one by one", ratio,
+             "the same levels evaluated one at a time, same run (lower is better)")]
+
+
 def _dtype_lines(out: str) -> list[tuple[str, str, str]]:
     found = re.findall(r"^(\w+): masks agree on ([\d.]+%).*\(([+-][\d.]+%)\)", out, re.MULTILINE)
     if not found:
@@ -165,6 +171,10 @@ BENCHES = [
                      *(["--text", a.calibration] if a.calibration else [])],
           _stream_lines, needs="bench_stream.py"),
     Bench("eval", True, lambda a: ["bench_eval.py", "--limit", "200"], _eval_lines),
+    Bench("demo-eval", False,
+          lambda a: ["bench_demo_eval.py", *(["--limit", "20", "--repeats", "1"]
+                                             if not a.slow else [])],
+          _demo_eval_lines),
     Bench("divergence", True,
           lambda a: ["bench_divergence.py", "--timing-only", *_source_args(a)],
           _divergence_lines),

@@ -67,9 +67,42 @@ def test_true_sequential_groups_are_found_from_shared_inputs():
     model = tiny_model("llama")
     found = arch.find_blocks(model)
     runner = BlockRunner(model, found.blocks, _windows(2), 2, torch.device("cpu"))
-    groups = _input_groups(runner, 0, arch.prunable_layers(found.blocks[0]))
+    groups, once = _input_groups(runner, 0, arch.prunable_layers(found.blocks[0]))
     assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
                       ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+    assert once  # every layer runs once per forward: a group's statistics may stop early
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_a_group_stops_its_forward_once_read_with_the_same_statistics(family):
+    """Statistics of a sequential group end the block's forward after its last layer has run;
+    they are bit for bit those of the whole forward, and later layers never run."""
+    model = tiny_model(family)
+    found = arch.find_blocks(model)
+    layers = arch.prunable_layers(found.blocks[0])
+    runner = BlockRunner(model, found.blocks, _windows(5), 2, torch.device("cpu"))
+    groups, once = _input_groups(runner, 0, layers)
+    assert once and len(groups) > 1
+    calls = {name: 0 for name in layers}
+    handles = [m.register_forward_hook(lambda *a, name=name: calls.__setitem__(name, calls[name] + 1))
+               for name, m in layers.items()]
+    try:
+        for group in groups:
+            watched = {n: layers[n] for n in group}
+            calls.update(dict.fromkeys(calls, 0))
+            early = _collect(runner, 0, watched, ("hessian", "input_sq_sum"), torch.device("cpu"),
+                             stop_early=True)
+            ran = {n for n, count in calls.items() if count}
+            whole = _collect(runner, 0, watched, ("hessian", "input_sq_sum"), torch.device("cpu"))
+            for name in group:
+                assert early[name].n_tokens == whole[name].n_tokens
+                assert torch.equal(early[name]["hessian"], whole[name]["hessian"])
+                assert torch.equal(early[name]["input_sq_sum"], whole[name]["input_sq_sum"])
+            later = [n for n in layers if list(layers).index(n) > max(map(list(layers).index, group))]
+            assert not ran & set(later), (group, ran)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
@@ -103,7 +136,7 @@ def test_statistics_are_exact_and_shared_by_layers_reading_one_tensor(family):
         torch.testing.assert_close(stats[name]["input_mean_var"].var, x.var(0),
                                    rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(stats[name]["output_sq_sum"], (y * y).sum(0))
-    groups = _input_groups(runner, 1, layers)
+    groups, _ = _input_groups(runner, 1, layers)
     for group in groups:  # one tensor per group of layers reading the same input
         for statistic in ("hessian", "input_sq_sum"):
             assert all(stats[n][statistic] is stats[group[0]][statistic] for n in group)

@@ -122,6 +122,85 @@ def test_batch_size_and_packing_do_not_change_results(loaded):
             assert twin.prediction == ex.prediction
 
 
+def nested_option_tasks(n=8) -> list[Task]:
+    """Three levels asking the same questions with 2, 3 and all 4 of the choices."""
+    names = []
+    for k in (2, 3, 4):
+        items = [Item(id=str(i), input=f"{i} times 3?", choices=(str(3 * i), "kiwi", f"{i}0",
+                                                                  "banana")[:k], gold=(0,))
+                 for i in range(n)]
+        names.append(register(Task(name=f"tiny_nested:{k}", family="tiny_nested", axis="options",
+                                   level=k, level_rank=k, kind="mc",
+                                   loader=lambda items=items: items)).name)
+    return names
+
+
+def test_levels_scored_together_match_levels_scored_alone(loaded):
+    """Nested option sets scored in one pass through a cache give each level's own results,
+    and evaluating the levels afterwards runs no forward: every pair is already known."""
+    from prunelab.evaluate.runner import score_together
+    from prunelab.evaluate.scoring import ScoreCache
+
+    names = nested_option_tasks()
+    texts = [Item(id="0", text="the quick brown fox"), Item(id="1", text="jumps over a dog")]
+    names.append(register(Task(name="tiny_ppl_together:1", family="tiny_ppl_together",
+                               axis="none", level=1, level_rank=0, kind="rolling",
+                               metric="bits_per_byte", loader=lambda: texts)).name)
+    alone = {name: evaluate(loaded, [name], progress=False) for name in names}
+    cache = ScoreCache()
+    score_together(loaded, [(name, None) for name in names], scores=cache)
+    assert len(cache) == 8 * 4 + 2  # the union of the choices once, and the rolling windows
+    # Windows after the same BOS are not piled into one row: no row outgrows its longest group.
+    windows = [Group([1], [[5, 6, 7]]), Group([1], [[8, 9]]), Group([1], [[5, 6, 7], [4]])]
+    rows = ScoreCache()._merged_rows(windows)
+    assert [r.continuations for r in rows] == [[[5, 6, 7], [4]], [[8, 9]]]
+    forwards = []
+    handle = loaded.model.register_forward_hook(lambda *a: forwards.append(1))
+    try:
+        together = {name: evaluate(loaded, [name], progress=False, scores=cache) for name in names}
+    finally:
+        handle.remove()
+    assert not forwards
+    for name in names:
+        for ex, twin in zip(alone[name].examples, together[name].examples):
+            assert twin.example_id == ex.example_id
+            if ex.choice_scores_sum is None:  # the rolling level
+                assert twin.loglik == pytest.approx(ex.loglik, abs=1e-4)
+                continue
+            assert twin.choice_scores_sum == pytest.approx(ex.choice_scores_sum, abs=1e-5)
+            assert twin.prediction == ex.prediction and twin.correct == ex.correct
+
+
+def test_a_study_scores_a_models_levels_together_and_forgets_them_when_it_changes(tmp_path,
+                                                                                 monkeypatch):
+    """The real backend scores a compressed model's levels in one pass; every level's score
+    is the one it gets alone, on the dense and on the pruned model (the cache is emptied
+    when the model changes)."""
+    import prunelab
+    from prunelab.study.backend import PrunelabBackend
+    from prunelab.study.recipe import parse_recipe
+    from prunelab.study.runner import run_study
+    from prunelab.study.store import Store
+
+    names = nested_option_tasks()
+    monkeypatch.setattr(PrunelabBackend, "load_model",
+                        lambda self, model, dtype="fp32": tiny_loaded("llama"))
+    recipe = parse_recipe({"name": "together", "models": ["smollm2-135m"], "tasks": names,
+                           "compressions": [{"method": "magnitude", "sparsity": [0.5]}],
+                           "eval": {"limit": None}, "analysis": {"n_boot": 50}})
+    run_study(recipe, tmp_path / "run", backend=PrunelabBackend(), progress=False)
+    with Store(tmp_path / "run" / "results.sqlite") as store:  # each item's gold-vs-rest margin
+        stored = {(row["method"], row["task"]): [e["margin"] for e in store.examples(row["key"])]
+                  for row in store.points()}
+    dense, pruned = tiny_loaded("llama"), tiny_loaded("llama")
+    prunelab.prune(pruned, "magnitude", 0.5, progress=False)
+    for method, model in (("dense", dense), ("magnitude", pruned)):
+        for name in names:
+            alone = [ex.margin for ex in evaluate(model, [name], progress=False).examples]
+            assert stored[(method, name)] == pytest.approx(alone, abs=1e-5)
+    assert stored[("dense", names[0])] != pytest.approx(stored[("magnitude", names[0])], abs=1e-3)
+
+
 # --- generation ---------------------------------------------------------------------------
 def test_batched_generation_matches_one_at_a_time():
     model, tok = tiny_model("llama"), tiny_tokenizer()

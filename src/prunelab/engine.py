@@ -223,6 +223,11 @@ class _Collector:
                 for name, owner in self.owner.items()}
 
 
+class EnoughSeen(Exception):
+    """Raised by a statistics hook once every layer it watches has read its input: the rest
+    of the block's forward would compute nothing the statistics need."""
+
+
 class BlockRunner:
     """Holds the current inputs of a block for every calibration batch, and runs blocks."""
 
@@ -258,11 +263,17 @@ class BlockRunner:
     def run(self, index: int, advance: bool,
             after_batch: Callable[[], None] | None = None) -> None:
         """Run block `index` on every batch. With `advance`, each batch's output replaces its
-        input as soon as it exists (the next block's inputs; only one set is ever held)."""
+        input as soon as it exists (the next block's inputs; only one set is ever held).
+        Without it, a hook may end a batch's forward early by raising `EnoughSeen`."""
         block = self.blocks[index]
         with torch.no_grad():
             for hidden, calls in zip(self.inputs, self.calls):
-                out = arch.call_block(block, hidden, calls[index])
+                try:
+                    out = arch.call_block(block, hidden, calls[index])
+                except EnoughSeen:
+                    if advance:
+                        raise
+                    out = None
                 if advance:
                     if out.shape != hidden.shape:
                         raise RuntimeError(f"block {index} changed the hidden-state shape "
@@ -273,12 +284,15 @@ class BlockRunner:
                     after_batch()
 
 
-def _input_groups(runner: BlockRunner, index: int, layers: dict[str, nn.Module]) -> list[list[str]]:
-    """Group a block's layers by the tensor they read (q/k/v; o; gate/up; down), in call order.
+def _input_groups(runner: BlockRunner, index: int,
+                  layers: dict[str, nn.Module]) -> tuple[list[list[str]], bool]:
+    """Group a block's layers by the tensor they read (q/k/v; o; gate/up; down), in call order,
+    and say whether every layer ran exactly once in the block's forward.
 
     Found from one forward of the first batch, so no per-family table is needed.
     """
     seen: dict[str, tuple] = {}
+    calls: dict[str, int] = {}
     # Hold every input alive until the forward ends: once freed, the allocator may hand the
     # same address to the next input (the MLP's norm output reusing attention's), which would
     # merge two groups.
@@ -289,6 +303,7 @@ def _input_groups(runner: BlockRunner, index: int, layers: dict[str, nn.Module])
             x = arch.layer_input(args, kwargs)
             alive.append(x)
             seen.setdefault(name, (x.data_ptr(), tuple(x.shape)))
+            calls[name] = calls.get(name, 0) + 1
         return hook
 
     handles = [m.register_forward_hook(make_hook(n), with_kwargs=True) for n, m in layers.items()]
@@ -303,20 +318,45 @@ def _input_groups(runner: BlockRunner, index: int, layers: dict[str, nn.Module])
     for name in seen:  # dict order is call order
         groups.setdefault(seen[name], []).append(name)
     missing = [n for n in layers if n not in seen]
-    return list(groups.values()) + ([missing] if missing else [])
+    once = not missing and all(count == 1 for count in calls.values())
+    return list(groups.values()) + ([missing] if missing else []), once
 
 
 def _collect(runner: BlockRunner, index: int, layers: dict[str, nn.Module],
-             names: Sequence[str], device) -> dict[str, LayerStats]:
+             names: Sequence[str], device, stop_early: bool = False) -> dict[str, LayerStats]:
+    """The statistics `names` of `layers` over every calibration batch of block `index`.
+
+    With `stop_early` (every layer of the block is known to run once per forward), a batch's
+    forward ends as soon as the last of `layers` has run: a q/k/v group needs only the input
+    norm, so sequential groups cost a fraction of a block forward each instead of a whole one.
+    """
     collector = _Collector(names, layers, device)
     block = runner.blocks[index]
     indirect = arch.indirect_inputs(block)
+    seen: set[str] = set()
+
+    def watched(name: str):
+        hook = collector.hook(name)
+        if not stop_early:
+            return hook
+
+        def on_forward(module, args, kwargs, output):
+            hook(module, args, kwargs, output)
+            seen.add(name)
+            if len(seen) == len(layers):
+                raise EnoughSeen
+        return on_forward
+
+    def end_batch() -> None:
+        seen.clear()
+        collector.end_batch()
+
     handles = [block.get_submodule(indirect[n][0]).register_forward_hook(
-                   _fed_from(collector.hook(n), m, indirect[n][1]), with_kwargs=True)
-               if n in indirect else m.register_forward_hook(collector.hook(n), with_kwargs=True)
+                   _fed_from(watched(n), m, indirect[n][1]), with_kwargs=True)
+               if n in indirect else m.register_forward_hook(watched(n), with_kwargs=True)
                for n, m in layers.items()]
     try:
-        runner.run(index, advance=False, after_batch=collector.end_batch)
+        runner.run(index, advance=False, after_batch=end_batch)
     finally:
         for h in handles:
             h.remove()
@@ -569,8 +609,9 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
                 source.load(index)
             home = next(block.parameters()).device
             block.to(device)  # on an accelerator, only this block is on-loaded
+            once = False
             if runner is not None and method.sequential_groups():
-                groups = _input_groups(runner, index, arch.prunable_layers(block))
+                groups, once = _input_groups(runner, index, arch.prunable_layers(block))
             else:
                 groups = [list(arch.prunable_layers(block))]
             for group in groups:
@@ -581,7 +622,8 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
                     raise RuntimeError(f"{method.name} removed {prefix}.{index}.{gone[0]}; "
                                        "replace it by a smaller layer instead")
                 layers = {n: current[n] for n in group}
-                stats = (_collect(runner, index, layers, method.statistics, device)
+                stats = (_collect(runner, index, layers, method.statistics, device,
+                                  stop_early=once)
                          if runner is not None else {n: LayerStats() for n in layers})
                 block_targets = {n: targets[f"{prefix}.{index}.{n}"] for n in layers}
                 inputs = BlockInputs(runner, index) if method.needs_block_inputs else None

@@ -14,7 +14,8 @@ from prunelab import defaults
 from prunelab.errors import PrunelabError
 from prunelab.evaluate.metrics import GENERATION_SCORERS, first_line
 from prunelab.evaluate.results import EvalResults, ExampleResult
-from prunelab.evaluate.scoring import Group, generate_and_score, rolling_windows, score_groups
+from prunelab.evaluate.scoring import (Group, ScoreCache, generate_and_score, rolling_windows,
+                                       score_groups)
 from prunelab.tasks.base import Item, Task, split_whitespace
 from prunelab.tasks.registry import get_tasks
 
@@ -117,7 +118,8 @@ def plan_task(loaded, task: Task, limit: int | None, seed: int) -> Plan:
 
 def evaluate(loaded, tasks: list[str] | str, *, limit: int | None = None, seed: int = 0,
              batch_size: int = defaults.EVAL_BATCH_SIZE, progress: bool = True,
-             mc_score: str | None = None, packing: bool | str = "auto") -> EvalResults:
+             mc_score: str | None = None, packing: bool | str = "auto",
+             scores: ScoreCache | None = None) -> EvalResults:
     """Score `tasks` (selectors: family, family:level, task name, or spec file) on a model.
 
     limit: at most this many items per task level, chosen by a seeded hash of item ids (so
@@ -128,6 +130,8 @@ def evaluate(loaded, tasks: list[str] | str, *, limit: int | None = None, seed: 
       splits numbers into digits, so sums favour short distractors) except where a task
       says otherwise (multiemo: "sum", its labels differ in token count).
     packing: score an item's choices in one packed row ("auto"), or one row per choice.
+    scores: log-likelihoods already scored on this model as it stands (`score_together`);
+      multiple-choice and rolling pairs found there are not scored again, new ones are kept.
     Returns every example's result; nothing is written (see EvalResults.to_jsonl).
     """
     from tqdm.auto import tqdm
@@ -146,7 +150,7 @@ def evaluate(loaded, tasks: list[str] | str, *, limit: int | None = None, seed: 
             bar.set_description(plan.task.name)
             examples += _run(loaded, plan, seed=seed, batch_size=batch_size,
                              mc_score=mc_score or plan.task.mc_score, packing=packing,
-                             progress=bar.update)
+                             progress=bar.update, scores=scores)
     meta = {
         "model": loaded.name, "dequantized": bool(getattr(loaded, "dequantized", False)),
         "tasks": [t.name for t in task_list], "limit": limit, "seed": seed,
@@ -162,18 +166,42 @@ def _base(task: Task, item: Item, seed: int) -> dict:
                 shots=task.shots, seed=seed)
 
 
+def score_together(loaded, tasks: list[tuple[str, int | None]], *, seed: int = 0,
+                   batch_size: int = defaults.EVAL_BATCH_SIZE, packing: bool | str = "auto",
+                   scores: ScoreCache) -> None:
+    """Score the multiple-choice and rolling requests of several task levels in one pass into
+    `scores` ((task, limit) pairs, as `evaluate` would plan them); `evaluate` with the same
+    cache then finds them there. Levels sharing prompts (nested option sets) share the work,
+    and batches fill across levels. Generation levels are left to `evaluate`."""
+    groups: list[Group] = []
+    for name, limit in tasks:
+        for task in get_tasks([name]):
+            if task.kind not in ("mc", "rolling"):
+                continue
+            plan = plan_task(loaded, task, limit, seed)
+            groups += plan.groups if task.kind == "mc" else _rolling_groups(plan)
+    if groups:
+        scores.score(loaded.model, groups, batch_size=batch_size, pad_id=pad_id(loaded),
+                     packing=packing)
+
+
+def _rolling_groups(plan: Plan) -> list[Group]:
+    return [Group(ctx, [cont]) for windows in plan.windows for ctx, cont in windows]
+
+
 def _run(loaded, plan: Plan, *, seed: int, batch_size: int, mc_score: str, packing,
-         progress) -> list[ExampleResult]:
+         progress, scores: ScoreCache | None = None) -> list[ExampleResult]:
     task, model = plan.task, loaded.model
     pad = pad_id(loaded)
+    score = scores.score if scores is not None else score_groups
     if task.kind == "mc":
-        sums = score_groups(model, plan.groups, batch_size=batch_size, pad_id=pad,
-                            packing=packing, progress=progress)
+        sums = score(model, plan.groups, batch_size=batch_size, pad_id=pad,
+                     packing=packing, progress=progress)
         return [_mc_result(task, item, group, s, seed, mc_score)
                 for item, group, s in zip(plan.items, plan.groups, sums)]
     if task.kind == "rolling":
-        flat = [Group(ctx, [cont]) for windows in plan.windows for ctx, cont in windows]
-        sums = score_groups(model, flat, batch_size=batch_size, pad_id=pad, packing=packing)
+        flat = _rolling_groups(plan)
+        sums = score(model, flat, batch_size=batch_size, pad_id=pad, packing=packing)
         out, k = [], 0
         for item, windows in zip(plan.items, plan.windows):
             loglik = sum(s[0] for s in sums[k: k + len(windows)])

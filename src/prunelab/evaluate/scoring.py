@@ -232,6 +232,72 @@ def score_groups(model, groups: Sequence[Group], *, batch_size: int = 16, pad_id
     return results  # type: ignore[return-value]
 
 
+class ScoreCache:
+    """Summed log-probabilities of (context, continuation) pairs already scored on one model
+    as it stands; whoever changes the model's weights clears it.
+
+    Levels of a family often ask the same questions: 2, 4 and all 7 options of one item share
+    the prompt and their choices are nested. Scored through one cache, the groups asked for at
+    once share packed rows where their context is the same and the row grows no longer than
+    the longest of them (one row per prompt, holding the union of its nested choices), and any
+    pair scored before costs nothing. A pair's value does not depend on the
+    other continuations of its row (the tree mask keeps choices apart); only float rounding
+    of a differently shaped batch can differ, in the last bits.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
+
+    def __len__(self) -> int:
+        return len(self._sums)
+
+    def clear(self) -> None:
+        self._sums.clear()
+
+    def _merged_rows(self, groups: Sequence[Group]) -> list[Group]:
+        """The pairs not yet known, as packed rows: a group's new continuations join a row
+        with its context when the row grows no longer than the longest group it serves (so
+        nested choice sets share a row, and unrelated continuations after a common prefix,
+        such as rolling windows after BOS, do not pile up into one long row)."""
+        rows: dict[tuple[int, ...], list[tuple[Group, dict, int]]] = {}
+        for group in groups:
+            context = tuple(group.context)
+            new = [tuple(c) for c in group.continuations
+                   if (context, tuple(c)) not in self._sums]
+            if not new:
+                continue
+            candidates = rows.setdefault(context, [])
+            for i, (row, known, longest) in enumerate(candidates):
+                added = [c for c in dict.fromkeys(new) if c not in known]
+                grown = row.packed_length + sum(len(c) for c in added)
+                if grown <= max(longest, group.packed_length):
+                    row.continuations.extend(list(c) for c in added)
+                    known.update(dict.fromkeys(added))
+                    candidates[i] = (row, known, max(longest, group.packed_length))
+                    break
+            else:
+                unique = list(dict.fromkeys(new))
+                candidates.append((Group(list(context), [list(c) for c in unique]),
+                                   dict.fromkeys(unique), group.packed_length))
+        return [row for candidates in rows.values() for row, _, _ in candidates]
+
+    def score(self, model, groups: Sequence[Group], *, batch_size: int = 16, pad_id: int = 0,
+              packing: bool | str = "auto", progress: Progress = None) -> list[list[float]]:
+        """`score_groups`, with every pair not yet known scored in one merged call."""
+        merged = self._merged_rows(groups)
+        if merged:
+            sums = score_groups(model, merged, batch_size=batch_size, pad_id=pad_id,
+                                packing=packing)
+            for group, values in zip(merged, sums):
+                context = tuple(group.context)
+                for continuation, value in zip(group.continuations, values):
+                    self._sums[(context, tuple(continuation))] = value
+        if progress:
+            progress(len(groups))
+        return [[self._sums[(tuple(g.context), tuple(c))] for c in g.continuations]
+                for g in groups]
+
+
 def _request_length(group: Group) -> int:
     return len(group.context) + max(len(c) for c in group.continuations)
 

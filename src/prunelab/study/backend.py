@@ -47,14 +47,25 @@ class _Handle:
     old tensors: the model is then rebuilt from the pristine copy."""
 
     def __init__(self, loaded):
+        from prunelab.evaluate.scoring import ScoreCache
+
         self.loaded = loaded
         self.pristine = copy.deepcopy(loaded.model)
         self.dirty = False
+        # Log-likelihoods scored on the model as it stands, and the levels scored into them
+        # ahead of their turn; both are emptied whenever the model changes.
+        self.scores = ScoreCache()
+        self.scored_levels: set[str] = set()
         # What measures keep of the dense model between compressions, by measure name
         # (divergence: its windows and the dense hidden states).
         self.cache: dict[str, Any] = {}
 
+    def forget_scores(self) -> None:
+        self.scores.clear()
+        self.scored_levels.clear()
+
     def reset(self) -> None:
+        self.forget_scores()
         self.loaded.info.pop(DEFERRED_TRANSFER, None)
         if not self.dirty:
             return
@@ -169,6 +180,7 @@ class PrunelabBackend:
 
     def compress(self, handle: _Handle, point: CompressionPoint) -> dict:
         handle.dirty = True
+        handle.forget_scores()
         records = [stage.run(handle.loaded, calibration, point.seed)
                    for stage, calibration in zip(point.stages, point.calibration)]
         if len(records) == 1:
@@ -183,18 +195,35 @@ class PrunelabBackend:
                  batch_size: int) -> tuple[list[dict], dict]:
         from prunelab.evaluate.runner import evaluate
 
-        if limit is not None and task.size is not None:
-            limit = min(limit, task.size)  # a small level is used whole
-        results = evaluate(handle.loaded, [task.name], limit=limit, seed=seed,
-                           batch_size=batch_size, progress=False)
+        results = evaluate(handle.loaded, [task.name], limit=_level_limit(task, limit), seed=seed,
+                           batch_size=batch_size, progress=False, scores=handle.scores)
         summary = results.summary()[0]
         return [example_row(ex.to_dict()) for ex in results.examples], summary
+
+    def score_together(self, handle: _Handle, tasks: tuple[TaskInfo, ...], limit: int | None,
+                       seed: int, batch_size: int) -> None:
+        """Score the levels still to be evaluated on this model in one pass, ahead of their
+        turn (`prunelab.evaluate.runner.score_together`); each `evaluate` then reads its
+        log-likelihoods from the handle's cache."""
+        from prunelab.evaluate.runner import score_together
+
+        todo = [t for t in tasks if t.name not in handle.scored_levels]
+        if len(todo) < 2:
+            return
+        score_together(handle.loaded, [(t.name, _level_limit(t, limit)) for t in todo],
+                       seed=seed, batch_size=batch_size, scores=handle.scores)
+        handle.scored_levels.update(t.name for t in todo)
 
     def estimate(self, recipe: Recipe, model: str, point: CompressionPoint,
                  tasks: list[TaskInfo]) -> tuple[float, float]:
         from prunelab.study.estimate import rough_estimate
 
         return rough_estimate(recipe, model, point, tasks)
+
+
+def _level_limit(task: TaskInfo, limit: int | None) -> int | None:
+    """A small level is used whole."""
+    return min(limit, task.size) if limit is not None and task.size is not None else limit
 
 
 def example_row(record: dict) -> dict:

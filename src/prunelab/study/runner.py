@@ -192,6 +192,9 @@ class PointWork:
     # The recipe's compression measures that it asks for: (measure name, its section).
     measures: tuple[tuple[str, Any], ...] = ()
     dtype: str = "fp32"  # the precision the model is loaded and computed in
+    # The levels still to run on the same compressed model, this one included: a backend may
+    # score them in one pass when the first of them runs.
+    together: tuple[TaskInfo, ...] = ()
 
 
 @dataclass
@@ -310,10 +313,14 @@ def pending_work(study: Study, done: set[str]) -> list[PointWork]:
     recipe = study.recipe
     asked = tuple((m.name, m.config(recipe)) for m in compression_measures()
                   if m.config(recipe) is not None)
-    return [PointWork(unit.keys[task.name], unit.grid_ids[task.name], unit.model,
-                      unit.compression, unit.compression_key, task, recipe.eval, asked,
-                      dtype=unit.dtype)
-            for unit in study.units for task in unit.tasks if unit.keys[task.name] not in done]
+    work = []
+    for unit in study.units:
+        todo = tuple(t for t in unit.tasks if unit.keys[t.name] not in done)
+        work += [PointWork(unit.keys[task.name], unit.grid_ids[task.name], unit.model,
+                           unit.compression, unit.compression_key, task, recipe.eval, asked,
+                           dtype=unit.dtype, together=todo)
+                 for task in todo]
+    return work
 
 
 # -- entry points ---------------------------------------------------------------------------------

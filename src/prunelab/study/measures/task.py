@@ -18,6 +18,12 @@ class TaskEvaluation(Measure):
         return task.kind != "finetune"
 
     def run(self, backend, handle, config, work=None) -> tuple[list[dict], dict]:
+        # The point's sibling levels on the same model, scored in one pass where the backend
+        # can (shared prompts scored once, fuller batches); evaluate then reads them back.
+        together = getattr(backend, "score_together", None)
+        if together is not None and work is not None and len(work.together) > 1:
+            together(handle, tuple(t for t in work.together if self.applies(t)), config.limit,
+                     config.seed, config.batch_size)
         return backend.evaluate(handle, work.task, config.limit, config.seed,
                                 config.batch_size)
 
