@@ -301,7 +301,12 @@ def test_rolling_task_reports_bits_per_byte(loaded):
     (row,) = results.summary()
     total = -sum(e.loglik for e in results.examples) / math.log(2)
     assert row["score"] == pytest.approx(total / sum(len(t) for t in texts))
-    assert row["metric"] == "bits_per_byte" and row["chance"] is None
+    assert row["metric"] == "bits_per_byte"
+    # chance: a uniform guess over the output vocabulary, log2(V) bits a token, per byte
+    vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
+    tokens, n_bytes = sum(e.n_tokens for e in results.examples), sum(len(t) for t in texts)
+    assert row["chance"] == pytest.approx(tokens * math.log2(vocabulary) / n_bytes)
+    assert row["at_chance"] == (row["ci_high"] >= row["chance"])
 
 
 # --- metrics and summaries ----------------------------------------------------------------------

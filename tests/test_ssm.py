@@ -315,6 +315,11 @@ def test_train_tiny_keeps_a_model_in_the_cache_that_loads_by_name(tmp_path, monk
     assert listed.returncode == 0 and "toy-ssm" in listed.stdout and "trained here" in listed.stdout
     loaded = prunelab.load_model("toy-ssm")
     assert type(loaded.model).__name__ == "Mamba2ForCausalLM"
+    from prunelab.study.models import is_encoder_model, model_problem
+
+    assert model_problem("toy-ssm") is None  # a recipe may name it
+    assert is_encoder_model("toy-ssm") is False
+    assert "unknown model 'toy-ssm2'" in model_problem("toy-ssm2")
     with pytest.raises(PrunelabError, match="already in the cache"):
         train(recipe, "toy-ssm", progress=False, tokenizer=tiny_tokenizer())
 

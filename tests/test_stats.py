@@ -147,3 +147,24 @@ def test_at_chance_is_decided_on_the_continuous_margin_whatever_the_measure():
     # without the records, the stored 0/1 decision stands
     assert {lv.task: lv.dense_at_chance for lv in collect(points, examples)} == {
         "t0": True, "t1": False}
+
+
+def test_a_text_scored_no_better_than_a_uniform_guess_is_at_chance():
+    """Bits per byte is lower-is-better: a level is at chance when its items are not credibly
+    below a uniform guess over the vocabulary (their chance), whatever their spread."""
+    from prunelab.evaluate.metrics import get_metric
+    from prunelab.study.stats import _at_chance
+
+    bpb = get_metric("bits_per_byte")
+    rng = np.random.default_rng(0)
+
+    def rows(bits_per_byte):  # 40 texts of 50 bytes at about this many bits per byte
+        return [{"value": b * 50 * math.log(2), "weight": 50.0, "chance": 6.0, "metric": bpb}
+                for b in bits_per_byte + rng.normal(0, 0.3, 40)]
+
+    assert not _at_chance(rows(np.full(40, 3.0)))  # far below the uniform guess
+    assert _at_chance(rows(np.full(40, 6.0)))  # the uniform guess itself
+    assert _at_chance(rows(np.full(40, 6.5)))  # worse than knowing nothing
+    accuracy = get_metric("gold_prob")  # higher is better: above chance is not at chance
+    assert not _at_chance([{"value": 0.6 + 0.01 * i, "weight": 1.0, "chance": 0.25,
+                            "metric": accuracy} for i in range(10)])

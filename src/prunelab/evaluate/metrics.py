@@ -117,6 +117,10 @@ class Metric:
         """What guessing would score on this example (None where no chance applies)."""
         return record.get("chance") if self.chance_applies else None
 
+    def example_score(self, value: float, weight: float) -> float:
+        """One example's score in the metric's own unit (what `chance` is compared with)."""
+        return value / weight
+
     def relative(self, pruned, dense):
         """Pruned performance as a fraction of dense (1 = nothing lost), elementwise on
         scores or arrays of bootstrap scores."""
@@ -151,15 +155,19 @@ class ShareCorrect(Metric):
 
 
 class BitsPerByte(Metric):
-    """Negative log-likelihood of a text per UTF-8 byte, in bits; lower is better."""
+    """Negative log-likelihood of a text per UTF-8 byte, in bits; lower is better. Its chance
+    is what a model that knows nothing scores: every token equally likely, log2(vocabulary)
+    bits per token, per byte of the text; a level at or above it tells nothing of pruning."""
 
     name = "bits_per_byte"
     higher_is_better = False
-    chance_applies = False
     description = "bits per byte of the scored text (lower is better)"
 
     def example(self, record):
         return -float(record["loglik"]), float(record["n_bytes"])  # nats, bytes
+
+    def example_score(self, value, weight):
+        return value / weight / LN2
 
     def score(self, values, weights):
         return float(values.sum() / weights.sum() / LN2)  # values are nats

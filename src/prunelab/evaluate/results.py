@@ -70,8 +70,9 @@ class EvalResults:
         """One row per task, in order of first appearance: score with a 95% interval.
 
         Intervals: Wilson for 0/1 metrics, percentile bootstrap over items for F1 and for
-        bits per byte. at_chance: the interval reaches down to chance, so the level cannot
-        be told apart from guessing (and tells nothing about what pruning removes).
+        bits per byte. at_chance: the interval reaches chance (down to it; for bits per byte,
+        up to a uniform guess over the vocabulary), so the level cannot be told apart from
+        guessing (and tells nothing about what pruning removes).
         """
         groups: dict[str, list[ExampleResult]] = {}
         for ex in self.examples:
@@ -101,14 +102,17 @@ def _summarise(rows: list[ExampleResult]) -> dict:
     weights = np.array([w for _, w in pairs], dtype=float)
     score, low, high = metric.summarise(values, weights, first.seed)
     chance = None
-    if metric.chance_applies:
-        chances = [r.chance for r in rows if r.chance is not None]
-        chance = float(np.mean(chances)) if chances else None
+    if metric.chance_applies:  # weighted as the score is (bits per byte: by bytes)
+        known = [(r.chance, w) for r, w in zip(rows, weights) if r.chance is not None]
+        chance = (float(sum(c * w for c, w in known) / sum(w for _, w in known))
+                  if known else None)
+    reaches = chance is not None and (low <= chance if metric.higher_is_better
+                                      else high >= chance)
     return {
         "task": first.task, "family": first.family, "axis": first.axis, "level": first.level,
         "level_rank": first.level_rank, "n": len(rows), "metric": first.metric, "score": score,
         "ci_low": float(low), "ci_high": float(high), "chance": chance,
-        "at_chance": bool(chance is not None and low <= chance),
+        "at_chance": bool(chance is not None and reaches),
     }
 
 

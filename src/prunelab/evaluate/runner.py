@@ -7,6 +7,7 @@ model runs, so a bad run fails in seconds and writes nothing.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -203,12 +204,14 @@ def _run(loaded, plan: Plan, *, seed: int, batch_size: int, mc_score: str, packi
         flat = _rolling_groups(plan)
         sums = score(model, flat, batch_size=batch_size, pad_id=pad, packing=packing)
         out, k = [], 0
+        bits_per_token = math.log2(_vocabulary(model))  # a uniform guess: the level's chance
         for item, windows in zip(plan.items, plan.windows):
             loglik = sum(s[0] for s in sums[k: k + len(windows)])
             k += len(windows)
+            n_tokens, n_bytes = sum(len(c) for _, c in windows), len(item.text.encode("utf-8"))
             out.append(ExampleResult(**_base(task, item, seed), loglik=loglik,
-                                     n_tokens=sum(len(c) for _, c in windows),
-                                     n_bytes=len(item.text.encode("utf-8"))))
+                                     n_tokens=n_tokens, n_bytes=n_bytes,
+                                     chance=n_tokens * bits_per_token / max(n_bytes, 1)))
         progress(len(plan.items))
         return out
     # generate
@@ -236,6 +239,14 @@ def _run(loaded, plan: Plan, *, seed: int, batch_size: int, mc_score: str, packi
             correct=scores[task.metric], chance=0.0, scores=scores, gold_logprob=gold_logprob,
             prompt_tokens=len(prompt)))
     return out
+
+
+def _vocabulary(model) -> int:
+    """How many tokens the model's output layer ranks."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.vocab_size)
 
 
 def _mc_result(task: Task, item: Item, group: Group, sums: list[float], seed: int,

@@ -1,5 +1,6 @@
 """What a recipe's model names can be told before any is loaded: whether one exists (a zoo
-name or a model directory) and whether it is an encoder."""
+name, a model `prunelab train-tiny` keeps in the cache, or a model directory) and whether it
+is an encoder."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from __future__ import annotations
 def model_problem(model: str) -> str | None:
     from pathlib import Path
 
-    from prunelab.zoo.models import ZOO
+    from prunelab.zoo.models import ZOO, trained_here
 
-    if model in ZOO or Path(model).expanduser().is_dir():
+    if model in ZOO or trained_here(model) or Path(model).expanduser().is_dir():
         return None
     return f"unknown model {model!r}: use one of {', '.join(ZOO)} or a local model directory"
 
@@ -24,7 +25,10 @@ def is_encoder_model(model: str) -> bool | None:
 
     if model in ZOO:
         return ZOO[model].kind == "encoder"
-    config = Path(model).expanduser() / "config.json"
+    from prunelab.zoo.models import model_dir, trained_here
+
+    directory = model_dir(model) if trained_here(model) else Path(model).expanduser()
+    config = directory / "config.json"
     try:
         architectures = json.loads(config.read_text()).get("architectures") or []
     except (OSError, ValueError):

@@ -134,10 +134,12 @@ def _continuous_rows(records: list[dict], mc_only: bool = False) -> list[dict]:
 
 
 def _at_chance(rows: list[dict]) -> bool:
-    """Whether the mean of value − chance over the items is not credibly above 0 (normal
-    approximation; a continuous measure varies smoothly, unlike a 0/1 count at 40 items)."""
-    margins = np.array([r["value"] / r["weight"] - r["chance"] for r in rows
-                        if r["chance"] is not None], float)
+    """Whether the mean margin of each item's score over its chance (below it, for a
+    lower-is-better measure) is not credibly above 0 (normal approximation; a continuous
+    measure varies smoothly, unlike a 0/1 count at 40 items)."""
+    margins = np.array([(1 if r["metric"].higher_is_better else -1)
+                        * (r["metric"].example_score(r["value"], r["weight"]) - r["chance"])
+                        for r in rows if r["chance"] is not None], float)
     if margins.size < 2:
         return False
     low = margins.mean() - 1.959964 * margins.std(ddof=1) / math.sqrt(margins.size)

@@ -187,7 +187,7 @@ def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
         return path, None
     if text in ZOO:
         return ensure_converted(ZOO[text]), ZOO[text]
-    if _trained_here(text):
+    if trained_here(text):
         return model_dir(text), None
     if _reads_as_path(text):
         raise _missing_directory(text)
@@ -202,7 +202,7 @@ def resolve(source: str | Path) -> tuple[Path | str, ModelSpec | None]:
     )
 
 
-def _trained_here(name: str) -> bool:
+def trained_here(name: str) -> bool:
     """A model `prunelab train-tiny` keeps in the cache under this plain name."""
     if "/" in name or "\\" in name or name.startswith("."):
         return False
