@@ -4,7 +4,7 @@ sparsities, and the time of the divergence pass relative to one perplexity pass.
     python bench/bench_divergence.py --model smollm2-135m --windows 8 --seqlen 512
 
 One process, one model: the dense model is kept as a pristine copy (as the study backend
-does) and each pruned model is compared with it on the same windows of squad-dev. The
+does) and each pruned model is compared with it on the same windows of `--text` (python-ref-b). The
 timing ratio is the best of `--repeats` divergence passes over the best of as many
 perplexity passes of the dense model on the same windows, same batch size (the aim is 2.2 or
 less: two models, one pass each, plus the per-token divergences).
@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: as is); "
                         "1 makes the CPU-time ratio free of idle-thread spinning")
     parser.add_argument("--timing-only", action="store_true", help="skip the pruned models")
-    parser.add_argument("--text", default="squad-dev", help="text: name or file")
-    parser.add_argument("--calibration", default="squadshifts-new_wiki",
+    parser.add_argument("--text", default="python-ref-b", help="text: name or file")
+    parser.add_argument("--calibration", default="python-ref-a",
                         help="calibration text: name or file")
     args = parser.parse_args()
 

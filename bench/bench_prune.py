@@ -11,7 +11,8 @@ engine's one set of block inputs and one batch's forward transients.
         [--methods magnitude,wanda,sparsegpt,gptq] [--dtype bf16] [--calibration FILE]
         [--text FILE]
 
-A quantizer among the methods (gptq, rtn) runs 4-bit with its default group size; `--json`
+A quantizer among the methods (gptq, rtn) runs 4-bit in groups of 128, or of 64 or 32
+where 128 does not divide every input width; `--json`
 prints each method's record as a JSON line (what `bench/run_all.py` reads).
 """
 
@@ -77,9 +78,18 @@ def _import_model_code(model_name: str) -> None:
         AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(target))
 
 
+def _fitting_group(model) -> int | None:
+    """The largest of 128, 64 and 32 that divides every prunable layer's input width
+    (smollm2-135m's 576 takes 64), else per-channel grids."""
+    from prunelab import arch
+
+    widths = {arch.weight_matrix(m).shape[1] for m in arch.named_prunable_layers(model).values()}
+    return next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), None)
+
+
 def child(model_name: str, method: str, pattern: str | None, samples: int, seqlen: int,
           batch_size: int, with_ppl: bool, calibration_source: str | None = None,
-          text: str = "squad-dev", dtype: str = "fp32") -> dict:
+          text: str = "python-ref-b", dtype: str = "fp32") -> dict:
     import torch
     import transformers  # noqa: F401  (part of the baseline: the libraries, not the model)
 
@@ -99,7 +109,9 @@ def child(model_name: str, method: str, pattern: str | None, samples: int, seqle
     rss_loaded = peak_rss_bytes()
     result = prunelab.prune(loaded, method, None if pattern or quantizes else 0.5,
                             pattern=pattern, calibration=config, batch_size=batch_size,
-                            progress=False, **({"bits": 4} if quantizes else {}))
+                            progress=False,
+                            **({"bits": 4, "group_size": _fitting_group(loaded.model)}
+                               if quantizes else {}))
     peak = peak_rss_bytes()  # load + prune: before the timing pass below adds its own
     # The windows of the timing pass (the same the engine drew; magnitude draws none, and
     # tokenizing the corpus only for this pass must not count as its pruning peak).
@@ -160,7 +172,8 @@ def main() -> None:
                         help="load and compute the model in this precision")
     parser.add_argument("--calibration", default=None,
                         help="calibration text: name or file (default: prunelab's)")
-    parser.add_argument("--text", default="squad-dev", help="perplexity text: name or file")
+    parser.add_argument("--text", default="python-ref-b",
+                        help="perplexity text: name or file (squad-dev where BIG-bench is at hand)")
     parser.add_argument("--json", action="store_true", help="one JSON record per method")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

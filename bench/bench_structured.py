@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5])
     parser.add_argument("--method", default="magnitude-sp")
-    parser.add_argument("--calibration", default="squadshifts-new_wiki",
+    parser.add_argument("--calibration", default="python-ref-a",
                         help="calibration text (flap only): name or file")
-    parser.add_argument("--text", default="squad-dev", help="prompt text: name or file")
+    parser.add_argument("--text", default="python-ref-b", help="prompt text: name or file")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prompt", type=int, default=512, help="prefill tokens (batch 1)")
     parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens generated")

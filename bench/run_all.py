@@ -102,7 +102,7 @@ def _structured_lines(out: str) -> list[tuple[str, str, str]]:
 
 def _stream_lines(out: str) -> list[tuple[str, str, str]]:
     line = _search(r"^wanda: peak RSS.*$", out).group(0)
-    ratio = _search(r"([\d.]+) ?x", line).group(1) if re.search(r"[\d.]+ ?x", line) else line
+    ratio = _search(r"= ([\d.]+);", line).group(1)  # "peak ... / model ... = R; wall ..."
     return [("streamed Wanda: peak RSS / model size", ratio,
              f"the model's size on disk ({line.strip()})")]
 
