@@ -186,7 +186,8 @@ def test_refusal_sets_are_checked_before_any_model(tmp_path):
     assert [p for p in PrunelabBackend().check(judged) if p[0] == "refusal.judge"] == [
         ("refusal.judge", "unknown model 'no-such-judge': use one of "
          + ", ".join(__import__("prunelab.zoo.models", fromlist=["ZOO"]).ZOO)
-         + " or a local model directory")]
+         + ", a model trained here (`prunelab train-tiny`, listed by `prunelab models`) or a "
+           "local model directory")]
 
 
 def test_divergence_text_is_checked_before_any_model():

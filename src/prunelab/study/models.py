@@ -12,7 +12,8 @@ def model_problem(model: str) -> str | None:
 
     if model in ZOO or trained_here(model) or Path(model).expanduser().is_dir():
         return None
-    return f"unknown model {model!r}: use one of {', '.join(ZOO)} or a local model directory"
+    return (f"unknown model {model!r}: use one of {', '.join(ZOO)}, a model trained here "
+            "(`prunelab train-tiny`, listed by `prunelab models`) or a local model directory")
 
 
 def is_encoder_model(model: str) -> bool | None:
