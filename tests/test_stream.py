@@ -164,30 +164,38 @@ def _no_output(out):
     return not out.exists() and not list(out.parent.glob(f".{out.name}.tmp-*"))
 
 
-def test_index_names_a_tensor_no_shard_holds(sharded_dir, tmp_path, text_file):
+def _copy(sharded_dir, tmp_path):
+    """A copy of the sharded model to break."""
     import shutil
 
     broken = tmp_path / "broken"
     shutil.copytree(sharded_dir, broken)
-    index = json.loads((broken / "model.safetensors.index.json").read_text())
-    index["weight_map"]["model.layers.1.mlp.extra.weight"] = next(iter(
-        index["weight_map"].values()))
-    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    return broken
+
+
+def _assert_refused(broken, tmp_path, text_file, match):
+    """Streamed Wanda on `broken` fails with `match` and leaves nothing behind."""
     out = tmp_path / "out"
-    with pytest.raises(PrunelabError, match="lacks tensor model.layers.1.mlp.extra.weight"):
+    with pytest.raises(PrunelabError, match=match):
         streaming.stream_prune(broken, out, "wanda", 0.5, calibration=_calibration(text_file),
                                progress=False)
     assert _no_output(out)
 
 
+def test_index_names_a_tensor_no_shard_holds(sharded_dir, tmp_path, text_file):
+    broken = _copy(sharded_dir, tmp_path)
+    index = json.loads((broken / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.layers.1.mlp.extra.weight"] = next(iter(
+        index["weight_map"].values()))
+    (broken / "model.safetensors.index.json").write_text(json.dumps(index))
+    _assert_refused(broken, tmp_path, text_file, "lacks tensor model.layers.1.mlp.extra.weight")
+
+
 def test_shards_lack_a_tensor_the_model_needs(sharded_dir, tmp_path, text_file):
     """A shard set whose tensors (and index) lack one the config calls for."""
-    import shutil
-
     from safetensors.torch import load_file, save_file
 
-    broken = tmp_path / "broken"
-    shutil.copytree(sharded_dir, broken)
+    broken = _copy(sharded_dir, tmp_path)
     index_path = broken / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
     gone = "model.layers.1.self_attn.o_proj.weight"
@@ -196,26 +204,15 @@ def test_shards_lack_a_tensor_the_model_needs(sharded_dir, tmp_path, text_file):
     del tensors[gone]
     save_file(tensors, shard, metadata={"format": "pt"})
     index_path.write_text(json.dumps(index))
-    out = tmp_path / "out"
-    with pytest.raises(PrunelabError, match=f"holds tensor {gone}"):
-        streaming.stream_prune(broken, out, "wanda", 0.5, calibration=_calibration(text_file),
-                               progress=False)
-    assert _no_output(out)
+    _assert_refused(broken, tmp_path, text_file, f"holds tensor {gone}")
 
 
 def test_truncated_shard(sharded_dir, tmp_path, text_file):
-    import shutil
-
-    broken = tmp_path / "broken"
-    shutil.copytree(sharded_dir, broken)
+    broken = _copy(sharded_dir, tmp_path)
     shard = sorted(broken.glob("*.safetensors"))[-1]
     data = shard.read_bytes()
     shard.write_bytes(data[:len(data) - 100])
-    out = tmp_path / "out"
-    with pytest.raises(PrunelabError, match="is truncated"):
-        streaming.stream_prune(broken, out, "wanda", 0.5, calibration=_calibration(text_file),
-                               progress=False)
-    assert _no_output(out)
+    _assert_refused(broken, tmp_path, text_file, "is truncated")
 
 
 def test_disk_without_room(sharded_dir, tmp_path, text_file, monkeypatch):
