@@ -144,6 +144,13 @@ def _demo_eval_lines(out: str) -> list[tuple[str, str, str]]:
              "the same levels evaluated one at a time, same run (lower is better)")]
 
 
+def _workers_lines(out: str) -> list[tuple[str, str, str]]:
+    found = _search(r"^study with (\d+) one-thread workers / one \d+-thread process: ([\d.]+)",
+                    out)
+    return [(f"study in {found.group(1)} one-thread workers / one process", found.group(2),
+             "the same cut-down demo in one process of every core's thread (lower is better)")]
+
+
 def _dtype_lines(out: str) -> list[tuple[str, str, str]]:
     found = re.findall(r"^(\w+): masks agree on ([\d.]+%).*\(([+-][\d.]+%)\)", out, re.MULTILINE)
     if not found:
@@ -175,6 +182,7 @@ BENCHES = [
           lambda a: ["bench_demo_eval.py", *(["--limit", "20", "--repeats", "1"]
                                              if not a.slow else [])],
           _demo_eval_lines),
+    Bench("workers", True, lambda a: ["bench_workers.py"], _workers_lines),
     Bench("divergence", True,
           lambda a: ["bench_divergence.py", "--timing-only", *_source_args(a)],
           _divergence_lines),

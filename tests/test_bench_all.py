@@ -54,3 +54,13 @@ def test_a_missing_bench_is_skipped_and_a_failing_one_named(tmp_path, monkeypatc
     broken = run_all.Bench("b", False, lambda a: ["broken.py"], lambda out: [])
     lines, problem, _ = run_all.run_bench(broken, args)
     assert lines == [] and problem == "exit 1: it broke"
+
+
+def test_the_workers_bench_gives_its_ratio():
+    run_all = _run_all()
+    out = ("40 points (magnitude,wanda,sparsegpt at 0.5 and dense, 40 items per level): "
+           "1 process x 2 threads 200.0 s, 2 processes x 1 thread 150.0 s\n"
+           "study with 2 one-thread workers / one 2-thread process: 0.75 (largest relative "
+           "score difference 1.0e-07; same points: True)\n")
+    [(what, value, against)] = run_all._workers_lines(out)
+    assert (what, value) == ("study in 2 one-thread workers / one process", "0.75") and against

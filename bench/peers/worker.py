@@ -127,6 +127,12 @@ def run_reference(args, method, windows, group_size):
         else:  # magnitude: locuslab/wanda's prune_magnitude (the Wanda paper's baseline)
             import types
 
+            import torch
+
+            # Patch: its unstructured threshold sorts on `.cuda()`; on a CPU-only torch the
+            # tensor stays where it is.
+            if not torch.cuda.is_available():
+                torch.Tensor.cuda = lambda self, *args, **kwargs: self
             sys.path.insert(0, str(ref.REPOS["wanda"]))
             from lib import prune as wp  # noqa: PLC0415
 
@@ -162,6 +168,17 @@ def run_llmcompressor(args, method, windows, group_size):
     elif kind == "magnitude":
         from llmcompressor.modifiers.pruning import MagnitudePruningModifier  # noqa: PLC0415
 
+        # Patch: the modifier is built for training; it writes its masks into the weights
+        # only at optimizer steps, which `oneshot` never takes, so the model came back dense.
+        # Here the masks are written once, when they are made.
+        made = MagnitudePruningModifier.on_start
+
+        def make_and_write(self, state, event, **kwargs):
+            made(self, state, event, **kwargs)
+            for name in self.parameterized_layers_:
+                self.apply_mask_weight(name)
+
+        MagnitudePruningModifier.on_start = make_and_write
         # one-shot: reach the final sparsity at once (start = end = 0, one update)
         recipe = MagnitudePruningModifier(
             targets=r"re:.*layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$",

@@ -323,38 +323,50 @@ def _input_groups(runner: BlockRunner, index: int,
 
 
 def _collect(runner: BlockRunner, index: int, layers: dict[str, nn.Module],
-             names: Sequence[str], device, stop_early: bool = False) -> dict[str, LayerStats]:
+             names: Sequence[str], device, stop_early: bool = False,
+             calls: dict[str, int] | None = None) -> dict[str, LayerStats]:
     """The statistics `names` of `layers` over every calibration batch of block `index`.
 
     With `stop_early` (every layer of the block is known to run once per forward), a batch's
-    forward ends as soon as the last of `layers` has run: a q/k/v group needs only the input
-    norm, so sequential groups cost a fraction of a block forward each instead of a whole one.
+    forward ends as soon as the last of `layers` has read its input: before that layer's own
+    product when the statistics are of inputs only. A q/k/v group needs only the input norm,
+    so sequential groups cost a fraction of a block forward each, and a whole block's
+    statistics skip its last projection (the MLP's down projection). `calls`, when given,
+    counts each layer's calls in the first batch's forward.
     """
     collector = _Collector(names, layers, device)
     block = runner.blocks[index]
     indirect = arch.indirect_inputs(block)
     seen: set[str] = set()
+    first_batch = [True]
 
     def watched(name: str):
         hook = collector.hook(name)
-        if not stop_early:
-            return hook
 
-        def on_forward(module, args, kwargs, output):
+        def on_call(module, args, kwargs, output=None):
             hook(module, args, kwargs, output)
-            seen.add(name)
-            if len(seen) == len(layers):
-                raise EnoughSeen
-        return on_forward
+            if calls is not None and first_batch[0]:
+                calls[name] = calls.get(name, 0) + 1
+            if stop_early:
+                seen.add(name)
+                if len(seen) == len(layers):
+                    raise EnoughSeen
+        return on_call
 
     def end_batch() -> None:
         seen.clear()
+        first_batch[0] = False
         collector.end_batch()
 
-    handles = [block.get_submodule(indirect[n][0]).register_forward_hook(
-                   _fed_from(watched(n), m, indirect[n][1]), with_kwargs=True)
-               if n in indirect else m.register_forward_hook(watched(n), with_kwargs=True)
-               for n, m in layers.items()]
+    def register(name: str, layer: nn.Module):
+        if name in indirect:
+            return block.get_submodule(indirect[name][0]).register_forward_hook(
+                _fed_from(watched(name), layer, indirect[name][1]), with_kwargs=True)
+        if collector.output_kinds:
+            return layer.register_forward_hook(watched(name), with_kwargs=True)
+        return layer.register_forward_pre_hook(watched(name), with_kwargs=True)
+
+    handles = [register(n, m) for n, m in layers.items()]
     try:
         runner.run(index, advance=False, after_batch=end_batch)
     finally:
@@ -603,17 +615,24 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
         doing = "quantizing" if method.quantizes else "pruning"
         bar = tqdm(range(len(blocks)), desc=f"{doing} ({method.name})", unit="block",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        # Whether every layer of a kind of block runs once per forward, learned from the
+        # first block of the kind: the later ones' statistics then stop early.
+        once_by_kind: dict[tuple, bool] = {}
         for index in bar:
             block = blocks[index]
             if source is not None:
                 source.load(index)
             home = next(block.parameters()).device
             block.to(device)  # on an accelerator, only this block is on-loaded
-            once = False
+            once, calls = False, None
             if runner is not None and method.sequential_groups():
                 groups, once = _input_groups(runner, index, arch.prunable_layers(block))
             else:
                 groups = [list(arch.prunable_layers(block))]
+                kind = (type(block), tuple(groups[0]))
+                once = once_by_kind.get(kind, False)
+                if kind not in once_by_kind:
+                    calls = {}
             for group in groups:
                 # Looked up afresh: an earlier group's step may have replaced modules.
                 current = arch.prunable_layers(block)
@@ -623,8 +642,11 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
                                        "replace it by a smaller layer instead")
                 layers = {n: current[n] for n in group}
                 stats = (_collect(runner, index, layers, method.statistics, device,
-                                  stop_early=once)
+                                  stop_early=once, calls=calls)
                          if runner is not None else {n: LayerStats() for n in layers})
+                if calls is not None:
+                    once_by_kind[kind] = (len(calls) == len(layers)
+                                          and all(c == 1 for c in calls.values()))
                 block_targets = {n: targets[f"{prefix}.{index}.{n}"] for n in layers}
                 inputs = BlockInputs(runner, index) if method.needs_block_inputs else None
                 records.extend(_prune_group(method, block, layers, stats, block_targets,

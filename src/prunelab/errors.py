@@ -15,3 +15,6 @@ class PrunelabError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem} ({fix})" if fix else problem)
+
+    def __reduce__(self):  # travels whole from a worker process: the problem and its fix
+        return (type(self), (self.problem, self.fix), self.__dict__)

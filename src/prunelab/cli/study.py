@@ -87,19 +87,30 @@ def _points_kept(run_dir: Path) -> int:
 EXECUTORS = ("local", "ray")
 
 
-def _executor(name: str, address: str | None, shared_dir: Path | None, dry: bool):
+def _executor(name: str, address: str | None, shared_dir: Path | None, dry: bool,
+              workers: int = 1):
     """The executor the options name, refused in one line before anything is loaded: an
-    --address or --shared-dir without --executor ray, Ray missing, an address that does not
-    answer."""
+    --address or --shared-dir without --executor ray, --workers with it, Ray missing, an
+    address that does not answer."""
     if name not in EXECUTORS:
         raise PrunelabError(f"--executor {name!r} is not one of {', '.join(EXECUTORS)}",
                             "pass --executor local (the default) or --executor ray")
+    if workers < 1:
+        raise PrunelabError(f"--workers {workers} is not a number of processes",
+                            "pass --workers 1 or more")
     if name != "ray":
         for option, value in (("--address", address), ("--shared-dir", shared_dir)):
             if value is not None:
                 raise PrunelabError(f"{option} is for a Ray cluster, and the executor is "
                                     f"{name}", f"add --executor ray, or drop {option}")
-        return None
+        if workers == 1 or dry:
+            return None
+        from prunelab.study.processes import ProcessExecutor
+
+        return ProcessExecutor(workers)
+    if workers != 1:
+        raise PrunelabError("--workers is for the local executor; a Ray cluster's workers "
+                            "are its nodes' CPUs", "drop --workers")
     from prunelab.study.ray_executor import RayExecutor, require_ray
 
     require_ray()
@@ -164,6 +175,8 @@ def study(
                                               "(default: the run directory)"),
     dtype: Optional[str] = typer.Option(None, help="load and compute every model in fp32, bf16 "
                                         "or fp16 (the recipe's dtype:, which it replaces)"),
+    workers: int = typer.Option(1, help="local executor: compute points in this many processes, "
+                                "the machine's cores shared out between them"),
 ) -> None:
     """Run (or resume) a pruning study; finished points are never recomputed."""
     from prunelab.study.checks import check_recipe
@@ -171,7 +184,7 @@ def study(
 
     if not dry_run:
         check_output_dir(run_dir, "--run-dir")  # before the recipe's checks load anything
-    runner = _executor(executor, address, shared_dir, dry_run)
+    runner = _executor(executor, address, shared_dir, dry_run, workers)
     r = load_recipe(recipe, _overrides(set_, model, tasks, limit, seed, dtype),
                     check=check_recipe)
     _run(r, run_dir or Path("runs") / r.name, force, dry_run, report, device, progress, runner)
@@ -182,11 +195,19 @@ def demo(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the grid; run nothing"),
     force: bool = typer.Option(False, help="reuse a run directory of another recipe"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a field"),
+    workers: Optional[int] = typer.Option(None, help="compute points in this many processes "
+                                          "(default: one per core, as many as memory holds)"),
 ) -> None:
     """The built-in study: magnitude, Wanda and SparseGPT on smollm2-135m (< 20 min)."""
     from prunelab.study.demo import demo_recipe
 
-    _run(demo_recipe(set_), run_dir, force, dry_run, True)
+    if workers is None:
+        from prunelab.study.processes import ProcessExecutor, usable_cores
+
+        runner = None if dry_run else ProcessExecutor(usable_cores(), fit=True)
+    else:
+        runner = _executor("local", None, None, dry_run, workers)
+    _run(demo_recipe(set_), run_dir, force, dry_run, True, executor=runner)
 
 @app.command()
 def results(

@@ -22,7 +22,7 @@ import torch
 
 from prunelab.errors import PrunelabError
 from prunelab.methods.base import LayerDecision, LayerStats, LayerTarget, MethodCost, register
-from prunelab.methods.obs import ColumnRule, obs_solve
+from prunelab.methods.obs import ColumnRule, Factors, obs_solve, shared_factors
 from prunelab.methods.quant import QuantizedWeight, grid
 from prunelab.methods.rtn import QuantConfig, Quantizer
 
@@ -77,10 +77,9 @@ class RoundToGrid:
         self.group_of = group_of
         self.scales, self.zeros, self.static = scales, zeros, static
         self.prune, self.keep_zero = prune, keep_zero
+        self.align = getattr(prune, "align", 1)  # N:M groups of a joint pruning rule
         self.codes = torch.empty(rows, cols, device=scales.device)
         self.maxq = float(2 ** bits - 1)
-        # one column's codes, reused (no allocation per column)
-        self.code = torch.empty(rows, device=scales.device)
         self.group = -1  # the group whose grid `scale` and `zero` hold
 
     def begin_block(self, W1, diag, columns):
@@ -104,16 +103,17 @@ class RoundToGrid:
                                    self.symmetric)
                 self.scales[:, group], self.zeros[:, group] = scale, zero
             self.scale, self.zero, self.group = self.scales[:, group], self.zeros[:, group], group
-        w = W1[:, i]
+        removed = None
         if self.prune is not None:
             self.prune.column_error(i, W1, out)  # decides column i's mask (N:M: its group)
-            w = w.masked_fill(self.prune.mask[:, i], 0)
+            removed = self.prune.mask[:, i]
         elif self.keep_zero is not None:
-            w = w.masked_fill(self.keep_zero[:, j], 0)
-        code = self.code
-        torch.div(w, self.scale, out=code)
+            removed = self.keep_zero[:, j]
+        code = self.codes[:, j]
+        torch.div(W1[:, i], self.scale, out=code)
         code.round_().add_(self.zero).clamp_(0, self.maxq)
-        self.codes[:, j] = code
+        if removed is not None:  # a removed weight is 0, whose code is the zero point
+            torch.where(removed, self.zero, code, out=code)
         target = self.targets[:, i]
         torch.sub(code, self.zero, out=target).mul_(self.scale)
         torch.sub(W1[:, i], target, out=out).div_(self.diag[i])
@@ -130,11 +130,13 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
                   static_groups: bool = True, keep_zeros: bool = True,
                   prune: ColumnRule | None = None, align: int = 1,
                   max_damp_retries: int = 6, layer: str = "", label: str = "GPTQ",
+                  factors: Factors | None = None,
                   ) -> tuple[torch.Tensor, QuantizedWeight, torch.Tensor, float]:
     """Return (dequantized weight, its codes/scales/zero points, dead inputs, dampening).
 
     `prune` is a pruning rule swept jointly (its blocks must hold whole groups of `align`
-    columns, N:M's M). Pure: the inputs are not modified."""
+    columns, N:M's M). Pure: the inputs are not modified (`factors` keeps the Hessian's
+    factor for the next layer that shares it)."""
     W = weight.detach().to(torch.float32)
     rows, cols = W.shape
     size = group_size or cols
@@ -170,7 +172,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
                        prune, keep_zero)
     new_weight, dead, damp = obs_solve(weight, hessian, rule, blocksize=blocksize,
                                        percdamp=percdamp, max_damp_retries=max_damp_retries,
-                                       layer=layer, label=label, order=order)
+                                       layer=layer, label=label, order=order, factors=factors)
     codes = rule.codes
     group_index = None
     if order is not None:
@@ -195,13 +197,18 @@ class GPTQ(Quantizer):
     def sequential_groups(self) -> bool:
         return self.config.true_sequential
 
+    def prune_block(self, block, layers, stats, targets):
+        with shared_factors(self):
+            yield from super().prune_block(block, layers, stats, targets)
+
     def prune_layer(self, weight, stats: LayerStats, target: LayerTarget):
         c = self.config
         new_weight, quantized, _, damp = gptq_quantize(
             weight, stats["hessian"], c.bits, c.group_size, c.symmetric,
             blocksize=c.blocksize, percdamp=c.percdamp, act_order=c.act_order,
             static_groups=c.static_groups, keep_zeros=c.keep_zeros,
-            max_damp_retries=c.max_damp_retries, layer=target.name)
+            max_damp_retries=c.max_damp_retries, layer=target.name,
+            factors=getattr(self, "factors", None))
         pruned = (weight == 0) if c.keep_zeros and bool((weight == 0).any()) else None
         return LayerDecision(new_weight, pruned, {"bits": c.bits, "percdamp_used": damp},
                              quantized=quantized)

@@ -30,6 +30,8 @@ def lowest_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
     below = scores < kth
     tied = scores == kth
     room = k - below.sum(dim=1, keepdim=True)
+    if bool((tied.sum(dim=1, keepdim=True) == room).all()):
+        return below | tied  # every tie fits (the common case: the k-th value alone)
     return below | (tied & (tied.cumsum(dim=1) <= room))
 
 

@@ -19,7 +19,8 @@ from prunelab.methods import masks
 from prunelab.methods.base import (LayerDecision, LayerStats, LayerTarget, MethodConfig,
                                    MethodCost, PruningMethod, register)
 from prunelab.methods.masks import NMPattern
-from prunelab.methods.obs import inverse_hessian_factor, obs_solve  # noqa: F401
+from prunelab.methods.obs import (Factors, inverse_hessian_factor,  # noqa: F401
+                                  obs_solve, shared_factors)
 from prunelab.methods.quant import check_bits, check_group_fits, check_group_size
 
 
@@ -84,6 +85,7 @@ class _PruneNofM(_PruneUnstructured):
     def __init__(self, pruned: torch.Tensor, pattern: NMPattern):
         super().__init__(pruned, pattern.sparsity)
         self.pattern = pattern
+        self.align = pattern.m  # a group's columns are read when the sweep reaches its first
 
     def begin_block(self, W1, diag, columns):
         self.diag = diag
@@ -102,8 +104,10 @@ class _PruneNofM(_PruneUnstructured):
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float,
                     pattern: NMPattern | None = None, blocksize: int = 128,
                     percdamp: float = 0.01, max_damp_retries: int = 6,
-                    layer: str = "") -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Return (new weight, pruned mask, dampening used). Pure: inputs are not modified."""
+                    layer: str = "", factors: Factors | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Return (new weight, pruned mask, dampening used). Pure: inputs are not modified
+    (`factors` keeps the Hessian's factor for the next layer that shares it)."""
     pruned = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
     if pattern is None:
         rule = _PruneUnstructured(pruned, sparsity)
@@ -113,7 +117,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
     new_weight, dead, damp = obs_solve(weight, hessian, rule, blocksize=blocksize,
                                        percdamp=percdamp, max_damp_retries=max_damp_retries,
-                                       layer=layer, label="SparseGPT")
+                                       layer=layer, label="SparseGPT", factors=factors)
     pruned[:, dead] = True  # zeroed by obs_solve, whatever the mask said
     return new_weight, pruned, damp
 
@@ -129,6 +133,10 @@ class SparseGPT(PruningMethod):
     def sequential_groups(self) -> bool:
         return self.config.true_sequential
 
+    def prune_block(self, block, layers, stats, targets):
+        with shared_factors(self):
+            yield from super().prune_block(block, layers, stats, targets)
+
     def check_model(self, model, sparsity=None, pattern=None) -> None:
         if self.config.bits is not None:
             from prunelab import arch
@@ -142,7 +150,8 @@ class SparseGPT(PruningMethod):
             return self._prune_and_quantize(weight, stats["hessian"], target)
         new_weight, pruned, damp = sparsegpt_prune(
             weight, stats["hessian"], target.sparsity, target.pattern, self.config.blocksize,
-            self.config.percdamp, self.config.max_damp_retries, target.name)
+            self.config.percdamp, self.config.max_damp_retries, target.name,
+            factors=getattr(self, "factors", None))
         return LayerDecision(new_weight, pruned, {"percdamp_used": damp})
 
     def _prune_and_quantize(self, weight, hessian, target: LayerTarget) -> LayerDecision:
@@ -159,7 +168,8 @@ class SparseGPT(PruningMethod):
         new_weight, quantized, dead, damp = gptq_quantize(
             weight, hessian, c.bits, c.group_size, c.symmetric, blocksize=c.blocksize,
             percdamp=c.percdamp, prune=rule, align=pattern.m if pattern else 1,
-            max_damp_retries=c.max_damp_retries, layer=target.name, label="SparseGPT")
+            max_damp_retries=c.max_damp_retries, layer=target.name, label="SparseGPT",
+            factors=getattr(self, "factors", None))
         pruned[:, dead] = True
         return LayerDecision(new_weight, pruned, {"percdamp_used": damp, "bits": c.bits},
                              quantized=quantized)

@@ -6,7 +6,9 @@
     print(build_report(outcome.run_dir)["html"])
 """
 
+from prunelab.study.processes import ProcessExecutor
 from prunelab.study.recipe import Recipe, load_recipe, parse_recipe
 from prunelab.study.runner import Outcome, dry_run, run_study
 
-__all__ = ["Recipe", "load_recipe", "parse_recipe", "run_study", "dry_run", "Outcome"]
+__all__ = ["Recipe", "load_recipe", "parse_recipe", "run_study", "dry_run", "Outcome",
+           "ProcessExecutor"]
