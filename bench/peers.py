@@ -157,6 +157,9 @@ def main() -> None:
                 row = run_worker(python, system, method, model_dir, calib, args, work)
             if "error" not in row:
                 row["ppl"], masks = evaluate(row["weights"])
+                # Its masks are held in memory now: the file (the whole model's decoder
+                # weights, GBs for the larger models) goes.
+                Path(row.pop("weights")).unlink(missing_ok=True)
                 if system == "prunelab":
                     ours_masks, ours = masks, row
                 elif ours_masks is not None and METHODS[method][0] != "gptq":

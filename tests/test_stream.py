@@ -368,3 +368,25 @@ def test_streamed_perplexity_equals_in_memory_on_the_real_model(tmp_path):
     expected = perplexity(load_model(directory), str(text), 256, 8)
     got = streaming.stream_perplexity(directory, str(text), 256, 8)
     assert math.isclose(got, expected, rel_tol=1e-6), (got, expected)
+
+
+def test_disk_filled_by_someone_else_midway(sharded_dir, tmp_path, text_file, monkeypatch):
+    """Room was checked at the start; another process then filled the disk: one error
+    naming the problem, and no half-written output."""
+    import safetensors.torch
+
+    real, written = safetensors.torch.save_file, []
+
+    def fills_up(tensors, filename, metadata=None):
+        if len(written) == 2:
+            raise safetensors.SafetensorError("Error while serializing: I/O error: No space "
+                                              "left on device (os error 28)")
+        written.append(filename)
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fills_up)
+    out = tmp_path / "out"
+    with pytest.raises(PrunelabError, match="ran out of room while writing shard 3"):
+        streaming.stream_prune(sharded_dir, out, "wanda", 0.5,
+                               calibration=_calibration(text_file), progress=False)
+    assert _no_output(out)

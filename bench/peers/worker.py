@@ -181,7 +181,7 @@ def run_llmcompressor(args, method, windows, group_size):
         MagnitudePruningModifier.on_start = make_and_write
         # one-shot: reach the final sparsity at once (start = end = 0, one update)
         recipe = MagnitudePruningModifier(
-            targets=r"re:.*layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$",
+            targets=r"re:.*(self_attn|mlp)\.\w+_proj$",  # module names, not parameters
             init_sparsity=sparsity, final_sparsity=sparsity, start=0, end=1, update=1,
             mask_structure="unstructured")
     else:

@@ -15,6 +15,7 @@ mapping goes, which for a whole shard can be many blocks' worth.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import sys
@@ -259,7 +260,16 @@ class ShardWriter:
         self.count += 1
         name = f"model-{self.count:05d}-of-{self.total:05d}.safetensors"
         plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(plain, str(self.directory / name), metadata={"format": "pt"})
+        try:
+            save_file(plain, str(self.directory / name), metadata={"format": "pt"})
+        except Exception as exc:  # safetensors reports I/O errors as its own error type
+            if getattr(exc, "errno", None) != errno.ENOSPC and "No space left" not in str(exc):
+                raise
+            raise PrunelabError(
+                f"the disk under {self.directory.parent} ran out of room while writing shard "
+                f"{self.count} of {self.total} (there was room when the run began: something "
+                "else has written there since)",
+                "free space there and run again; nothing of this run was kept") from None
         for key, value in plain.items():
             self.weight_map[key] = name
             self.total_size += value.numel() * value.element_size()

@@ -78,23 +78,28 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, retries: int,
     works, the user is told to act."""
     mean_diag = float(torch.mean(torch.diag(hessian)))
     damp = percdamp
-    eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    size = hessian.shape[0]
     # With J the exchange matrix (columns reversed) and J H J = L Lᵀ, the matrix
     # U = J L⁻¹ J is upper triangular with a positive diagonal and Uᵀ U = H⁻¹: the factor
     # wanted, from one Cholesky factorisation and one triangular inverse, without forming H⁻¹
-    # (half the arithmetic of factoring H, inverting it and factoring the inverse).
+    # (half the arithmetic of factoring H, inverting it and factoring the inverse). At most
+    # three matrices of H's size exist besides H at any time (a 4864-wide H is 95 MB).
     for attempt in range(retries + 1):
-        try:
-            flipped = (hessian + damp * mean_diag * eye).flip(0, 1)
-            lower = torch.linalg.cholesky(flipped)
-            inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
+        flipped = hessian.flip(0, 1)  # a copy; its diagonal is H's, reversed
+        flipped.diagonal().add_(damp * mean_diag)
+        lower, info = torch.linalg.cholesky_ex(flipped)
+        del flipped
+        if int(info) == 0:
+            identity = torch.eye(size, dtype=hessian.dtype, device=hessian.device)
+            inverse = torch.linalg.solve_triangular(lower, identity, upper=False)
+            del lower, identity
             return inverse.flip(0, 1), damp
-        except torch.linalg.LinAlgError:
-            if attempt == retries:
-                break
-            warnings.warn(f"{label}: Hessian of {layer or 'a layer'} is not positive definite "
-                          f"with dampening {damp:g}; retrying with {damp * 10:g}", stacklevel=2)
-            damp *= 10
+        del lower
+        if attempt == retries:
+            break
+        warnings.warn(f"{label}: Hessian of {layer or 'a layer'} is not positive definite "
+                      f"with dampening {damp:g}; retrying with {damp * 10:g}", stacklevel=2)
+        damp *= 10
     raise PrunelabError(
         f"{label}: the Hessian of {layer or 'a layer'} is not positive definite even with "
         f"dampening {damp:g}",
@@ -146,8 +151,10 @@ def obs_solve(weight: torch.Tensor, hessian: torch.Tensor, rule: ColumnRule, *,
         W = W[:, order]
 
     def factor():
-        H = hessian.detach().to(torch.float32).clone()
-        H[dead, dead] = 1
+        H = hessian.detach().to(torch.float32)
+        if bool(dead.any()):
+            H = H.clone()
+            H[dead, dead] = 1
         if order is not None:
             H = H[order][:, order]
         return inverse_hessian_factor(H, percdamp, max_damp_retries, layer, label)

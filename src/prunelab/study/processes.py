@@ -71,7 +71,11 @@ def _serve(make_worker, tasks, results, threads: int, cwd: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    worker = make_worker()
+    try:
+        worker = make_worker()
+    except BaseException as exc:  # noqa: BLE001 (sent to the driver, which raises it)
+        results.put(("error", _portable(exc, None)))
+        return
     while (unit := tasks.get()) is not None:
         for work in unit:
             try:
@@ -85,8 +89,9 @@ def _portable(exc: BaseException, work) -> BaseException:
     """The exception as the driver can raise it: itself when it pickles, else its text."""
     try:
         pickle.loads(pickle.dumps(exc))
-        exc.add_note(f"in a worker process, at {work.model} {work.compression.label}: "
-                     f"{work.task.name}")
+        if work is not None:
+            exc.add_note(f"in a worker process, at {work.model} {work.compression.label}: "
+                         f"{work.task.name}")
         return exc
     except Exception:  # noqa: BLE001 (an exception holding unpicklable state)
         return RuntimeError("".join(traceback.format_exception(exc)))
