@@ -105,6 +105,35 @@ def test_a_group_stops_its_forward_once_read_with_the_same_statistics(family):
             h.remove()
 
 
+def test_a_whole_block_stops_before_its_last_projection_once_its_kind_is_known():
+    """The first block's statistics learn that every layer runs once; the later blocks'
+    statistics passes then stop before the down projection, and the pruned weights are
+    those of whole passes."""
+    stopped, whole = tiny_model(), tiny_model()
+    blocks = arch.find_blocks(stopped).blocks
+    calls = [0] * len(blocks)
+    for i, block in enumerate(blocks):
+        block.mlp.down_proj.register_forward_hook(
+            lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    windows = _windows(6)
+    prune_blocks(stopped, make_method("wanda"), 0.5, None, windows, batch_size=3,
+                 progress=False)
+    batches = 2
+    # after block 0 (which ran whole to learn its kind), a block's down projection runs only
+    # in the pass that feeds the next block: the last block's never runs
+    assert calls[1:] == [batches] * (len(blocks) - 2) + [0]
+    with pytest.MonkeyPatch.context() as patch:
+        import prunelab.engine as engine
+
+        real = engine._collect
+        patch.setattr(engine, "_collect",
+                      lambda *a, **k: real(*a, **{**k, "stop_early": False}))
+        prune_blocks(whole, make_method("wanda"), 0.5, None, windows, batch_size=3,
+                     progress=False)
+    for (name, a), b in zip(stopped.named_parameters(), whole.parameters()):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
 def test_statistics_are_exact_and_shared_by_layers_reading_one_tensor(family):
     model = tiny_model(family)
