@@ -68,6 +68,13 @@ def _serve(make_worker, tasks, results, threads: int, cwd: str) -> None:
     """A worker process: compute the units it takes until the driver's sentinel (None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
     os.chdir(cwd)
+    # tqdm's default lock is a multiprocessing one: made in a worker and never released, it
+    # would be reported as leaked when the worker ends. One process needs a thread lock only.
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     import torch
 
     torch.set_num_threads(threads)
