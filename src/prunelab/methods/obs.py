@@ -30,8 +30,9 @@ import torch
 
 from prunelab.errors import PrunelabError
 
-# Columns per slice of the in-block update (see the module's docstring): on a 2-core AVX2
-# CPU, 8-16 were fastest for 576-1536 wide layers (bench/bench_prune.py times the methods).
+# Columns per slice of the in-block update (see the module's docstring): small enough for a
+# slice of a few thousand rows to stay in cache, large enough for the slice's matrix product
+# to pay (docs/findings/peers.md has the timings that chose it).
 INNER = 16
 
 
@@ -83,7 +84,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, percdamp: float, retries: int,
     # U = J L⁻¹ J is upper triangular with a positive diagonal and Uᵀ U = H⁻¹: the factor
     # wanted, from one Cholesky factorisation and one triangular inverse, without forming H⁻¹
     # (half the arithmetic of factoring H, inverting it and factoring the inverse). At most
-    # three matrices of H's size exist besides H at any time (a 4864-wide H is 95 MB).
+    # three matrices of H's size exist besides H at any time.
     for attempt in range(retries + 1):
         flipped = hessian.flip(0, 1)  # a copy; its diagonal is H's, reversed
         flipped.diagonal().add_(damp * mean_diag)
