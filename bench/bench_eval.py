@@ -98,6 +98,16 @@ def main() -> None:
             timing["s"] += time.perf_counter() - start
 
     setattr(HFLM, timed_call, timed)
+    # What lm-eval actually runs: it shares one forward among the choices of an item whose
+    # tokens differ only in the last one, so its tokens are fewer than the requests'.
+    original_call = HFLM._model_call
+    ran = {"tokens": 0}
+
+    def counted(self, inputs, *a, **kw):
+        ran["tokens"] += inputs.numel()
+        return original_call(self, inputs, *a, **kw)
+
+    HFLM._model_call = counted
     theirs, theirs_s = None, float("inf")
     with tempfile.TemporaryDirectory() as tmp:
         export_tasks([task], tmp, limit=args.limit)
@@ -105,11 +115,13 @@ def main() -> None:
         base = start_peak()
         for _ in range(args.repeats):
             timing["s"] = 0.0
+            ran["tokens"] = 0
             theirs = run_lmeval(loaded, [lmeval_name(task)], include_path=tmp,
                                 batch_size=args.batch_size, log_samples=True)
             theirs_s = min(theirs_s, timing["s"])
         theirs_peak = peak_since(base)
     setattr(HFLM, timed_call, original)
+    HFLM._model_call = original_call
     samples = {s["doc"]["id"]: s for s in theirs["samples"][lmeval_name(task)]}
     n = len(ours.examples)
     header = (f"model {args.model} ({model_bytes / 2**20:.0f} MB of weights), task {task.name}, "
@@ -143,8 +155,8 @@ def main() -> None:
     for name, secs, peak in (("prunelab", ours_s, ours_peak), ("lm-eval HF", theirs_s, theirs_peak)):
         print(f"{name:<12} {secs:>8.2f} {n / secs:>11.2f} {plan_tokens / secs:>9.0f} "
               f"{peak / 2**20:>8.0f}")
-    print(f"speed-up: {theirs_s / ours_s:.2f}x  (prunelab ran {packed_tokens} packed tokens "
-          f"for {plan_tokens} request tokens)")
+    print(f"speed-up: {theirs_s / ours_s:.2f}x  (prunelab ran {packed_tokens} packed tokens, "
+          f"lm-eval {ran['tokens']} padded tokens, for {plan_tokens} request tokens)")
     print(f"identical per-item choices: {same}/{n}; max |log-lik difference| {worst:.2e}")
 
 
