@@ -19,6 +19,7 @@ from prunelab.errors import PrunelabError
 from prunelab.study import processes
 from prunelab.study.processes import ProcessExecutor
 from prunelab.study.recipe import parse_recipe
+from prunelab.study.results import load_run
 from prunelab.study.runner import run_study
 from prunelab.study.store import Store
 from prunelab.study.testing import FakeBackend
@@ -57,6 +58,12 @@ def test_two_workers_give_the_results_of_one_process(local_run, tmp_path):
     assert differences == [] and compared > POINTS
     pids = {json.loads(p.read_text())["pid"] for p in markers.iterdir()}
     assert len(pids) == 2 and os.getpid() not in pids  # both workers computed, the driver not
+    # The workers finish in another order (costliest first); the report reads the recipe's.
+    ours, theirs = load_run(local_run), load_run(tmp_path / "run")
+    assert [p["grid_id"] for p in theirs.points] == [p["grid_id"] for p in ours.points]
+    assert [c["key"] for c in theirs.compressions] == [c["key"] for c in ours.compressions]
+    assert ([(v["arm"], v["family"], v["verdict"]) for v in theirs.analysis.verdicts]
+            == [(v["arm"], v["family"], v["verdict"]) for v in ours.analysis.verdicts])
 
 
 class FailingBackend(FakeBackend):

@@ -48,11 +48,18 @@ def load_run(run_dir: str | Path, analyse_results: bool = True) -> Run:
     run_dir = Path(run_dir)
     recipe, record = read_run(run_dir)
     store = Store.in_dir(run_dir)
-    grid_ids = set(record.get("grid_ids", [])) or None
-    points = store.points(grid_ids)
-    keys = {_compression_key(p) for p in points}
-    compressions = [c for c in store.compressions()
-                    if (c["model"], _canon(c["config"])) in keys]
+    planned = record.get("grid_ids", [])
+    grid_ids = set(planned) or None
+    # The recipe's order, not the order points finished in: with several workers that order
+    # changes from run to run, and the report's tables would with it.
+    rank = {grid_id: i for i, grid_id in enumerate(planned)}
+    points = sorted(store.points(grid_ids), key=lambda p: rank.get(p["grid_id"], len(rank)))
+    first_point: dict[tuple[str, str], int] = {}
+    for i, point in enumerate(points):
+        first_point.setdefault(_compression_key(point), i)
+    compressions = sorted((c for c in store.compressions()
+                           if (c["model"], _canon(c["config"])) in first_point),
+                          key=lambda c: first_point[(c["model"], _canon(c["config"]))])
     analysis = None
     if analyse_results:
         a = recipe.analysis
