@@ -32,3 +32,12 @@ def assert_user_error(result: Result, fragment: str) -> None:
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert fragment in lines[0], lines[0]
+
+
+def foreground_signals() -> None:
+    """`preexec_fn` for a child that must take Ctrl-C as a terminal's foreground job does: a
+    shell hands the jobs it starts in the background (`cmd &`, some CI runners) SIGINT
+    ignored, and Python then installs no KeyboardInterrupt handler."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

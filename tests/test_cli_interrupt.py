@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import foreground_signals
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The command runs for real up to the point named; there it announces itself and waits, as a
@@ -46,7 +48,8 @@ main(["study", "recipes/demo.yaml", "--run-dir", sys.argv[1], "--no-report"])
 
 def _interrupt(script: str, how: signal.Signals, *args: str) -> subprocess.CompletedProcess:
     process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *args], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=foreground_signals)
     try:
         assert process.stdout.readline().strip() == "ready", process.stderr.read()
         process.send_signal(how)

@@ -194,8 +194,25 @@ def test_the_engine_writes_dequantized_weights_and_keeps_the_codes():
     assert sorted(records.quantized) == sorted(names)
     modules = dict(model.named_modules())
     for name, quantized in records.quantized.items():
-        assert torch.equal(modules[name].weight.data, quantized.dequantize())
-        assert quantized.codes.dtype == torch.uint8 and quantized.bits == 4
+        weight = modules[name].weight.data
+        # an fp32 weight holds its codes: only the grid is kept, the codes are read off it
+        assert quantized.codes is None
+        codes = quantized.codes_for(weight)
+        assert codes.dtype == torch.uint8 and quantized.bits == 4 and int(codes.max()) <= 15
+        assert torch.equal(weight, quantized.dequantize(weight))
+
+
+@pytest.mark.parametrize("dtype,bits,kept", [(torch.bfloat16, 4, False), (torch.float16, 8, False),
+                                             (torch.bfloat16, 8, True)])
+def test_codes_read_off_a_low_precision_weight_are_the_codes(dtype, bits, kept):
+    torch.manual_seed(0)
+    weight = torch.randn(16, 64)
+    record = quantize_rtn(weight, bits, 32, symmetric=False)
+    stored = record.dequantize().to(dtype)  # what a bf16/fp16 model holds
+    light = record.grid_only(dtype)
+    assert (light.codes is not None) == kept  # bf16 cannot resolve 255 levels: codes kept
+    if not kept:
+        assert torch.equal(light.codes_for(stored), record.codes)
 
 
 def test_prune_then_quantize_through_the_api_keeps_every_pruned_weight_zero():

@@ -5,7 +5,10 @@ pieces). The fixture `identity_snapshot.json` was written by the code before tha
     .venv/bin/python tests/test_store_identity.py WRITE   # only to re-take the snapshot
 
 A difference here means a point key, a stored row, an export column, a report line or a
-dry-run estimate changed for an existing recipe."""
+dry-run estimate changed for an existing recipe. Re-taken once since, on 2026-12-07, when runs
+began to be read in the recipe's order instead of the order their points finished (stored
+rows and estimates unchanged; exports and report reordered, and the bootstrap intervals of
+arms with several seeds drawn in that order)."""
 
 from __future__ import annotations
 

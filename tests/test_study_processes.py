@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import assert_user_error, run
+from cli_helpers import assert_user_error, foreground_signals, run
 from prunelab.errors import PrunelabError
 from prunelab.study import processes
 from prunelab.study.processes import ProcessExecutor
@@ -141,7 +141,8 @@ def _driver(tmp_path: Path, markers: Path, workers: int) -> subprocess.Popen:
             print(exc, file=sys.stderr); sys.exit(130)
     """)
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=foreground_signals)
 
 
 def _wait_for(markers: Path, count: int) -> None:

@@ -4,7 +4,7 @@ The public API, importable as `prunelab.X` (gathered in `prunelab.api`):
     load_model(name_or_dir)            -> LoadedModel (model, tokenizer, provenance)
     prune(loaded, method=, sparsity=, pattern=, calibration=) -> PruneResult
     perplexity(loaded, source=, seqlen=, n_windows=)          -> float
-    quantize(loaded, method=, bits=, group_size=) -> PruneResult (codes in .quantized)
+    quantize(loaded, method=, bits=, group_size=) -> PruneResult (grids in .quantized)
     save(loaded, out_dir, result)      write save_pretrained output plus prunelab.json
     evaluate_tasks(loaded, tasks=[...]) -> EvalResults with every example's result
 

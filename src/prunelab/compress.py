@@ -41,8 +41,9 @@ class PruneResult:
     # With `prune(..., keep_masks=True)`: full layer name -> bool mask (True = pruned), on the
     # CPU, for what comes after pruning (sparse fine-tuning keeps exactly these zeros).
     masks: dict = field(default_factory=dict, repr=False)
-    # Quantized layers: full layer name -> QuantizedWeight (codes, scales, zero points, on the
-    # CPU), what a packed checkpoint is written from (`save(..., format=...)`).
+    # Quantized layers: full layer name -> QuantizedWeight (scales and zero points on the CPU;
+    # the codes are read off the layer's weight, `codes_for`), what a packed checkpoint is
+    # written from (`save(..., format=...)`).
     quantized: dict = field(default_factory=dict, repr=False)
 
     # Whole-model parameters and bytes before and after ({"before": {...}, "after": {...}}),
@@ -181,7 +182,8 @@ def quantize(loaded: LoadedModel, method: str = defaults.QUANT_METHOD,
              progress: bool = True, **options) -> PruneResult:
     """Quantize the weights of `loaded.model` in place with a registered quantizer (rtn, gptq);
     `prune` with the quantization options spelled out. The model keeps the dequantized float
-    weights; `result.quantized` holds each layer's codes, scales and zero points, which
+    weights; `result.quantized` holds each layer's grid (scales, zero points; its codes are
+    read back off the weight, `QuantizedWeight.codes_for`), which
     `save(..., format="compressed-tensors")` packs."""
     return prune(loaded, method, None, calibration=calibration, seed=seed,
                  batch_size=batch_size, device=device, progress=progress, bits=bits,

@@ -73,7 +73,8 @@ class LayerRecord:
 class PruneRecords(list):
     """What `prune_blocks` returns: its LayerRecords in order (a plain list, as before), and
     `masks`, each layer's pruned positions (bool, on the CPU) when asked to keep them, and
-    `quantized`, each quantized layer's codes, scales and zero points (on the CPU)."""
+    `quantized`, each quantized layer's grid (on the CPU; its codes too where the weight's
+    dtype cannot hold them, see `QuantizedWeight.grid_only`)."""
 
     def __init__(self, records: Iterable[LayerRecord] = (),
                  masks: dict[str, torch.Tensor] | None = None):
@@ -575,7 +576,7 @@ def prune_blocks(model: nn.Module, method: PruningMethod, sparsity: float,
                  source: BlockSource | None = None, keep_quantized: bool = True) -> PruneRecords:
     """Prune every prunable layer of every block of `model` in place; return per-layer records
     (and, with `keep_masks`, each layer's pruned mask in `.masks`; with `keep_quantized`,
-    each quantized layer's codes in `.quantized`).
+    each quantized layer's grid in `.quantized`).
 
     With a `source`, the blocks hold no weights until the engine loads them from it, one at
     a time, and each block is handed back to it once decided (`prunelab.streaming`)."""
@@ -686,7 +687,8 @@ def _prune_group(method: PruningMethod, block: nn.Module, layers: dict[str, nn.M
         if masks is not None and decision.pruned is not None:
             masks[targets[name].name] = decision.pruned.detach().to("cpu", torch.bool, copy=True)
         if quantized is not None and decision.quantized is not None:
-            quantized[targets[name].name] = decision.quantized.to("cpu")
+            weight_dtype = layers[name].weight.dtype
+            quantized[targets[name].name] = decision.quantized.to("cpu").grid_only(weight_dtype)
         del decision
     after = arch.prunable_layers(block)
     records = []

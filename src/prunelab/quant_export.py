@@ -156,7 +156,7 @@ def write_compressed_tensors(model: nn.Module, records: dict[str, QuantizedWeigh
     for name, record in records.items():
         current = modules[name].weight.data
         # a bf16/fp16 model holds its dequantized value rounded to its dtype
-        if not torch.equal(current, record.dequantize().to(current.dtype)):
+        if not torch.equal(current, record.dequantize(current).to(current.dtype)):
             raise RuntimeError(f"{name}: the weight is not its quantization's dequantized "
                                "value (changed after quantizing?)")
     apply_quantization_config(twin, config, show_progress=False)

@@ -15,13 +15,16 @@ exactly zero, a pruned one, gets the code z and dequantizes to exactly zero. An 
 gets the range [−1, 1] so its scale is not zero.
 
 The codes, scales and zero points of a layer are kept in a `QuantizedWeight`, which the
-engine hands on (`PruneResult.quantized`) so that packed checkpoints can be written.
+engine hands on (`PruneResult.quantized`) so that packed checkpoints can be written. The
+engine keeps only the grid: the layer's weight is the dequantized value, and the codes are
+read back off it when a checkpoint is written (`codes_for`), as compressed-tensors does; a
+byte per weight held for every layer until the save would add a quarter of an fp32 model.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -39,7 +42,7 @@ class QuantizedWeight:
     """One layer's quantized weight: the dequantized weight is (codes − zeros) · scales, with
     each row's scales and zeros repeated over the `group_size` columns of their group."""
 
-    codes: torch.Tensor  # uint8 [out, in], in [0, 2^bits − 1]
+    codes: torch.Tensor | None  # uint8 [out, in], in [0, 2^bits − 1]; None: read off the weight
     scales: torch.Tensor  # float32 [out, groups]
     zeros: torch.Tensor  # uint8 [out, groups]
     bits: int
@@ -53,16 +56,47 @@ class QuantizedWeight:
     per_channel: bool = False  # one grid per output channel (asked for, not a group size
     # that happens to equal the width)
 
-    def dequantize(self) -> torch.Tensor:
-        return dequantize(self.codes, self.scales, self.zeros, self.group_size,
+    def dequantize(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """(codes − zeros) · scales in float32; `weight` is where codes not kept are read."""
+        return dequantize(self.codes_for(weight), self.scales, self.zeros, self.group_size,
                           self.group_index)
+
+    def codes_for(self, weight: torch.Tensor | None) -> torch.Tensor:
+        """The codes: those kept, or else read back off `weight`, the layer's dequantized
+        value. Exact while the weight's dtype resolves every level (`can_read_codes`); a
+        weight changed since (fine-tuned) reads as other codes, which whoever writes a
+        checkpoint finds by dequantizing them and comparing."""
+        if self.codes is not None:
+            return self.codes
+        if weight is None:
+            raise ValueError("this layer's codes were not kept: pass its weight")
+        scales, zeros = _per_column(self.scales, self.zeros, self.group_size, self.group_index)
+        if weight.shape != scales.shape and weight.t().shape == scales.shape:
+            weight = weight.t()  # stored [in, out] (GPT-2's Conv1D)
+        weight = weight.detach().to(device=scales.device, dtype=torch.float32)
+        return codes_of(weight, scales, zeros, self.bits).to(torch.uint8)
+
+    def grid_only(self, dtype: torch.dtype) -> QuantizedWeight:
+        """This record without its codes where a weight of `dtype` holds them exactly."""
+        if self.codes is None or not can_read_codes(dtype, self.bits):
+            return self
+        return replace(self, codes=None)
 
     def to(self, device) -> QuantizedWeight:
         index = self.group_index.to(device) if self.group_index is not None else None
-        return QuantizedWeight(self.codes.to(device), self.scales.to(device),
+        codes = self.codes.to(device) if self.codes is not None else None
+        return QuantizedWeight(codes, self.scales.to(device),
                                self.zeros.to(device), self.bits, self.group_size,
                                self.symmetric, self.act_order, index, dict(self.notes),
                                self.per_channel)
+
+
+def can_read_codes(dtype: torch.dtype, bits: int) -> bool:
+    """Whether a dequantized weight stored in `dtype` gives back its integer codes by
+    rounding: the level q − z, up to 2^bits − 1 in size, comes back off by at most its size
+    times half the dtype's epsilon, which must stay under half a step, with a factor of two
+    to spare (bf16 holds 4-bit levels, not 8-bit ones; fp16 holds both)."""
+    return (2 ** bits - 1) * torch.finfo(dtype).eps < 0.5
 
 
 # The group sizes tried, largest first, when none is given on the command line.
@@ -139,16 +173,21 @@ def codes_of(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
     return torch.clamp(torch.round(w / scale) + zero, 0, max_code(bits))
 
 
+def _per_column(scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+                group_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each weight's scale and zero point (float32, [out, in])."""
+    if group_index is not None:
+        return (scales.to(torch.float32)[:, group_index],
+                zeros.to(torch.float32)[:, group_index])
+    return (scales.to(torch.float32).repeat_interleave(group_size, dim=1),
+            zeros.to(torch.float32).repeat_interleave(group_size, dim=1))
+
+
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                group_size: int, group_index: torch.Tensor | None = None) -> torch.Tensor:
     """(codes − zeros) · scales in float32, the same arithmetic (and so the same bits) as
     compressed-tensors' dequantization with float32 scales."""
-    if group_index is not None:
-        s = scales.to(torch.float32)[:, group_index]
-        z = zeros.to(torch.float32)[:, group_index]
-    else:
-        s = scales.to(torch.float32).repeat_interleave(group_size, dim=1)
-        z = zeros.to(torch.float32).repeat_interleave(group_size, dim=1)
+    s, z = _per_column(scales, zeros, group_size, group_index)
     return (codes.to(torch.float32) - z) * s
 
 
