@@ -50,8 +50,9 @@ def load_run(run_dir: str | Path, analyse_results: bool = True) -> Run:
     store = Store.in_dir(run_dir)
     planned = record.get("grid_ids", [])
     grid_ids = set(planned) or None
-    # The recipe's order, not the order points finished in: with several workers that order
-    # changes from run to run, and the report's tables would with it.
+    # The recipe's order, not the order points finished in: with several workers or on Ray
+    # that order changes from run to run, and the report's rows, and the bootstrap's draws
+    # over an arm's seeds, would change with it.
     rank = {grid_id: i for i, grid_id in enumerate(planned)}
     points = sorted(store.points(grid_ids), key=lambda p: rank.get(p["grid_id"], len(rank)))
     first_point: dict[tuple[str, str], int] = {}
