@@ -1,20 +1,13 @@
 """`make bench` (bench/run_all.py): each bench's output read into one line per ratio, and a
 bench that is missing or fails named in its line while the others go on."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).parent.parent / "bench"
+from bench_helpers import BENCH, bench_module
 
 
 def _run_all():
-    spec = importlib.util.spec_from_file_location("run_all", BENCH / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_all"] = module
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("run_all")
 
 
 def test_every_bench_it_runs_is_in_this_folder():

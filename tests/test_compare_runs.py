@@ -1,21 +1,16 @@
 """bench/compare_runs.py: two runs of one recipe compare identical; a changed score is found."""
 
-import importlib.util
 import sqlite3
-from pathlib import Path
 
+from bench_helpers import bench_module
 from prunelab.study.recipe import parse_recipe
 from prunelab.study.runner import run_study
 from prunelab.study.testing import FakeBackend
 
-SCRIPT = Path(__file__).parents[1] / "bench" / "compare_runs.py"
 
 
 def _compare_runs():
-    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("compare_runs")
 
 
 def test_compare_runs_finds_a_changed_score(tmp_path, capsys):

@@ -2,7 +2,6 @@
 same results as one process; a failing or killed worker, Ctrl-C and a machine without the
 memory for N workers are met in one line, with every finished point kept."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench_helpers import compare_runs
 from cli_helpers import assert_user_error, foreground_signals, run
 from prunelab.errors import PrunelabError
 from prunelab.study import processes
@@ -30,14 +30,6 @@ RECIPE = {"name": "fake-procs", "models": ["smollm2-135m"], "tasks": ["digits"],
                            {"method": "wanda", "sparsity": [0.5]}],
           "eval": {"limit": 20}, "analysis": {"n_boot": 100}}
 POINTS = 16
-COMPARE_RUNS = Path(__file__).parents[1] / "bench" / "compare_runs.py"
-
-
-def _compare(a: Path, b: Path) -> tuple[int, list[str]]:
-    spec = importlib.util.spec_from_file_location("compare_runs", COMPARE_RUNS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.compare(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,7 @@ def test_two_workers_give_the_results_of_one_process(local_run, tmp_path):
                     backend=FakeBackend(eval_sleep=0.2, marker_dir=str(markers)),
                     executor=ProcessExecutor(workers=2, threads=1), progress=False)
     assert out.points_run == out.points_total == POINTS
-    compared, differences = _compare(local_run, tmp_path / "run")
+    compared, differences = compare_runs(local_run, tmp_path / "run")
     assert differences == [] and compared > POINTS
     pids = {json.loads(p.read_text())["pid"] for p in markers.iterdir()}
     assert len(pids) == 2 and os.getpid() not in pids  # both workers computed, the driver not
@@ -104,7 +96,7 @@ def test_a_killed_worker_stops_the_study_in_one_line_and_a_rerun_completes(local
     out = run_study(parse_recipe(RECIPE), tmp_path / "run", backend=FakeBackend(),
                     executor=ProcessExecutor(workers=2, threads=1), progress=False)
     assert out.points_done_before + out.points_run == POINTS
-    assert _compare(local_run, tmp_path / "run")[1] == []
+    assert compare_runs(local_run, tmp_path / "run")[1] == []
 
 
 def test_ctrl_c_stops_the_workers_and_keeps_what_finished(tmp_path):

@@ -6,7 +6,6 @@ in a process group of its own, and kill both groups (and any worker left behind)
 whatever happened. They are skipped where Ray is not installed (pip install 'prunelab[ray]').
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench_helpers import compare_runs
 from cli_helpers import assert_user_error, run
 from prunelab.errors import PrunelabError
 from prunelab.study.plan import CompressionPoint, TaskInfo
@@ -47,14 +47,6 @@ RECIPE = {"name": "fake-ray", "models": ["smollm2-135m"], "tasks": ["digits"], "
                            {"method": "wanda", "sparsity": [0.5]}],
           "eval": {"limit": 20}, "analysis": {"n_boot": 100}}
 POINTS = 16
-COMPARE_RUNS = Path(__file__).parents[1] / "bench" / "compare_runs.py"
-
-
-def _compare(a: Path, b: Path) -> tuple[int, list[str]]:
-    spec = importlib.util.spec_from_file_location("compare_runs", COMPARE_RUNS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.compare(a, b)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +76,7 @@ def test_cluster_run_equals_local_run(cluster, local_run, tmp_path):
     out = run_study(parse_recipe(RECIPE), run_dir, backend=FakeBackend(), executor=executor,
                     progress=False)
     assert out.points_run == out.points_total == POINTS
-    compared, differences = _compare(local_run, run_dir)
+    compared, differences = compare_runs(local_run, run_dir)
     assert differences == [] and compared > POINTS
     assert not list(run_dir.glob("ray-artifacts-*"))  # nothing left behind
 
@@ -102,7 +94,7 @@ def test_killed_worker_is_retried_and_nothing_finished_recomputed(cluster, local
     # Every point evaluated once, the one killed mid-way twice: nothing finished recomputed.
     assert len(evaluated) == POINTS and evaluated[tuple(started[3]["point"])] == 2
     assert sum(evaluated.values()) == POINTS + 1
-    assert _compare(local_run, run_dir)[1] == []
+    assert compare_runs(local_run, run_dir)[1] == []
 
 
 def _run_killing(cluster, tmp_path, kill) -> tuple[Path, list[dict]]:
@@ -190,7 +182,7 @@ def test_lost_node_is_survived(cluster, local_run, tmp_path):
     evaluated = Counter(tuple(m["point"]) for m in started)
     assert len(evaluated) == POINTS and max(evaluated.values()) <= 2
     assert POINTS <= sum(evaluated.values()) <= POINTS + 1  # at most the one it was running
-    assert _compare(local_run, run_dir)[1] == []
+    assert compare_runs(local_run, run_dir)[1] == []
 
 
 # -- what a point declares (no cluster) --------------------------------------------------------
