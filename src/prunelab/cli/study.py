@@ -95,9 +95,9 @@ def _executor(name: str, address: str | None, shared_dir: Path | None, dry: bool
     if name not in EXECUTORS:
         raise PrunelabError(f"--executor {name!r} is not one of {', '.join(EXECUTORS)}",
                             "pass --executor local (the default) or --executor ray")
-    if workers < 1:
-        raise PrunelabError(f"--workers {workers} is not a number of processes",
-                            "pass --workers 1 or more")
+    from prunelab.study.processes import ProcessExecutor, check_workers
+
+    check_workers(workers)
     if name != "ray":
         for option, value in (("--address", address), ("--shared-dir", shared_dir)):
             if value is not None:
@@ -105,8 +105,6 @@ def _executor(name: str, address: str | None, shared_dir: Path | None, dry: bool
                                     f"{name}", f"add --executor ray, or drop {option}")
         if workers == 1 or dry:
             return None
-        from prunelab.study.processes import ProcessExecutor
-
         return ProcessExecutor(workers)
     if workers != 1:
         raise PrunelabError("--workers is for the local executor; a Ray cluster's workers "

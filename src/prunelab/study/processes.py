@@ -59,6 +59,12 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def check_workers(workers: int) -> None:
+    if workers < 1:
+        raise PrunelabError(f"--workers {workers} is not a number of processes",
+                            "pass --workers 1 or more")
+
+
 def default_threads(workers: int) -> int:
     """torch threads per worker: this machine's cores shared out, at least one each."""
     return max(1, usable_cores() // workers)
@@ -112,9 +118,7 @@ class ProcessExecutor:
     build, either)."""
 
     def __init__(self, workers: int, threads: int | None = None, fit: bool = False):
-        if workers < 1:
-            raise PrunelabError(f"--workers {workers} is not a number of processes",
-                                "pass --workers 1 or more")
+        check_workers(workers)
         if threads is not None and threads < 1:
             raise PrunelabError(f"{threads} threads per worker is too few", "pass 1 or more")
         self.workers = workers
