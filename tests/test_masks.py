@@ -23,6 +23,39 @@ def test_lowest_k_equals_the_first_k_of_a_stable_sort(k):
     assert torch.equal(masks.lowest_k_per_row(scores, k), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_kth_smallest_is_kthvalue_in_every_float_dtype(dtype):
+    scores = torch.randn(33, 70, generator=torch.Generator().manual_seed(3)).to(dtype)
+    scores[0, :50] = scores[0, 7]  # ties at the k-th value
+    scores[1, 3] = torch.nan  # NaN ranks last, in both
+    columns = scores[:, ::2]  # not contiguous
+    for matrix in (scores, columns):
+        for k in (1, 17, matrix.shape[1]):
+            expected = matrix.kthvalue(k, dim=1, keepdim=True).values
+            torch.testing.assert_close(masks.kth_smallest(matrix, k), expected, rtol=0, atol=0,
+                                       equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_zero_where_is_masked_fill_bit_for_bit(dtype):
+    generator = torch.Generator().manual_seed(5)
+    weight = torch.randn(12, 40, generator=generator).to(dtype)
+    mask = torch.rand(12, 40, generator=generator) < 0.5
+    expected = weight.masked_fill(mask, 0)
+    assert masks.zero_where(weight, mask).view(torch.uint8).equal(expected.view(torch.uint8))
+    assert not weight[mask].eq(0).all()  # the input is left alone
+    columns = weight[:, 8:24]  # a view into a wider matrix, changed in place
+    masks.zero_where_(columns, mask[:, 8:24])
+    assert torch.equal(weight, weight.masked_fill(torch.zeros_like(mask).index_fill_(
+        1, torch.arange(8, 24), True) & mask, 0))
+    assert weight[:, 8:24][mask[:, 8:24]].view(torch.uint8).eq(0).all()  # +0.0, no sign bit
+
+
+def test_row_counts_count_true_per_row():
+    mask = torch.rand(7, 300) < 0.3
+    assert torch.equal(masks.row_counts(mask), mask.sum(dim=1, keepdim=True).to(torch.int32))
+
+
 def test_lowest_in_matrix_counts_int_numel_times_s():
     scores = torch.arange(30, dtype=torch.float32).view(5, 6)
     mask = masks.lowest_in_matrix(scores, 0.37)

@@ -31,7 +31,7 @@ from prunelab import arch
 from prunelab.errors import PrunelabError
 from prunelab.methods.base import (LayerDecision, LayerStats, LayerTarget, PlanContext,
                                    PruningMethod)
-from prunelab.methods.masks import NMPattern, check_pattern_fits, check_sparsity
+from prunelab.methods.masks import NMPattern, check_pattern_fits, check_sparsity, zero_where
 from prunelab.methods.quant import QuantizedWeight
 from prunelab.methods.statistics import Accumulator, accumulator
 
@@ -722,6 +722,4 @@ def _write(layer: nn.Module | None, decision: LayerDecision, full_name: str) -> 
     if decision.pruned is None:  # quantized (or otherwise rewritten) weights, no mask
         arch.set_weight_matrix(layer, decision.weight)
         return
-    new_weight = decision.weight.to(torch.float32).clone()
-    new_weight[decision.pruned] = 0
-    arch.set_weight_matrix(layer, new_weight)
+    arch.set_weight_matrix(layer, zero_where(decision.weight, decision.pruned))

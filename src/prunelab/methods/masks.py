@@ -9,6 +9,7 @@ thresholds with `score <= kth value`, which over-prunes on ties.)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from prunelab.checks import NMPattern, check_sparsity, parse_pattern  # noqa: F401  (re-exported)
@@ -19,20 +20,72 @@ def lowest_k_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
     """True at the `k` lowest scores of every row, ties going to the earlier position.
 
     The same mask as the first k of a stable sort, found in linear time: the k-th smallest
-    value by selection, everything below it, then as many of the equal ones as still fit.
+    value by selection, everything up to it, and only where a row has more ties at that
+    value than still fit, the earlier ones of them.
     """
     cols = scores.shape[1]
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k >= cols:
         return torch.ones_like(scores, dtype=torch.bool)
-    kth = scores.kthvalue(k, dim=1, keepdim=True).values
+    kth = kth_smallest(scores, k)
+    at_most = scores <= kth
+    if bool((row_counts(at_most) == k).all()):
+        return at_most  # every tie fits (the common case: the k-th value alone)
     below = scores < kth
     tied = scores == kth
-    room = k - below.sum(dim=1, keepdim=True)
-    if bool((tied.sum(dim=1, keepdim=True) == room).all()):
-        return below | tied  # every tie fits (the common case: the k-th value alone)
+    room = k - row_counts(below)
     return below | (tied & (tied.cumsum(dim=1) <= room))
+
+
+def kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest value of every row (k from 1), shape [rows, 1], as `kthvalue` gives it.
+
+    On the CPU numpy's partition selects without carrying indices along and is several
+    times faster than `kthvalue`; half-precision rows are compared in float32, which orders
+    them exactly as they are.
+    """
+    if scores.device.type != "cpu" or not scores.is_floating_point():
+        return scores.kthvalue(k, dim=1, keepdim=True).values
+    exact = scores.detach()
+    if exact.dtype not in (torch.float32, torch.float64):
+        exact = exact.to(torch.float32)
+    kth = np.partition(exact.numpy(), k - 1, axis=1)[:, k - 1: k]
+    return torch.from_numpy(np.ascontiguousarray(kth)).to(scores.dtype)
+
+
+def row_counts(mask: torch.Tensor) -> torch.Tensor:
+    """How many entries of each row are True, shape [rows, 1] (summed as bytes into int32:
+    a boolean sum widens every entry to int64 first, several times slower)."""
+    return mask.view(torch.uint8).sum(dim=1, keepdim=True, dtype=torch.int32)
+
+
+_SAME_WIDTH_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def zero_where(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A copy of `weight` with +0.0 where `mask` is True: `masked_fill(mask, 0)`, bit for bit.
+
+    On the CPU as an AND with the mask's complement on the weight's bits, which runs
+    several times faster than `masked_fill` there.
+    """
+    as_int = _SAME_WIDTH_INT.get(weight.element_size())
+    if weight.device.type != "cpu" or not weight.is_floating_point() or as_int is None:
+        return weight.masked_fill(mask, 0)
+    return (weight.view(as_int) & _keep_bits(mask, as_int)).view(weight.dtype)
+
+
+def zero_where_(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`zero_where` in place."""
+    as_int = _SAME_WIDTH_INT.get(weight.element_size())
+    if weight.device.type != "cpu" or not weight.is_floating_point() or as_int is None:
+        return weight.masked_fill_(mask, 0)
+    weight.view(as_int).bitwise_and_(_keep_bits(mask, as_int))
+    return weight
+
+
+def _keep_bits(mask: torch.Tensor, as_int: torch.dtype) -> torch.Tensor:
+    return (~mask).to(as_int).neg_()  # every bit set where kept, none where pruned
 
 
 def lowest_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -74,7 +74,7 @@ class _PruneUnstructured:
         torch.mul(W1[:, i], self.scale[:, i], out=out)
 
     def end_block(self, W1, columns):
-        W1[self.mask] = 0
+        masks.zero_where_(W1, self.mask)
         self.pruned[:, columns] = self.mask
 
 

@@ -14,7 +14,7 @@ from prunelab.methods.base import LayerDecision, MethodCost, PruningMethod, regi
 
 
 def wanda_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
-    return weight.abs() * torch.sqrt(input_sq_sum.to(weight.dtype)).unsqueeze(0)
+    return weight.abs().mul_(torch.sqrt(input_sq_sum.to(weight.dtype)).unsqueeze(0))
 
 
 @register
