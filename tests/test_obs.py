@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from prunelab.methods import masks
-from prunelab.methods.obs import inverse_hessian_factor, obs_solve, sweep_columns
+from prunelab.methods.obs import (inverse_hessian_factor, invert_lower_triangular_, obs_solve,
+                                  reverse_rows_and_columns_, sweep_columns, transpose_)
 from prunelab.methods.sparsegpt import _PruneNofM, _PruneUnstructured
 
 
@@ -47,6 +48,34 @@ def _fused_prune_loop(W, U, pruned, sparsity, pattern, blocksize):
         W[:, start:end] = W1
         pruned[:, start:end] = mask1
         W[:, end:].addmm_(errors, U[start:end, end:], alpha=-1)
+
+
+@pytest.mark.parametrize("size,leaf,band", [(1, 128, 256), (7, 128, 256), (129, 128, 256),
+                                            (300, 16, 7), (513, 64, 100)])
+def test_lower_triangular_inverse_is_the_solve_against_the_identity(size, leaf, band):
+    spread = torch.randn(size, 2 * size, generator=torch.Generator().manual_seed(size),
+                         dtype=torch.float64)
+    lower = torch.linalg.cholesky(spread @ spread.T / size + torch.eye(size, dtype=torch.float64))
+    expected = torch.linalg.solve_triangular(lower, torch.eye(size, dtype=torch.float64),
+                                             upper=False)
+    inverse = invert_lower_triangular_(lower, leaf=leaf, band=band)
+    assert inverse.data_ptr() == lower.data_ptr()
+    torch.testing.assert_close(inverse, expected, rtol=1e-10, atol=1e-12)
+    assert inverse.triu(1).eq(0).all()
+
+
+@pytest.mark.parametrize("size,rows_at_once", [(1, 256), (2, 1), (7, 2), (8, 3), (9, 256), (600, 256)])
+def test_reversing_in_place_is_flip(size, rows_at_once):
+    matrix = torch.randn(size, size)
+    expected = matrix.flip(0, 1)
+    assert torch.equal(reverse_rows_and_columns_(matrix, rows_at_once), expected)
+
+
+@pytest.mark.parametrize("size,rows_at_once", [(1, 256), (7, 2), (9, 4), (600, 256)])
+def test_transposing_in_place_is_mT(size, rows_at_once):
+    matrix = torch.randn(size, size)
+    expected = matrix.mT.clone()
+    assert torch.equal(transpose_(matrix, rows_at_once), expected)
 
 
 @pytest.mark.parametrize("sparsity,pattern,blocksize", [
