@@ -140,3 +140,32 @@ def test_the_text_and_window_checks_load_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_windows_per_forward_fill_a_token_budget_on_the_cpu():
+    from prunelab.compress import prune_batch_size
+
+    assert [prune_batch_size(n, "cpu") for n in (128, 256, 512, 2048)] == [4, 2, 1, 1]
+    assert prune_batch_size(256, torch.device("cuda", 0)) == 8  # an accelerator: 8 windows
+
+
+def test_prune_passes_the_default_windows_per_forward(text_file, monkeypatch):
+    from prunelab import compress
+    from prunelab.testing import tiny_loaded
+
+    seen = {}
+
+    class Stop(Exception):
+        """Raised by the stand-in: the call is all this test looks at."""
+
+    def record(*args, batch_size, **kwargs):
+        seen["batch_size"] = batch_size
+        raise Stop
+
+    monkeypatch.setattr(compress, "prune_blocks", record)
+    calibration = CalibrationConfig(str(text_file), 4, 64)
+    for given, expected in ((None, 512 // 64), (3, 3)):
+        with pytest.raises(Stop):
+            api.prune(tiny_loaded(), "wanda", 0.5, calibration=calibration, batch_size=given,
+                      progress=False)
+        assert seen["batch_size"] == expected

@@ -132,7 +132,7 @@ def check_model_fit(loaded: LoadedModel, args: PruneArgs, *,
 def prune(loaded: LoadedModel, method: str = defaults.PRUNE_METHOD,
           sparsity: float | None = None, *, pattern: str | None = None,
           calibration: CalibrationConfig | str | None = None, seed: int | None = None,
-          batch_size: int = defaults.PRUNE_BATCH_SIZE, device: str | None = None,
+          batch_size: int | None = None, device: str | None = None,
           progress: bool = True, keep_masks: bool = False, **options) -> PruneResult:
     """Prune `loaded.model` in place with a registered method; return what was done.
 
@@ -140,6 +140,7 @@ def prune(loaded: LoadedModel, method: str = defaults.PRUNE_METHOD,
     ("2:4" keeps 2 of every 4) it may be left out, as it follows from the pattern.
     `calibration` is a CalibrationConfig, or a text source name / file path with the default
     sizes. Method options (e.g. `percdamp=0.02` for SparseGPT) are passed as keywords.
+    `batch_size` counts calibration windows per forward pass (default: `prune_batch_size`).
     `keep_masks` keeps each layer's pruned mask in `result.masks`. The option `only`
     ("attention", "mlp", "ssm", "ssm_in", "ssm_dt", "ssm_out", or several comma-separated),
     accepted by every method, prunes only those kinds of layer.
@@ -147,10 +148,14 @@ def prune(loaded: LoadedModel, method: str = defaults.PRUNE_METHOD,
     options = dict(options)
     only = arch.check_only(options.pop("only", None))
     args = check_prune_args(method, sparsity, pattern, calibration, options, seed=seed)
-    check_batch_size(batch_size)
+    if batch_size is not None:
+        check_batch_size(batch_size)
     resolve_device(device)
     check_model_fit(loaded, args)
     chosen, sparsity, nm, calibration = args.method, args.sparsity, args.pattern, args.calibration
+    if batch_size is None:
+        batch_size = prune_batch_size(calibration.seqlen,
+                                      device or next(loaded.model.parameters()).device)
 
     windows, calib_record = None, None
     with compact_heap():  # fragmentation would otherwise add 0.1-0.2 GB (prunelab.allocator)
@@ -178,7 +183,7 @@ def quantize(loaded: LoadedModel, method: str = defaults.QUANT_METHOD,
              bits: int = defaults.QUANT_BITS,
              group_size: int | None = defaults.QUANT_GROUP_SIZE, symmetric: bool = False, *,
              calibration: CalibrationConfig | str | None = None, seed: int | None = None,
-             batch_size: int = defaults.PRUNE_BATCH_SIZE, device: str | None = None,
+             batch_size: int | None = None, device: str | None = None,
              progress: bool = True, **options) -> PruneResult:
     """Quantize the weights of `loaded.model` in place with a registered quantizer (rtn, gptq);
     `prune` with the quantization options spelled out. The model keeps the dequantized float
@@ -188,6 +193,18 @@ def quantize(loaded: LoadedModel, method: str = defaults.QUANT_METHOD,
     return prune(loaded, method, None, calibration=calibration, seed=seed,
                  batch_size=batch_size, device=device, progress=progress, bits=bits,
                  group_size=group_size, symmetric=symmetric, **options)
+
+
+def prune_batch_size(seqlen: int, device) -> int:
+    """Calibration windows per forward pass while pruning, where the caller names none: on
+    the CPU as many as make `defaults.PRUNE_CPU_TOKENS_PER_FORWARD` tokens (at least one),
+    elsewhere `defaults.PRUNE_BATCH_SIZE`. The statistics sum over every window either way;
+    only their float rounding depends on the split."""
+    import torch
+
+    if torch.device(device).type == "cpu":
+        return max(1, defaults.PRUNE_CPU_TOKENS_PER_FORWARD // seqlen)
+    return defaults.PRUNE_BATCH_SIZE
 
 
 def _plain(config) -> dict:

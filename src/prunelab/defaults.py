@@ -28,7 +28,10 @@ QUANT_METHOD = "gptq"
 QUANT_BITS = 4
 QUANT_GROUP_SIZE = 128
 EVAL_BATCH_SIZE = 16
-PRUNE_BATCH_SIZE = 8         # calibration windows per forward pass while pruning
+PRUNE_BATCH_SIZE = 8         # calibration windows per forward pass while pruning on an accelerator
+# On the CPU, windows per forward = this // their length (at least 1): a forward of a few
+# hundred tokens keeps its activations in the caches, where 2048 spill (findings/peers.md).
+PRUNE_CPU_TOKENS_PER_FORWARD = 512
 PERPLEXITY_BATCH_SIZE = 4    # windows per forward pass of a perplexity measurement
 
 # Studies on a Ray cluster (`prunelab study --executor ray`, `prunelab.study.ray_executor`).

@@ -339,7 +339,7 @@ def weights_exceed_memory(directory: Path, dtype: torch.dtype = torch.float32) -
 def stream_prune(model_dir: str | Path, out: str | Path, method: str = defaults.PRUNE_METHOD,
                  sparsity: float | None = None, *, pattern: str | None = None,
                  calibration=None, seed: int | None = None,
-                 batch_size: int = defaults.PRUNE_BATCH_SIZE, device: str | None = None,
+                 batch_size: int | None = None, device: str | None = None,
                  progress: bool = True, dtype: torch.dtype = torch.float32,
                  trust_remote_code: bool = False, extra: dict | None = None,
                  prepare: Callable | None = None, **options):
@@ -356,7 +356,8 @@ def stream_prune(model_dir: str | Path, out: str | Path, method: str = defaults.
     """
     from prunelab.allocator import compact_heap, release_free_heap
     from prunelab.checkpoint import versions
-    from prunelab.compress import PruneResult, _plain, check_model_fit, check_prune_args
+    from prunelab.compress import (PruneResult, _plain, check_model_fit, check_prune_args,
+                                   prune_batch_size)
     from prunelab.data.checks import check_batch_size
     from prunelab.data.corpora import calibration_windows, tokens_digest
     from prunelab.devices import resolve_device
@@ -370,7 +371,8 @@ def stream_prune(model_dir: str | Path, out: str | Path, method: str = defaults.
     only = arch.check_only(options.pop("only", None))
     args = check_prune_args(method, sparsity, pattern, calibration, options, seed=seed, out=out)
     check_streamable(args.method)
-    check_batch_size(batch_size)
+    if batch_size is not None:
+        check_batch_size(batch_size)
     resolve_device(device)
     streamed = StreamedModel(model_dir, dtype, trust_remote_code)
     loaded = streamed.loaded
@@ -383,6 +385,8 @@ def stream_prune(model_dir: str | Path, out: str | Path, method: str = defaults.
     need = streamed.weight_bytes(dtype)
     check_disk_room(out, need)
     chosen = args.method
+    if batch_size is None:
+        batch_size = prune_batch_size(args.calibration.seqlen, device or "cpu")
     streamed.load_outside(head=False)  # what runs before block 0 (embeddings)
     windows, calib_record = None, None
     with compact_heap():
