@@ -76,6 +76,18 @@ def test_n_of_m_keeps_n_in_every_group(n, m):
     assert (kept_min >= pruned_max).all()
 
 
+@pytest.mark.parametrize("n,m,groups", [(2, 4, 40), (1, 4, 1), (3, 4, 3), (4, 8, 16), (4, 8, 1),
+                                          (1, 8, 9), (6, 16, 4)])
+def test_n_of_m_is_the_first_of_a_stable_sort_in_every_group(n, m, groups):
+    generator = torch.Generator().manual_seed(n * m + groups)
+    scores = torch.randint(0, 3, (12, groups * m), generator=generator).float()  # many ties
+    scores[0, 1] = scores[3, : m] = torch.nan  # NaN sorts last
+    grouped = scores.view(12, groups, m)
+    expected = torch.zeros_like(grouped, dtype=torch.bool)
+    expected.scatter_(-1, torch.sort(grouped, dim=-1, stable=True).indices[..., : m - n], True)
+    assert torch.equal(masks.lowest_n_of_m(scores, masks.NMPattern(n, m)), expected.view(12, -1))
+
+
 @pytest.mark.parametrize("text", ["4:4", "5:4", "0:4", "2-4", "a:b", "2:"])
 def test_bad_patterns_are_user_errors(text):
     with pytest.raises(PrunelabError):

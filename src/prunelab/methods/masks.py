@@ -104,10 +104,32 @@ def lowest_n_of_m(scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
     rows, cols = scores.shape
     check_pattern_fits(pattern, cols)
     grouped = scores.reshape(rows, cols // pattern.m, pattern.m)
+    if pattern.m <= 4 or (pattern.m <= 8 and cols // pattern.m >= 8):
+        return _lowest_in_groups_pairwise(grouped, pattern.m - pattern.n).view(rows, cols)
     order = torch.sort(grouped, dim=-1, stable=True).indices[..., : pattern.m - pattern.n]
     mask = torch.zeros_like(grouped, dtype=torch.bool)
     mask.scatter_(-1, order, True)
     return mask.view(rows, cols)
+
+
+def _lowest_in_groups_pairwise(grouped: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` lowest of every group [..., M], as a stable sort would pick them, from each
+    entry's rank: how many of its group a stable ascending sort puts before it. M(M−1)/2
+    comparisons of whole columns of groups run several times faster than sorting millions
+    of groups of four or eight (a sort wins for a single wide group)."""
+    m = grouped.shape[-1]
+    members = [grouped[..., i] for i in range(m)]
+    nan = [member.isnan() for member in members] if bool(grouped.isnan().any()) else None
+    ranks = [torch.zeros(grouped.shape[:-1], dtype=torch.uint8, device=grouped.device)
+             for _ in range(m)]
+    for i in range(m):
+        for j in range(i + 1, m):
+            i_first = members[i] <= members[j]  # a tie goes to the earlier position
+            if nan is not None:
+                i_first |= nan[j]  # NaN sorts last
+            ranks[j] += i_first
+            ranks[i] += ~i_first
+    return torch.stack([rank < count for rank in ranks], dim=-1)
 
 
 def check_pattern_fits(pattern: NMPattern, in_features: int, layer: str = "") -> None:
