@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from prunelab import arch
+from prunelab.allocator import release_free_heap
 from prunelab.errors import PrunelabError
 from prunelab.methods.base import (LayerDecision, LayerStats, LayerTarget, PlanContext,
                                    PruningMethod)
@@ -686,10 +687,16 @@ def _prune_group(method: PruningMethod, block: nn.Module, layers: dict[str, nn.M
         notes[name] = decision.notes
         if masks is not None and decision.pruned is not None:
             masks[targets[name].name] = decision.pruned.detach().to("cpu", torch.bool, copy=True)
-        if quantized is not None and decision.quantized is not None:
+        kept_record = quantized is not None and decision.quantized is not None
+        if kept_record:
             weight_dtype = layers[name].weight.dtype
             quantized[targets[name].name] = decision.quantized.to("cpu").grid_only(weight_dtype)
         del decision
+        if kept_record:
+            # A grid is small and kept to the end: allocated among this layer's freed
+            # temporaries, such records stop glibc's heap from shrinking around them, and the
+            # peak then differs from one identical run to the next (findings/peers.md).
+            release_free_heap()
     after = arch.prunable_layers(block)
     records = []
     for name in layers:
