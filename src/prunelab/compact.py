@@ -346,8 +346,11 @@ def _codes(name: str, weight: torch.Tensor, record) -> Codes | None:
         raise PrunelabError(f"{name} was quantized with act-order without static groups, "
                             "whose scales the compact format cannot store in column order",
                             "quantize with static groups, or save --format dequantized")
-    codes = record.codes_for(weight)
-    if not torch.equal(weight.to(torch.float32), record.dequantize(weight)):
+    from prunelab.methods.quant import dequantize
+
+    codes = record.codes_for(weight)  # read once: they are checked, then packed
+    if not torch.equal(weight.to(torch.float32),
+                       dequantize(codes, record.scales, record.zeros, record.group_size)):
         raise PrunelabError(f"{name}'s weight is not its quantization's dequantized value",
                             "save --format dequantized (the weights changed after quantizing)")
     return Codes(codes.cpu(), record.scales.cpu(), record.zeros.cpu(), record.bits,
