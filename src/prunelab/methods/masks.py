@@ -60,28 +60,32 @@ def row_counts(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(torch.uint8).sum(dim=1, keepdim=True, dtype=torch.int32)
 
 
-_SAME_WIDTH_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
 def zero_where(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """A copy of `weight` with +0.0 where `mask` is True: `masked_fill(mask, 0)`, bit for bit.
 
     On the CPU as an AND with the mask's complement on the weight's bits, which runs
     several times faster than `masked_fill` there.
     """
-    as_int = _SAME_WIDTH_INT.get(weight.element_size())
-    if weight.device.type != "cpu" or not weight.is_floating_point() or as_int is None:
+    as_int = _bits_dtype(weight)
+    if as_int is None:
         return weight.masked_fill(mask, 0)
     return (weight.view(as_int) & _keep_bits(mask, as_int)).view(weight.dtype)
 
 
 def zero_where_(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """`zero_where` in place."""
-    as_int = _SAME_WIDTH_INT.get(weight.element_size())
-    if weight.device.type != "cpu" or not weight.is_floating_point() or as_int is None:
+    as_int = _bits_dtype(weight)
+    if as_int is None:
         return weight.masked_fill_(mask, 0)
     weight.view(as_int).bitwise_and_(_keep_bits(mask, as_int))
     return weight
+
+
+def _bits_dtype(weight: torch.Tensor) -> torch.dtype | None:
+    """The integer dtype of a CPU float weight's width, to work on its bits; None elsewhere."""
+    if weight.device.type != "cpu" or not weight.is_floating_point():
+        return None
+    return {2: torch.int16, 4: torch.int32, 8: torch.int64}.get(weight.element_size())
 
 
 def _keep_bits(mask: torch.Tensor, as_int: torch.dtype) -> torch.Tensor:
