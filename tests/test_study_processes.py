@@ -48,7 +48,7 @@ def test_two_workers_give_the_results_of_one_process(local_run, tmp_path):
     assert out.points_run == out.points_total == POINTS
     compared, differences = compare_runs(local_run, tmp_path / "run")
     assert differences == [] and compared > POINTS
-    pids = {json.loads(p.read_text())["pid"] for p in markers.iterdir()}
+    pids = {json.loads(p.read_text())["pid"] for p in markers.glob("*.json")}
     assert len(pids) == 2 and os.getpid() not in pids  # both workers computed, the driver not
     # The workers finish in another order (costliest first); the report reads the recipe's.
     ours, theirs = load_run(local_run), load_run(tmp_path / "run")
@@ -87,7 +87,7 @@ def test_a_killed_worker_stops_the_study_in_one_line_and_a_rerun_completes(local
     markers.mkdir()
     driver = _driver(tmp_path, markers, workers=2)
     _wait_for(markers, 3)
-    os.kill(json.loads(sorted(markers.iterdir(), key=lambda p: p.stat().st_mtime_ns)[2]
+    os.kill(json.loads(sorted(markers.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)[2]
                        .read_text())["pid"], signal.SIGKILL)
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 2, err
@@ -139,14 +139,14 @@ def _driver(tmp_path: Path, markers: Path, workers: int) -> subprocess.Popen:
 
 def _wait_for(markers: Path, count: int) -> None:
     deadline = time.monotonic() + 120
-    while len(list(markers.iterdir())) < count:
+    while len(list(markers.glob("*.json"))) < count:
         assert time.monotonic() < deadline, "the workers never started"
         time.sleep(0.05)
 
 
 def _assert_gone(markers: Path) -> None:
     """Every worker process that computed a point has ended."""
-    for pid in {json.loads(p.read_text())["pid"] for p in markers.iterdir()}:
+    for pid in {json.loads(p.read_text())["pid"] for p in markers.glob("*.json")}:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -203,7 +203,7 @@ def test_fitted_workers_shrink_to_the_memory_and_the_models(tmp_path, monkeypatc
     assert out.points_run == POINTS
     # one worker's memory fits: it runs in this process, as the local executor would
     assert executor.workers == 1
-    assert {json.loads(p.read_text())["pid"] for p in markers.iterdir()} == {os.getpid()}
+    assert {json.loads(p.read_text())["pid"] for p in markers.glob("*.json")} == {os.getpid()}
     monkeypatch.setattr(processes, "available_memory", lambda: 1024**4)
     executor = ProcessExecutor(workers=64, fit=True)
     run_study(parse_recipe(RECIPE), tmp_path / "run2", backend=FakeBackend(), executor=executor,

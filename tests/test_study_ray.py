@@ -109,7 +109,7 @@ def _run_killing(cluster, tmp_path, kill) -> tuple[Path, list[dict]]:
     def killer() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            found = sorted(markers.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+            found = sorted(markers.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
             if len(found) >= 4:
                 kill(json.loads(found[3].read_text()))
                 killed.set()
@@ -127,7 +127,7 @@ def _run_killing(cluster, tmp_path, kill) -> tuple[Path, list[dict]]:
     assert out.points_run == out.points_total == POINTS
     with Store.in_dir(run_dir) as store:
         assert len(store.finished_keys()) == POINTS
-    started = sorted(markers.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    started = sorted(markers.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
     return run_dir, [json.loads(p.read_text()) for p in started]
 
 

@@ -238,14 +238,17 @@ class FakeBackend:
                           "ci_high": high, "chance": chance, "at_chance": low <= chance}
 
     def _mark(self, handle: FakeModel, task: TaskInfo) -> None:
-        import json
         import os
         import uuid
         from pathlib import Path
 
+        from prunelab.paths import write_json_atomic
+
         label = handle.point.label if handle.point else "dense"
+        # Renamed into place: a test that lists the markers while a worker writes one, or
+        # after it was killed mid-write, never reads an empty file.
         path = Path(self.marker_dir) / f"{uuid.uuid4().hex}.json"
-        path.write_text(json.dumps({"pid": os.getpid(), "point": [label, task.name]}))
+        write_json_atomic(path, {"pid": os.getpid(), "point": [label, task.name]})
 
     def estimate(self, recipe, model, point, tasks) -> tuple[float, float]:
         return (0.0 if point.is_dense else self.compress_sleep), self.eval_sleep * len(tasks)
